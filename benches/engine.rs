@@ -1,0 +1,173 @@
+//! Micro-benchmarks of the engine's three hot loops (issue 2 targets):
+//! - normalise + decide + apply one typical event in memory (target: 1,000,000 events/s);
+//! - log append through the group-commit writer (target: 500,000 entries/s);
+//! - full replay of the log into scratch state (target: 1,000,000 entries/s).
+//!
+//! Run: `cargo bench --bench engine` (numbers in benches/README.md).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use idstitch::actors::WriterHandle;
+use idstitch::domain::memstate::MemState;
+use idstitch::domain::{
+    apply_entry, decide, lookups, normalize, Ctx, Entry, ProjectId, Seq, WarningLimiter,
+};
+use idstitch::metrics::Metrics;
+use idstitch::store::{log::write_group, verify::replay, Store};
+use serde_json::{json, Value};
+
+const P: ProjectId = ProjectId(1);
+
+/// A posthog-js-like pageview: about 40 properties, about 1 KB.
+fn typical(i: u64, users: u64) -> Value {
+    let mut props = serde_json::Map::new();
+    for (k, v) in [
+        ("$os", "Mac OS X"),
+        ("$os_version", "14.4.1"),
+        ("$browser", "Chrome"),
+        ("$browser_version", "126"),
+        ("$device_type", "Desktop"),
+        (
+            "$current_url",
+            "https://app.example.com/projects/42/insights",
+        ),
+        ("$host", "app.example.com"),
+        ("$pathname", "/projects/42/insights"),
+        ("$referrer", "$direct"),
+        ("$referring_domain", "$direct"),
+        ("$lib", "web"),
+        ("$lib_version", "1.449.2"),
+        ("$session_id", "01903c4e-6a0b-7c3f-9a5e-4d1f2a3b4c5d"),
+        ("$window_id", "01903c4e-6a0b-7c3f-9a5e-4d1f2a3b4c5e"),
+        ("$pageview_id", "01903c4e-6a0b-7c3f-9a5e-4d1f2a3b4c5f"),
+        ("title", "Insights • Example"),
+    ] {
+        props.insert(k.into(), json!(v));
+    }
+    for n in 0..24 {
+        props.insert(format!("prop_{n}"), json!(n * 7));
+    }
+    props.insert("$screen_height".into(), json!(1080));
+    props.insert("$screen_width".into(), json!(1920));
+    json!({"event": "$pageview", "distinct_id": format!("user-{}", i % users), "uuid": format!("ev-{i}"), "properties": props})
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let events: Vec<Value> = (0..10_000).map(|i| typical(i, 1_000)).collect();
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("normalize_decide_apply", |b| {
+        b.iter(|| {
+            let mut state = MemState::default();
+            let mut limiter = WarningLimiter::default();
+            for (i, raw) in events.iter().enumerate() {
+                let ev = normalize(raw, 0).expect("valid");
+                let (into, _) = lookups(&ev);
+                let person = state.person_of(P, &into).cloned();
+                let d = decide(
+                    &ev,
+                    Ctx {
+                        project: P,
+                        now_ms: 0,
+                        merge_limit: None,
+                        into: person.as_ref(),
+                        other: None,
+                        limiter: &mut limiter,
+                    },
+                );
+                let entry = Entry {
+                    project: P,
+                    at_ms: 0,
+                    cause: None,
+                    changes: d.changes,
+                };
+                apply_entry(&mut state, Seq(i as u64 + 1), &entry);
+            }
+            state
+        })
+    });
+    g.finish();
+}
+
+/// Log entries of `n` typical events, decided in memory.
+fn entries(n: u64) -> Vec<(Seq, Arc<Entry>)> {
+    let mut state = MemState::default();
+    let mut limiter = WarningLimiter::default();
+    (0..n)
+        .map(|i| {
+            let ev = normalize(&typical(i, 10_000), 0).expect("valid");
+            let person = state.person_of(P, &ev.distinct_id).cloned();
+            let d = decide(
+                &ev,
+                Ctx {
+                    project: P,
+                    now_ms: 0,
+                    merge_limit: None,
+                    into: person.as_ref(),
+                    other: None,
+                    limiter: &mut limiter,
+                },
+            );
+            let entry = Entry {
+                project: P,
+                at_ms: 0,
+                cause: None,
+                changes: d.changes,
+            };
+            apply_entry(&mut state, Seq(i + 1), &entry);
+            (Seq(i + 1), Arc::new(entry))
+        })
+        .collect()
+}
+
+fn bench_append(c: &mut Criterion) {
+    let batch = entries(50_000);
+    let mut g = c.benchmark_group("log");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.sample_size(10);
+    g.bench_function("append_group_commit", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir().expect("tmp");
+                let store = Store::open(dir.path()).expect("store");
+                let (writer, join) = WriterHandle::spawn(store, Seq(0), Metrics::new(), |_| {});
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("rt");
+                let start = Instant::now();
+                for (seq, e) in &batch {
+                    writer.append(*seq, e.clone()).expect("append");
+                }
+                rt.block_on(writer.wait_durable(batch[batch.len() - 1].0))
+                    .expect("durable");
+                total += start.elapsed();
+                writer.stop();
+                let _ = join.join();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+fn bench_replay(c: &mut Criterion) {
+    let batch = entries(100_000);
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("store");
+    for chunk in batch.chunks(8192) {
+        write_group(&store, chunk, false).expect("write");
+    }
+    let mut g = c.benchmark_group("log");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.sample_size(10);
+    g.bench_function("full_replay_into_scratch", |b| {
+        b.iter(|| replay(&store, |_| {}).expect("replay"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_append, bench_replay);
+criterion_main!(benches);

@@ -1,0 +1,198 @@
+//! The report: printed for people, written as JSON for tools.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::baseline::Baseline;
+use crate::checker::CheckOutcome;
+use crate::runner::RequestError;
+
+/// Acknowledgement latency percentiles, in milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    /// Where latency is measured from: `send` (closed loop) or `schedule` (open loop).
+    pub from: &'static str,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+}
+
+/// What the daemon's process cost (only when this run started it).
+#[derive(Clone, Debug, Serialize)]
+pub struct Process {
+    /// Its pid.
+    pub pid: u32,
+    /// Peak resident set size (`VmHWM`), MiB.
+    pub peak_rss_mib: f64,
+    /// CPU seconds (user + system) during the load.
+    pub cpu_s_during_load: f64,
+    /// CPU seconds (user + system) from its start to the end of the checks.
+    pub cpu_s_total: f64,
+    /// How it exited after SIGTERM.
+    pub exit: String,
+}
+
+/// The daemon's group commit over the run, from `/metrics`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Groups {
+    /// `idstitch_log_appends_total` over the run.
+    pub log_appends: u64,
+    /// `idstitch_log_fsyncs_total` over the run.
+    pub fsyncs: u64,
+    /// Synced group writes per second.
+    pub fsyncs_per_s: f64,
+    /// Average entries per group.
+    pub avg_group: f64,
+}
+
+/// Everything a run found.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The command-line options, resolved.
+    pub options: serde_json::Value,
+    /// Where the daemon was.
+    pub target: String,
+    /// The project token the workload used.
+    pub token: String,
+    /// `closed` or `open`.
+    pub mode: &'static str,
+    /// Target rate of an open loop, events per second.
+    pub rate: Option<f64>,
+    /// Users simulated.
+    pub users: u64,
+    /// Events sent (duplicates included).
+    pub events: u64,
+    /// Duplicate deliveries among them.
+    pub duplicates: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Average bytes of one event in a request.
+    pub avg_event_bytes: f64,
+    /// Seconds to generate the workload (not part of the run).
+    pub generate_s: f64,
+    /// Seconds from the first send to the last acknowledgement.
+    pub elapsed_s: f64,
+    /// Events acknowledged per second.
+    pub events_per_s: f64,
+    /// Requests acknowledged per second.
+    pub requests_per_s: f64,
+    /// Acknowledgement latency of a request.
+    pub latency: Latency,
+    /// The daemon's process, when this run started it.
+    pub process: Option<Process>,
+    /// The daemon's groups, from `/metrics`.
+    pub groups: Option<Groups>,
+    /// Average log record bytes used by the baseline, and where that number came from.
+    pub log_record_bytes: Option<(f64, String)>,
+    /// The raw RocksDB baseline.
+    pub baseline: Option<Baseline>,
+    /// idstitch events per second / baseline records per second.
+    pub ratio: Option<f64>,
+    /// The correctness checks.
+    pub check: Option<CheckOutcome>,
+    /// Requests that failed.
+    pub request_errors: Vec<RequestError>,
+    /// Whether everything checked out.
+    pub ok: bool,
+}
+
+impl Report {
+    /// Print the report for people.
+    pub fn print(&self) {
+        println!();
+        println!("idstitch load: {} loop against {}", self.mode, self.target);
+        if let Some(rate) = self.rate {
+            println!("  target rate         {rate:.0} events/s");
+        }
+        println!(
+            "  workload            {} users, {} events ({} duplicate deliveries), {} requests, {:.0} bytes/event, generated in {:.1} s",
+            self.users, self.events, self.duplicates, self.requests, self.avg_event_bytes, self.generate_s
+        );
+        println!("  elapsed             {:.2} s", self.elapsed_s);
+        println!(
+            "  throughput          {:.0} events/s, {:.1} requests/s",
+            self.events_per_s, self.requests_per_s
+        );
+        let l = &self.latency;
+        println!(
+            "  ack latency (ms)    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}  (from {} time)",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms, l.from
+        );
+        if let Some(g) = &self.groups {
+            println!(
+                "  group commit        {} fsyncs, {:.1} fsyncs/s, {:.1} entries/group ({} log appends)",
+                g.fsyncs, g.fsyncs_per_s, g.avg_group, g.log_appends
+            );
+        }
+        if let Some(p) = &self.process {
+            println!(
+                "  daemon (pid {})  peak RSS {:.1} MiB, CPU {:.2} s during load ({:.2} s total), exit after SIGTERM: {}",
+                p.pid, p.peak_rss_mib, p.cpu_s_during_load, p.cpu_s_total, p.exit
+            );
+        }
+        if let Some(b) = &self.baseline {
+            let (bytes, source) = self
+                .log_record_bytes
+                .clone()
+                .unwrap_or((b.record_bytes as f64, String::new()));
+            println!(
+                "  raw RocksDB         {} records of {} bytes ({bytes:.0} avg, {source}), {} per synced batch: {:.0} records/s, {:.1} fsyncs/s, {:.2} s",
+                b.records, b.record_bytes, b.group, b.records_per_s, b.fsyncs_per_s, b.elapsed_s
+            );
+        }
+        if let Some(r) = self.ratio {
+            println!("  idstitch / raw      {r:.3}");
+        }
+        if let Some(c) = &self.check {
+            println!(
+                "  correctness         {} persons expected, {} found, {} compared in full, {} lookups: {} mismatches",
+                c.persons_expected,
+                c.persons_found,
+                c.persons_compared,
+                c.lookups,
+                c.mismatches.len()
+            );
+            for m in c.mismatches.iter().take(20) {
+                println!(
+                    "    MISMATCH {}\n      expected: {}\n      got:      {}",
+                    m.what, m.expected, m.got
+                );
+            }
+            if c.mismatches.len() > 20 {
+                println!("    … {} more in the JSON report", c.mismatches.len() - 20);
+            }
+        }
+        for e in self.request_errors.iter().take(20) {
+            println!(
+                "    REQUEST ERROR conn {} request {} (first event: {}): status {:?}: {}",
+                e.conn, e.index, e.request, e.status, e.got
+            );
+        }
+        println!(
+            "  result              {}",
+            if self.ok { "OK" } else { "FAILED" }
+        );
+    }
+
+    /// Write the report as JSON (mismatches capped at 1,000).
+    pub fn write_json(&mut self, path: &Path) -> anyhow::Result<()> {
+        if let Some(c) = &mut self.check {
+            c.mismatches.truncate(1_000);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+}

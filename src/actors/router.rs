@@ -1,0 +1,591 @@
+//! The router: maps distinct IDs to person actors and sequences every decision.
+//!
+//! For each event, in order: find the persons it names (asking their actors for a snapshot),
+//! run the pure `decide`, give the resulting entry a seq and hand it to the log writer, then
+//! apply it in memory (id map, actors). The caller waits for the writer to report that seq
+//! durable before it answers, so nothing is acknowledged that is not on disk. Handlers are
+//! atomic: no other message interleaves with a batch.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::person::{Apply, PersonActor, Snapshot, Stop};
+use super::writer::{WriterFailed, WriterHandle};
+use crate::domain::admin::{decide_delete, decide_split, AdminError};
+use crate::domain::apply::{created_person, split_parts};
+use crate::domain::{
+    decide, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId, Seq,
+    WarningLimiter,
+};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// `--merge-limit`.
+    pub merge_limit: Option<u64>,
+    /// Person actors kept resident at most.
+    pub max_resident_persons: usize,
+    /// Distinct-ID map entries cached at most.
+    pub max_cached_ids: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            merge_limit: None,
+            max_resident_persons: 100_000,
+            max_cached_ids: 1_000_000,
+        }
+    }
+}
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The writer is poisoned.
+    #[error(transparent)]
+    Writer(#[from] WriterFailed),
+    /// An operator action was refused.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// No such person.
+    #[error("person not found")]
+    NotFound,
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    Stopped,
+}
+
+/// One event to ingest, already normalised, with its project.
+pub struct IngestItem {
+    /// The project.
+    pub project: ProjectId,
+    /// The event.
+    pub event: Normalized,
+}
+
+/// What happened to one event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ItemOutcome {
+    /// Stored (and applied).
+    Accepted,
+    /// Its uuid was already accepted: acknowledged, not applied again.
+    Duplicate,
+    /// Dropped by a rule, with the reason.
+    Dropped(String),
+}
+
+/// What happened to a batch, and the seq to wait for before acknowledging it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestOutcome {
+    /// Wait until this seq is durable (`None`: nothing to wait for).
+    pub wait_for: Option<Seq>,
+    /// One outcome per item, in order.
+    pub outcomes: Vec<ItemOutcome>,
+}
+
+/// Ingest events in order.
+#[derive(Message)]
+#[rtype(result = "Result<IngestOutcome, EngineError>")]
+pub struct Ingest(pub Vec<IngestItem>);
+
+/// Find (and, when `create`, make) the project of a token.
+#[derive(Message)]
+#[rtype(result = "Result<Option<ProjectId>, EngineError>")]
+pub struct ResolveProject {
+    /// Its token.
+    pub token: String,
+    /// Name for a new project.
+    pub name: Option<String>,
+    /// Create it when unknown.
+    pub create: bool,
+}
+
+/// Split a person into one person per distinct ID.
+#[derive(Message)]
+#[rtype(result = "Result<(Option<Seq>, Vec<Person>), EngineError>")]
+pub struct Split {
+    /// Project.
+    pub project: ProjectId,
+    /// Person.
+    pub person: PersonUuid,
+    /// The ID that keeps the properties.
+    pub main: Option<String>,
+}
+
+/// Delete a person (a logged tombstone).
+#[derive(Message)]
+#[rtype(result = "Result<Seq, EngineError>")]
+pub struct Delete {
+    /// Project.
+    pub project: ProjectId,
+    /// Person.
+    pub person: PersonUuid,
+    /// Delete its events too.
+    pub delete_events: bool,
+}
+
+/// The last seq handed to the writer.
+#[derive(Message)]
+#[rtype(result = "Seq")]
+pub struct LastSeq;
+
+struct IdSlot {
+    person: Option<PersonUuid>,
+    seq: u64,
+}
+
+struct Resident {
+    addr: Addr<PersonActor>,
+    seq: u64,
+    used: u64,
+}
+
+struct Inner {
+    store: Store,
+    writer: WriterHandle,
+    metrics: Arc<Metrics>,
+    config: EngineConfig,
+    next_seq: u64,
+    projects: HashMap<String, ProjectId>,
+    next_project: u32,
+    ids: HashMap<(ProjectId, String), IdSlot>,
+    actors: HashMap<(ProjectId, PersonUuid), Resident>,
+    uuids: HashMap<(ProjectId, String), u64>,
+    limiter: WarningLimiter,
+    tick: u64,
+}
+
+type Shared = Rc<RefCell<Inner>>;
+
+/// The router actor.
+pub struct Router {
+    inner: Shared,
+}
+
+impl Router {
+    /// A router over `store`, continuing after `last_seq`.
+    pub fn new(
+        store: Store,
+        writer: WriterHandle,
+        metrics: Arc<Metrics>,
+        config: EngineConfig,
+        last_seq: Seq,
+    ) -> Result<Router, StoreError> {
+        let projects: HashMap<String, ProjectId> = store
+            .projects()?
+            .into_iter()
+            .map(|p| (p.token, p.id))
+            .collect();
+        let next_project = projects.values().map(|p| p.0).max().unwrap_or(0) + 1;
+        let inner = Inner {
+            store,
+            writer,
+            metrics,
+            config,
+            next_seq: last_seq.0 + 1,
+            projects,
+            next_project,
+            ids: HashMap::new(),
+            actors: HashMap::new(),
+            uuids: HashMap::new(),
+            limiter: WarningLimiter::default(),
+            tick: 0,
+        };
+        Ok(Router {
+            inner: Rc::new(RefCell::new(inner)),
+        })
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Inner {
+    fn spawn(&mut self, person: Person, seq: u64) {
+        self.tick += 1;
+        let key = (person.project, person.uuid);
+        let addr = PersonActor::new(person).start();
+        if let Some(old) = self.actors.insert(
+            key,
+            Resident {
+                addr,
+                seq,
+                used: self.tick,
+            },
+        ) {
+            old.addr.do_send(Stop);
+        }
+    }
+
+    fn unspawn(&mut self, project: ProjectId, uuid: PersonUuid) {
+        if let Some(r) = self.actors.remove(&(project, uuid)) {
+            r.addr.do_send(Stop);
+        }
+    }
+
+    fn map_id(&mut self, project: ProjectId, did: &str, person: Option<PersonUuid>, seq: u64) {
+        self.ids
+            .insert((project, did.to_string()), IdSlot { person, seq });
+    }
+
+    fn person_uuid_of(
+        &mut self,
+        project: ProjectId,
+        did: &str,
+    ) -> Result<Option<PersonUuid>, StoreError> {
+        if let Some(slot) = self.ids.get(&(project, did.to_string())) {
+            return Ok(slot.person);
+        }
+        let found = self.store.person_of(project, did)?;
+        self.map_id(project, did, found, 0);
+        Ok(found)
+    }
+
+    fn actor_of(
+        &mut self,
+        project: ProjectId,
+        uuid: PersonUuid,
+    ) -> Result<Option<Addr<PersonActor>>, StoreError> {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(r) = self.actors.get_mut(&(project, uuid)) {
+            r.used = tick;
+            return Ok(Some(r.addr.clone()));
+        }
+        match self.store.person(project, uuid)? {
+            None => Ok(None),
+            Some(p) => {
+                self.spawn(p, 0);
+                Ok(self.actors.get(&(project, uuid)).map(|r| r.addr.clone()))
+            }
+        }
+    }
+
+    /// Give `changes` the next seq, hand them to the writer and apply them in memory.
+    fn commit(
+        &mut self,
+        project: ProjectId,
+        cause: Option<String>,
+        changes: Vec<Change>,
+        originals: &[Arc<Person>],
+    ) -> Result<Seq, EngineError> {
+        let seq = Seq(self.next_seq);
+        let entry = Arc::new(Entry {
+            project,
+            at_ms: now_ms(),
+            cause,
+            changes,
+        });
+        self.writer.append(seq, entry.clone())?;
+        self.next_seq += 1;
+        self.apply_in_memory(seq, &entry, originals);
+        Ok(seq)
+    }
+
+    fn apply_in_memory(&mut self, seq: Seq, entry: &Arc<Entry>, originals: &[Arc<Person>]) {
+        let project = entry.project;
+        let mut touched = BTreeSet::new();
+        for c in &entry.changes {
+            if let Some(u) = c.touched() {
+                touched.insert(u);
+            }
+            match c {
+                Change::ProjectCreated { id, token, .. } => {
+                    self.projects.insert(token.clone(), *id);
+                }
+                Change::PersonCreated { .. } => {
+                    if let Some(p) = created_person(project, seq, c) {
+                        for did in &p.distinct_ids {
+                            self.map_id(project, did, Some(p.uuid), seq.0);
+                        }
+                        self.spawn(p, seq.0);
+                    }
+                }
+                Change::DistinctIdAttached {
+                    person,
+                    distinct_id,
+                    ..
+                } => self.map_id(project, distinct_id, Some(*person), seq.0),
+                Change::PersonsMerged {
+                    survivor,
+                    absorbed,
+                    moved_ids,
+                    ..
+                } => {
+                    self.metrics.merges.inc();
+                    self.unspawn(project, *absorbed);
+                    for did in moved_ids {
+                        self.map_id(project, did, Some(*survivor), seq.0);
+                    }
+                }
+                Change::MergeRefused { reason, .. } => {
+                    Metrics::inc(&self.metrics.merge_refusals, reason.as_str())
+                }
+                Change::EventStored { event } => {
+                    if let Some(u) = &event.uuid {
+                        self.uuids.insert((project, u.clone()), seq.0);
+                    }
+                }
+                Change::PersonSplit {
+                    person,
+                    main,
+                    parts,
+                } => {
+                    self.unspawn(project, *person);
+                    if let Some(original) = originals.iter().find(|p| p.uuid == *person) {
+                        for part in split_parts(original, seq, main, parts) {
+                            self.map_id(project, &part.distinct_ids[0], Some(part.uuid), seq.0);
+                            self.spawn(part, seq.0);
+                        }
+                    }
+                }
+                Change::PersonDeleted {
+                    person,
+                    distinct_ids,
+                    ..
+                } => {
+                    self.unspawn(project, *person);
+                    for did in distinct_ids {
+                        self.map_id(project, did, None, seq.0);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for uuid in touched {
+            if let Some(r) = self.actors.get_mut(&(project, uuid)) {
+                r.seq = seq.0;
+                r.addr.do_send(Apply(entry.clone()));
+            }
+        }
+    }
+
+    /// Bound memory: drop resident persons and cached ids whose state is durable.
+    fn evict(&mut self) {
+        let durable = self.writer.status().durable.0;
+        self.uuids.retain(|_, s| *s > durable);
+        if self.actors.len() > self.config.max_resident_persons {
+            let target = self.config.max_resident_persons * 9 / 10;
+            let mut idle: Vec<_> = self
+                .actors
+                .iter()
+                .filter(|(_, r)| r.seq <= durable)
+                .map(|(k, r)| (r.used, *k))
+                .collect();
+            idle.sort_unstable();
+            for (_, key) in idle
+                .into_iter()
+                .take(self.actors.len().saturating_sub(target))
+            {
+                self.unspawn(key.0, key.1);
+            }
+        }
+        if self.ids.len() > self.config.max_cached_ids {
+            let target = self.config.max_cached_ids * 9 / 10;
+            let mut excess = self.ids.len().saturating_sub(target);
+            self.ids.retain(|_, slot| {
+                if excess > 0 && slot.seq <= durable {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.metrics.resident_actors.set(self.actors.len() as i64);
+    }
+}
+
+async fn snapshot(
+    st: &Shared,
+    project: ProjectId,
+    did: &str,
+) -> Result<Option<Arc<Person>>, EngineError> {
+    let addr = {
+        let mut s = st.borrow_mut();
+        let Some(uuid) = s.person_uuid_of(project, did)? else {
+            return Ok(None);
+        };
+        match s.actor_of(project, uuid)? {
+            Some(a) => a,
+            None => return Ok(None),
+        }
+    };
+    addr.send(Snapshot)
+        .await
+        .map(Some)
+        .map_err(|_| EngineError::Stopped)
+}
+
+async fn ingest(st: Shared, items: Vec<IngestItem>) -> Result<IngestOutcome, EngineError> {
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut wait_for: Option<Seq> = None;
+    for IngestItem { project, event } in items {
+        if let Some(u) = &event.uuid {
+            let s = st.borrow();
+            let pending = s.uuids.get(&(project, u.clone())).copied();
+            if let Some(seq) = pending {
+                wait_for = wait_for.max(Some(Seq(seq)));
+            }
+            if pending.is_some() || s.store.event_uuid_seen(project, u)? {
+                s.metrics.events_duplicate.inc();
+                outcomes.push(ItemOutcome::Duplicate);
+                continue;
+            }
+        }
+        let (into, other) = lookups(&event);
+        let into_person = snapshot(&st, project, &into).await?;
+        let other_person = match &other {
+            Some(o) => snapshot(&st, project, o).await?,
+            None => None,
+        };
+        let mut s = st.borrow_mut();
+        let now = now_ms();
+        let (merge_limit, mut limiter) = (s.config.merge_limit, std::mem::take(&mut s.limiter));
+        let ctx = Ctx {
+            project,
+            now_ms: now,
+            merge_limit,
+            into: into_person.as_deref(),
+            other: other_person.as_deref(),
+            limiter: &mut limiter,
+        };
+        let decision = decide(&event, ctx);
+        s.limiter = limiter;
+        if !decision.changes.is_empty() {
+            let seq = s.commit(project, event.uuid.clone(), decision.changes, &[])?;
+            wait_for = Some(seq);
+        }
+        match decision.dropped {
+            Some(reason) => {
+                Metrics::inc(&s.metrics.events_rejected, "dropped_personless_merge");
+                outcomes.push(ItemOutcome::Dropped(reason));
+            }
+            None => {
+                s.metrics.events_accepted.inc();
+                outcomes.push(ItemOutcome::Accepted);
+            }
+        }
+    }
+    st.borrow_mut().evict();
+    Ok(IngestOutcome { wait_for, outcomes })
+}
+
+async fn person_snapshot(
+    st: &Shared,
+    project: ProjectId,
+    uuid: PersonUuid,
+) -> Result<Arc<Person>, EngineError> {
+    let addr = st
+        .borrow_mut()
+        .actor_of(project, uuid)?
+        .ok_or(EngineError::NotFound)?;
+    addr.send(Snapshot).await.map_err(|_| EngineError::Stopped)
+}
+
+async fn split(st: Shared, msg: Split) -> Result<(Option<Seq>, Vec<Person>), EngineError> {
+    let person = person_snapshot(&st, msg.project, msg.person).await?;
+    let changes = decide_split(msg.project, &person, msg.main.as_deref())?;
+    let Some(Change::PersonSplit { main, parts, .. }) = changes.first().cloned() else {
+        return Ok((None, vec![(*person).clone()]));
+    };
+    let seq = st
+        .borrow_mut()
+        .commit(msg.project, None, changes, std::slice::from_ref(&person))?;
+    Ok((Some(seq), split_parts(&person, seq, &main, &parts)))
+}
+
+async fn delete(st: Shared, msg: Delete) -> Result<Seq, EngineError> {
+    let person = person_snapshot(&st, msg.project, msg.person).await?;
+    let changes = decide_delete(&person, msg.delete_events);
+    st.borrow_mut().commit(msg.project, None, changes, &[])
+}
+
+impl Handler<Ingest> for Router {
+    type Result = AtomicResponse<Self, Result<IngestOutcome, EngineError>>;
+
+    fn handle(&mut self, msg: Ingest, _: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(ingest(
+            self.inner.clone(),
+            msg.0,
+        ))))
+    }
+}
+
+impl Handler<ResolveProject> for Router {
+    type Result = Result<Option<ProjectId>, EngineError>;
+
+    fn handle(&mut self, msg: ResolveProject, _: &mut Context<Self>) -> Self::Result {
+        let mut s = self.inner.borrow_mut();
+        if let Some(id) = s.projects.get(&msg.token) {
+            return Ok(Some(*id));
+        }
+        if !msg.create {
+            return Ok(None);
+        }
+        let id = ProjectId(s.next_project);
+        s.next_project += 1;
+        let name = msg.name.unwrap_or_else(|| format!("Project {}", id.0));
+        tracing::info!(project = id.0, %name, "Project created.");
+        s.commit(
+            id,
+            None,
+            vec![Change::ProjectCreated {
+                id,
+                token: msg.token,
+                name,
+            }],
+            &[],
+        )?;
+        Ok(Some(id))
+    }
+}
+
+impl Handler<Split> for Router {
+    type Result = AtomicResponse<Self, Result<(Option<Seq>, Vec<Person>), EngineError>>;
+
+    fn handle(&mut self, msg: Split, _: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(split(
+            self.inner.clone(),
+            msg,
+        ))))
+    }
+}
+
+impl Handler<Delete> for Router {
+    type Result = AtomicResponse<Self, Result<Seq, EngineError>>;
+
+    fn handle(&mut self, msg: Delete, _: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(delete(
+            self.inner.clone(),
+            msg,
+        ))))
+    }
+}
+
+impl Handler<LastSeq> for Router {
+    type Result = MessageResult<LastSeq>;
+
+    fn handle(&mut self, _: LastSeq, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(Seq(self.inner.borrow().next_seq - 1))
+    }
+}

@@ -1,0 +1,151 @@
+//! The log writer: a dedicated thread that groups the appends of many concurrent requests into
+//! one synced RocksDB write (group commit) and publishes how far the log is durable.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use crate::domain::{Entry, Seq};
+use crate::metrics::Metrics;
+use crate::store::{log::write_group, Store};
+
+/// How far the log is durable, or why writing stopped for good.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriterStatus {
+    /// Every entry up to this seq is on disk.
+    pub durable: Seq,
+    /// Set once a write failed; nothing is written after it.
+    pub failed: Option<Arc<str>>,
+}
+
+/// The writer has failed (poisoned); nothing more will be acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the log writer stopped after a storage error: {0}")]
+pub struct WriterFailed(pub Arc<str>);
+
+enum Msg {
+    Append(Seq, Arc<Entry>),
+    Stop,
+}
+
+/// Entries written per group at most.
+const MAX_GROUP: usize = 8192;
+/// Queue length before appenders wait (backpressure).
+const QUEUE: usize = 65_536;
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: SyncSender<Msg>,
+    status: watch::Receiver<WriterStatus>,
+}
+
+impl WriterHandle {
+    /// Start the writer; `durable` is the last seq already on disk. `on_fatal` runs once, on
+    /// the writer thread, after a failed write has been published.
+    pub fn spawn(
+        store: Store,
+        durable: Seq,
+        metrics: Arc<Metrics>,
+        on_fatal: impl FnOnce(&str) + Send + 'static,
+    ) -> (WriterHandle, JoinHandle<()>) {
+        let (tx, rx) = sync_channel(QUEUE);
+        let (status_tx, status) = watch::channel(WriterStatus {
+            durable,
+            failed: None,
+        });
+        let join = std::thread::Builder::new()
+            .name("idstitch-writer".into())
+            .spawn(move || run(store, rx, status_tx, metrics, on_fatal))
+            .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"));
+        (WriterHandle { tx, status }, join)
+    }
+
+    /// Queue an entry. Order of calls is the order on disk.
+    pub fn append(&self, seq: Seq, entry: Arc<Entry>) -> Result<(), WriterFailed> {
+        self.tx
+            .send(Msg::Append(seq, entry))
+            .map_err(|_| self.failure())
+    }
+
+    fn failure(&self) -> WriterFailed {
+        WriterFailed(
+            self.status
+                .borrow()
+                .failed
+                .clone()
+                .unwrap_or_else(|| "writer stopped".into()),
+        )
+    }
+
+    /// The current status.
+    pub fn status(&self) -> WriterStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Wait until `seq` is durable.
+    pub async fn wait_durable(&self, seq: Seq) -> Result<(), WriterFailed> {
+        let mut rx = self.status.clone();
+        let s = rx
+            .wait_for(|s| s.durable >= seq || s.failed.is_some())
+            .await
+            .map_err(|_| WriterFailed("writer stopped".into()))?
+            .clone();
+        match s.failed {
+            Some(e) if s.durable < seq => Err(WriterFailed(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ask the thread to finish what is queued and exit.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+}
+
+fn run(
+    store: Store,
+    rx: Receiver<Msg>,
+    status: watch::Sender<WriterStatus>,
+    metrics: Arc<Metrics>,
+    on_fatal: impl FnOnce(&str),
+) {
+    let mut group: Vec<(Seq, Arc<Entry>)> = Vec::with_capacity(MAX_GROUP);
+    let mut stopping = false;
+    while !stopping {
+        match rx.recv() {
+            Ok(Msg::Append(s, e)) => group.push((s, e)),
+            Ok(Msg::Stop) | Err(_) => break,
+        }
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Msg::Append(s, e)) => group.push((s, e)),
+                Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => {
+                    stopping = true;
+                    break;
+                }
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let started = Instant::now();
+        let last = group.last().map(|(s, _)| *s).unwrap_or(Seq(0));
+        if let Err(e) = write_group(&store, &group, true) {
+            let msg: Arc<str> = format!("{e}").into();
+            tracing::error!(error = %msg, last_seq = %last, "Log write failed; no further writes will be made.");
+            status.send_modify(|s| s.failed = Some(msg.clone()));
+            on_fatal(&msg);
+            return;
+        }
+        metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.log_fsyncs.inc();
+        metrics.log_appends.inc_by(group.len() as u64);
+        status.send_modify(|s| s.durable = last);
+        group.clear();
+    }
+    tracing::debug!("Log writer stopped.");
+}

@@ -1,0 +1,138 @@
+//! Operator endpoints: split, delete, snapshot, health and metrics.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::read::{find_project, parse_uuid, tri};
+use super::{engine_error, error, json as render, AppState};
+
+/// Body of a split.
+#[derive(Deserialize, Default)]
+pub struct SplitBody {
+    main_distinct_id: Option<String>,
+}
+
+/// `POST /api/projects/{project}/persons/{uuid}/split/`.
+pub async fn split(
+    path: web::Path<(String, String)>,
+    body: Option<web::Json<SplitBody>>,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let p = tri!(find_project(st.engine.store(), &path.0));
+    let uuid = tri!(parse_uuid(&path.1));
+    let main = body.and_then(|b| b.into_inner().main_distinct_id);
+    match st.engine.split(p.id, uuid, main).await {
+        Ok(persons) => HttpResponse::Ok().json(json!({
+            "success": true,
+            "results": persons.iter().map(render::person).collect::<Vec<_>>(),
+        })),
+        Err(e) => engine_error(&e),
+    }
+}
+
+/// Query of a delete.
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    delete_events: Option<bool>,
+}
+
+/// `DELETE /api/projects/{project}/persons/{uuid}/`.
+pub async fn delete(
+    path: web::Path<(String, String)>,
+    q: web::Query<DeleteQuery>,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let p = tri!(find_project(st.engine.store(), &path.0));
+    let uuid = tri!(parse_uuid(&path.1));
+    match st
+        .engine
+        .delete(p.id, uuid, q.delete_events.unwrap_or(false))
+        .await
+    {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => engine_error(&e),
+    }
+}
+
+/// `GET /_health`: 200 when serving, 503 when not (shutting down, or the log writer failed).
+pub async fn health(st: web::Data<AppState>) -> HttpResponse {
+    let writer = st.engine.writer_status();
+    if !st.ready.load(Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "stopping"}));
+    }
+    match writer.failed {
+        Some(e) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "failed", "detail": e.to_string()})),
+        None => HttpResponse::Ok().json(json!({"status": "ok", "durable_seq": writer.durable.0})),
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(st.engine.metrics().render())
+}
+
+/// Any unknown path.
+pub async fn not_found() -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see the API in the README",
+    )
+}
+
+/// Body of `POST /api/snapshot`.
+#[derive(Deserialize)]
+pub struct SnapshotBody {
+    path: String,
+}
+
+/// Resolve a requested snapshot path under `root`: relative paths are joined to it; absolute
+/// ones must already be inside it; `..` is never allowed.
+pub fn snapshot_path(
+    root: &std::path::Path,
+    requested: &str,
+) -> Result<std::path::PathBuf, String> {
+    let p = std::path::Path::new(requested);
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("snapshot path {requested:?} contains '..'"));
+    }
+    let root = std::path::absolute(root).map_err(|e| e.to_string())?;
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    };
+    if !full.starts_with(&root) {
+        return Err(format!(
+            "snapshot path {requested:?} is outside the snapshot dir {} (see --snapshot-dir)",
+            root.display()
+        ));
+    }
+    Ok(full)
+}
+
+/// `POST /api/snapshot`: a consistent snapshot while serving.
+pub async fn snapshot(body: web::Json<SnapshotBody>, st: web::Data<AppState>) -> HttpResponse {
+    let out = match snapshot_path(&st.config.snapshot_dir, &body.path) {
+        Ok(p) => p,
+        Err(detail) => return error(StatusCode::BAD_REQUEST, "invalid_path", detail),
+    };
+    let store = st.engine.store().clone();
+    let target = out.clone();
+    match web::block(move || crate::store::snapshot::create(&store, &target, |_, _| {})).await {
+        Ok(Ok(m)) => {
+            HttpResponse::Ok().json(json!({"path": out.display().to_string(), "manifest": m}))
+        }
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "snapshot_failed", e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "snapshot_failed", e),
+    }
+}

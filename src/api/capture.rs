@@ -1,0 +1,149 @@
+//! The capture endpoints the PostHog SDKs call.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::decode::{decode_capture, decode_capture_v1, CaptureBody, RawRequest};
+use super::{engine_error, error, AppState};
+use crate::actors::{IngestItem, ItemOutcome};
+use crate::domain::normalize::event_token;
+use crate::domain::{normalize, ProjectId};
+use crate::metrics::Metrics;
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn raw<'a>(req: &'a HttpRequest, body: &'a [u8]) -> RawRequest<'a> {
+    RawRequest {
+        body,
+        content_encoding: header(req, "content-encoding"),
+        content_type: header(req, "content-type"),
+        query: req.query_string(),
+    }
+}
+
+/// The project of a token: cached, else asked of the router (which may create it).
+async fn project_of(st: &AppState, token: &str) -> Result<Option<ProjectId>, HttpResponse> {
+    if let Some(id) = st.tokens.read().ok().and_then(|t| t.get(token).copied()) {
+        return Ok(Some(id));
+    }
+    let id = st
+        .engine
+        .resolve_project(token, None, st.config.create_projects)
+        .await
+        .map_err(|e| engine_error(&e))?;
+    if let (Some(id), Ok(mut t)) = (id, st.tokens.write()) {
+        t.insert(token.to_string(), id);
+    }
+    Ok(id)
+}
+
+/// Normalise, ingest and answer; `ok` is the body of a success.
+async fn ingest(st: &AppState, body: CaptureBody, ok: Value) -> HttpResponse {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut items = Vec::with_capacity(body.events.len());
+    let mut index_of = Vec::with_capacity(body.events.len());
+    let mut rejected = Vec::new();
+    for (i, ev) in body.events.iter().enumerate() {
+        let Some(token) = event_token(body.api_key.as_deref(), ev) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "no_token",
+                format!("event {i} has no project token: set api_key on the batch, or token in the event's properties"),
+            );
+        };
+        let project = match project_of(st, &token).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_api_key",
+                    format!("unknown project token {token:?}: add it to the --projects file"),
+                )
+            }
+            Err(resp) => return resp,
+        };
+        match normalize(ev, now) {
+            Ok(event) => {
+                items.push(IngestItem { project, event });
+                index_of.push(i);
+            }
+            Err(rej) => {
+                Metrics::inc(&st.engine.metrics().events_rejected, "invalid_event");
+                rejected.push((i, rej.to_string()));
+            }
+        }
+    }
+    match st.engine.ingest(items).await {
+        Ok(outcomes) => {
+            for (k, outcome) in outcomes.into_iter().enumerate() {
+                if let ItemOutcome::Dropped(reason) = outcome {
+                    rejected.push((index_of[k], reason));
+                }
+            }
+            rejected.sort_by_key(|(i, _)| *i);
+            let mut answer = ok;
+            if !rejected.is_empty() {
+                let list: Vec<Value> = rejected
+                    .into_iter()
+                    .map(|(i, d)| json!({"index": i, "detail": d}))
+                    .collect();
+                answer["rejected"] = Value::Array(list);
+            }
+            HttpResponse::Ok().json(answer)
+        }
+        Err(e) => engine_error(&e),
+    }
+}
+
+/// `POST /batch/`, `/capture/`, `/e/`, `/i/v0/e/`, `/track/`, `/engage/`.
+pub async fn capture(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> HttpResponse {
+    match decode_capture(&raw(&req, &body), &st.config.limits) {
+        Ok(decoded) => ingest(&st, decoded, json!({"status": 1})).await,
+        Err(e) => error(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            e.code(),
+            &e,
+        ),
+    }
+}
+
+/// `POST /i/v1/analytics/events` (capture v1).
+pub async fn capture_v1(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let bearer = header(&req, "authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::trim);
+    match decode_capture_v1(&raw(&req, &body), bearer, &st.config.limits) {
+        Ok(decoded) => ingest(&st, decoded, json!({"results": {}})).await,
+        Err(e) => error(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            e.code(),
+            &e,
+        ),
+    }
+}
+
+/// `POST /flags/` and `/decide/`: no feature flags here.
+pub async fn flags() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "flags": {}, "featureFlags": {}, "featureFlagPayloads": {}, "errorsWhileComputingFlags": false
+    }))
+}
+
+/// `GET /array/{token}/config`: no remote config.
+pub async fn remote_config() -> HttpResponse {
+    HttpResponse::Ok().json(json!({}))
+}
+
+/// `GET /array/{token}/config.js`: an empty script.
+pub async fn remote_config_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/javascript")
+        .body("// idstitch serves no remote config\n")
+}

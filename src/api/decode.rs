@@ -1,0 +1,698 @@
+//! Decoding of capture request bodies, as the PostHog SDKs send them, into a list of events.
+//!
+//! Steps: size check, `Content-Encoding` (gzip, deflate), gzip by magic bytes or by
+//! `?compression=gzip-js`, the `data=<base64>` form, JSON, then the shape (envelope, array or
+//! one event) and the limits on event count and nesting. No input makes it panic.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::{alphabet, Engine as _};
+use flate2::read::{MultiGzDecoder, ZlibDecoder};
+use serde_json::{Map, Value};
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const FORM_TYPE: &str = "application/x-www-form-urlencoded";
+const PADDING: DecodePaddingMode = DecodePaddingMode::Indifferent;
+/// Standard base64 that accepts the data with or without its `=` padding.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(PADDING),
+);
+
+/// Limits applied while decoding (all configurable by the daemon).
+#[derive(Clone, Debug)]
+pub struct DecodeLimits {
+    /// Largest body accepted, as received and after decompression (default 20 MiB).
+    pub max_body_bytes: usize,
+    /// Largest number of events in one request (default 10,000).
+    pub max_events: usize,
+    /// Deepest JSON nesting of one event, the event object counting as 1 (default 64).
+    pub max_depth: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        let max_body_bytes = 20 * 1024 * 1024;
+        Self {
+            max_body_bytes,
+            max_events: 10_000,
+            max_depth: 64,
+        }
+    }
+}
+
+/// What the HTTP layer hands over.
+#[derive(Clone, Copy, Debug)]
+pub struct RawRequest<'a> {
+    /// The body exactly as received.
+    pub body: &'a [u8],
+    /// The `Content-Encoding` header, if any.
+    pub content_encoding: Option<&'a str>,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<&'a str>,
+    /// The raw query string, without the leading `?`.
+    pub query: &'a str,
+}
+
+/// A decoded capture request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureBody {
+    /// The envelope's `api_key` (else `token`) if the body was an envelope; for v1 the bearer token.
+    pub api_key: Option<String>,
+    /// The events in request order; each is still to be validated on its own.
+    pub events: Vec<Value>,
+    /// The envelope's `sent_at` (for v1, else `created_at`) when it is a string.
+    pub sent_at: Option<String>,
+}
+
+/// Why a capture request was refused as a whole; `Display` says what is wrong and what to do.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    /// The body is over `max_body_bytes`, as received or after decompression (413).
+    #[error("The request body is over the limit of {limit} bytes (counted after decompression); send smaller batches.")]
+    PayloadTooLarge { limit: usize },
+    /// A `Content-Encoding` or `compression` query value that is not supported.
+    #[error("The encoding `{0:.40}` is not supported; send the body uncompressed, gzip, deflate or as base64 form data.")]
+    UnsupportedEncoding(String),
+    /// The body claims gzip, deflate or base64 but does not decode as such.
+    #[error("The body is declared as {0} but does not decode ({1}); send valid {0} data or no compression.")]
+    Undecodable(&'static str, String),
+    /// The body is not UTF-8 JSON; the detail names the line and column.
+    #[error("The body is not valid JSON ({0}); send UTF-8 JSON.")]
+    InvalidJson(String),
+    /// Valid JSON of the wrong shape; the detail says what was found.
+    #[error(
+        "The body {0}; send {{\"batch\": [event, ...]}}, an array of events or one event object."
+    )]
+    InvalidPayload(String),
+    /// No events at all.
+    #[error("The batch is empty; send at least one event.")]
+    EmptyBatch,
+    /// More than `max_events` events (413).
+    #[error("The request holds {count} events, over the limit of {limit} (answered with 413); split it into smaller batches.")]
+    TooManyEvents { count: usize, limit: usize },
+    /// An event nested deeper than `max_depth`, or (`index: None`) a body deeper than serde_json's 128.
+    #[error("{} nested deeper than {limit} levels; flatten its properties.", deep_subject(*.index))]
+    TooDeep { index: Option<usize>, limit: usize },
+}
+
+fn deep_subject(index: Option<usize>) -> String {
+    index.map_or("The body is".into(), |i| format!("Event {i} is"))
+}
+
+impl DecodeError {
+    /// The HTTP status to answer: 413 for the size and count limits, 400 for the rest.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::PayloadTooLarge { .. } | Self::TooManyEvents { .. } => 413,
+            _ => 400,
+        }
+    }
+
+    /// The machine-readable code for the `code` field of the error answer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedEncoding(_) | Self::Undecodable(..) => "invalid_encoding",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidPayload(_) => "invalid_payload",
+            Self::EmptyBatch => "empty_batch",
+            Self::TooManyEvents { .. } => "too_many_events",
+            Self::TooDeep { .. } => "too_deep",
+        }
+    }
+}
+
+/// Decodes the body of `/batch/`, `/capture/`, `/e/` and the like into its events.
+pub fn decode_capture(
+    req: &RawRequest<'_>,
+    limits: &DecodeLimits,
+) -> Result<CaptureBody, DecodeError> {
+    let (api_key, events, sent_at) = match decode_json(req, limits)? {
+        Value::Object(mut map) if map.contains_key("batch") => {
+            let events = take_batch(&mut map)?;
+            let api_key = string(&mut map, "api_key").or_else(|| string(&mut map, "token"));
+            (api_key, events, string(&mut map, "sent_at"))
+        }
+        Value::Array(events) => (None, events, None),
+        Value::Object(map) => (None, vec![Value::Object(map)], None),
+        other => return Err(invalid(format!("is {}, not events", kind(&other)))),
+    };
+    check_events(&events, limits)?;
+    Ok(CaptureBody {
+        api_key,
+        events,
+        sent_at,
+    })
+}
+
+/// Capture v1 (`POST /i/v1/analytics/events`): body `{"batch":[...]}` (maybe gzip), token from
+/// `Authorization: Bearer <token>` (passed in), and for each event `options.process_person_profile`
+/// (bool) moved into `properties.$process_person_profile`; same limits.
+pub fn decode_capture_v1(
+    req: &RawRequest<'_>,
+    bearer_token: Option<&str>,
+    limits: &DecodeLimits,
+) -> Result<CaptureBody, DecodeError> {
+    let mut map = match decode_json(req, limits)? {
+        Value::Object(map) if map.contains_key("batch") => map,
+        _ => return Err(invalid("has no `batch` array, which capture v1 requires")),
+    };
+    let mut events = take_batch(&mut map)?;
+    check_events(&events, limits)?;
+    events.iter_mut().for_each(move_process_person_profile);
+    let api_key = bearer_token.map(str::trim).filter(|t| !t.is_empty());
+    let sent_at = string(&mut map, "sent_at").or_else(|| string(&mut map, "created_at"));
+    Ok(CaptureBody {
+        api_key: api_key.map(str::to_owned),
+        events,
+        sent_at,
+    })
+}
+
+/// Undoes every layer of compression and encoding, then parses the JSON.
+fn decode_json(req: &RawRequest<'_>, limits: &DecodeLimits) -> Result<Value, DecodeError> {
+    let max = limits.max_body_bytes;
+    if req.body.len() > max {
+        return Err(DecodeError::PayloadTooLarge { limit: max });
+    }
+    let mut query = form_urlencoded::parse(req.query.as_bytes());
+    let compression = query.find(|(k, _)| k == "compression").map(|(_, v)| v);
+    let compression = compression
+        .as_deref()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let (gzip_js, base64_form) = match compression.as_str() {
+        "" | "none" => (false, false),
+        "gzip-js" | "gzip" => (true, false),
+        "base64" => (false, true),
+        other => {
+            return Err(DecodeError::UnsupportedEncoding(format!(
+                "compression={other}"
+            )))
+        }
+    };
+    let mut codings = Vec::new();
+    for token in req.content_encoding.unwrap_or("").split(',').map(str::trim) {
+        match token.to_ascii_lowercase().as_str() {
+            "" | "identity" => {}
+            "gzip" | "x-gzip" => codings.push("gzip"),
+            "deflate" => codings.push("deflate"),
+            _ => return Err(DecodeError::UnsupportedEncoding(token.to_owned())),
+        }
+    }
+    if codings.is_empty() && (gzip_js || req.body.starts_with(&GZIP_MAGIC)) {
+        codings.push("gzip");
+    }
+    let mut bytes = Cow::Borrowed(req.body);
+    for coding in codings.into_iter().rev() {
+        bytes = Cow::Owned(inflate(&bytes, coding, max)?);
+    }
+    let content_type = req
+        .content_type
+        .unwrap_or("")
+        .trim_start()
+        .to_ascii_lowercase();
+    if base64_form || content_type.starts_with(FORM_TYPE) {
+        bytes = Cow::Owned(form_data(&bytes, max)?);
+    }
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(invalid("is empty"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        DecodeError::InvalidJson(format!("not UTF-8 from byte {}", e.valid_up_to()))
+    })?;
+    serde_json::from_str(text).map_err(|e| match e.to_string() {
+        m if m.starts_with("recursion limit exceeded") => DecodeError::TooDeep {
+            index: None,
+            limit: 128,
+        },
+        m => DecodeError::InvalidJson(m),
+    })
+}
+
+/// The JSON inside a `data=<base64>` form; old SDKs put the URL-encoded JSON itself there.
+fn form_data(body: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut form = form_urlencoded::parse(body);
+    let Some((_, data)) = form.find(|(k, _)| k == "data") else {
+        return Err(invalid(format!(
+            "is a form ({FORM_TYPE}) without a `data` field"
+        )));
+    };
+    if data.trim_start().starts_with(['{', '[']) {
+        return Ok(data.into_owned().into_bytes());
+    }
+    // Form decoding turned base64's '+' into ' '; also accept URL-safe base64 and line breaks.
+    let data = data
+        .bytes()
+        .filter(|b| *b == b' ' || !b.is_ascii_whitespace());
+    let data = data.map(|b| match b {
+        b' ' | b'-' => b'+',
+        b'_' => b'/',
+        b => b,
+    });
+    let decoded = BASE64.decode(data.collect::<Vec<u8>>());
+    let decoded = decoded.map_err(|e| DecodeError::Undecodable("base64", e.to_string()))?;
+    match decoded.starts_with(&GZIP_MAGIC) {
+        true => inflate(&decoded, "gzip", max),
+        false => Ok(decoded),
+    }
+}
+
+/// Inflates `bytes` through `take(max + 1)`, so a bomb never costs more than `max + 1` bytes.
+fn inflate(bytes: &[u8], coding: &'static str, max: usize) -> Result<Vec<u8>, DecodeError> {
+    let reader: Box<dyn Read + '_> = match coding {
+        "gzip" if !bytes.starts_with(&GZIP_MAGIC) => {
+            let detail = "it does not start with the gzip magic bytes 1f 8b".into();
+            return Err(DecodeError::Undecodable(coding, detail));
+        }
+        "gzip" => Box::new(MultiGzDecoder::new(bytes)),
+        // HTTP's deflate is zlib-wrapped (first byte 0x78), but some clients send raw deflate.
+        _ if bytes.first() == Some(&0x78) => Box::new(ZlibDecoder::new(bytes)),
+        _ => Box::new(flate2::read::DeflateDecoder::new(bytes)),
+    };
+    let mut out = Vec::new();
+    let mut limited = reader.take((max as u64).saturating_add(1));
+    let read = limited.read_to_end(&mut out);
+    read.map_err(|e| DecodeError::Undecodable(coding, e.to_string()))?;
+    match out.len() > max {
+        true => Err(DecodeError::PayloadTooLarge { limit: max }),
+        false => Ok(out),
+    }
+}
+
+fn take_batch(map: &mut Map<String, Value>) -> Result<Vec<Value>, DecodeError> {
+    match map.remove("batch") {
+        Some(Value::Array(events)) => Ok(events),
+        other => {
+            let found = kind(other.as_ref().unwrap_or(&Value::Null));
+            Err(invalid(format!(
+                "has a `batch` that is {found}, not an array"
+            )))
+        }
+    }
+}
+
+fn check_events(events: &[Value], limits: &DecodeLimits) -> Result<(), DecodeError> {
+    let (count, limit) = (events.len(), limits.max_events);
+    if count == 0 {
+        return Err(DecodeError::EmptyBatch);
+    } else if count > limit {
+        return Err(DecodeError::TooManyEvents { count, limit });
+    }
+    let limit = limits.max_depth;
+    match events.iter().position(|e| depth(e) > limit) {
+        Some(i) => Err(DecodeError::TooDeep {
+            index: Some(i),
+            limit,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Nesting depth: 0 for a scalar, 1 + the deepest child for a container. The recursion is
+/// bounded by serde_json's own limit of 128 levels.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn move_process_person_profile(event: &mut Value) {
+    let Some(event) = event.as_object_mut() else {
+        return;
+    };
+    let options = event.get_mut("options").and_then(Value::as_object_mut);
+    let Some(flag) = options.and_then(|o| o.get("process_person_profile")?.as_bool()) else {
+        return;
+    };
+    let properties = event
+        .entry("properties")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(properties) = properties.as_object_mut() else {
+        return;
+    };
+    properties.insert("$process_person_profile".into(), Value::Bool(flag));
+    if let Some(options) = event.get_mut("options").and_then(Value::as_object_mut) {
+        options.remove("process_person_profile");
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> DecodeError {
+    DecodeError::InvalidPayload(detail.into())
+}
+
+fn string(map: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use flate2::{write::GzEncoder, write::ZlibEncoder, Compression};
+    use serde_json::json;
+    use std::io::Write;
+
+    const BATCH: &[u8] = br#"{"api_key":"k","batch":[{"event":"a"},{"event":"b"}],"sent_at":"s"}"#;
+    type Decoded = Result<CaptureBody, DecodeError>;
+
+    fn raw<'a>(body: &'a [u8], enc: Option<&'a str>, ctype: Option<&'a str>) -> RawRequest<'a> {
+        let (content_encoding, content_type) = (enc, ctype);
+        RawRequest {
+            body,
+            content_encoding,
+            content_type,
+            query: "",
+        }
+    }
+
+    fn dec(body: &[u8], enc: Option<&str>, ctype: Option<&str>, query: &str) -> Decoded {
+        decode_capture(
+            &RawRequest {
+                query,
+                ..raw(body, enc, ctype)
+            },
+            &DecodeLimits::default(),
+        )
+    }
+
+    fn plain(body: &[u8]) -> Decoded {
+        dec(body, None, Some("application/json"), "")
+    }
+
+    #[track_caller]
+    fn refused(result: Decoded, status: u16, code: &str) {
+        let e = result.expect_err("the request should be refused");
+        assert_eq!((e.status(), e.code()), (status, code), "{e}");
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn form(bytes: &[u8]) -> String {
+        let data = STANDARD.encode(bytes).replace('+', "%2B");
+        format!(
+            "ver=1&data={}",
+            data.replace('/', "%2F").replace('=', "%3D")
+        )
+    }
+
+    #[test]
+    fn an_envelope_gives_its_api_key_events_and_sent_at() {
+        let body = plain(BATCH).unwrap();
+        assert_eq!(
+            (body.api_key.as_deref(), body.sent_at.as_deref()),
+            (Some("k"), Some("s"))
+        );
+        assert_eq!(body.events, [json!({"event": "a"}), json!({"event": "b"})]);
+    }
+
+    #[test]
+    fn an_envelope_with_a_token_or_a_non_string_api_key_uses_the_token() {
+        let body = plain(br#"{"api_key":7,"token":"t","batch":[{}],"sent_at":1}"#).unwrap();
+        assert_eq!((body.api_key.as_deref(), body.sent_at), (Some("t"), None));
+    }
+
+    #[test]
+    fn an_array_and_a_single_object_are_events_without_a_batch_key() {
+        let body = plain(br#"[{"event":"a","token":"t"},{"event":"b"}]"#).unwrap();
+        assert_eq!((body.api_key, body.events.len()), (None, 2));
+        let body = plain(br#" {"event":"a","api_key":"t"} "#).unwrap();
+        assert_eq!(body.events, [json!({"event": "a", "api_key": "t"})]);
+        assert_eq!((body.api_key, body.sent_at), (None, None));
+    }
+
+    #[test]
+    fn gzip_is_inflated_by_header_by_magic_bytes_and_by_the_gzip_js_query() {
+        let (expected, gz) = (plain(BATCH), gzip(BATCH));
+        for enc in ["gzip", " GZIP ", "identity, gzip", "x-gzip"] {
+            assert_eq!(dec(&gz, Some(enc), None, ""), expected);
+        }
+        assert_eq!(dec(&gz, None, Some("text/plain"), ""), expected);
+        let query = "ip=1&_=1700000000&compression=gzip-js&ver=1.2";
+        assert_eq!(dec(&gz, None, Some("text/plain"), query), expected);
+        refused(dec(BATCH, None, None, query), 400, "invalid_encoding");
+    }
+
+    #[test]
+    fn deflate_is_inflated_whether_zlib_wrapped_or_raw() {
+        let mut zlib = ZlibEncoder::new(Vec::new(), Compression::default());
+        zlib.write_all(BATCH).unwrap();
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), Compression::default());
+        raw.write_all(BATCH).unwrap();
+        for body in [zlib.finish().unwrap(), raw.finish().unwrap()] {
+            assert_eq!(dec(&body, Some("Deflate"), None, ""), plain(BATCH));
+        }
+    }
+
+    #[test]
+    fn a_base64_form_decodes_percent_escapes_spaces_url_safe_and_missing_padding() {
+        // Standard base64 of this event holds '+', '/' and '=' padding.
+        let json = br#"{"event":">>>?","p":"???~~"}"#;
+        let (expected, std) = (plain(json), STANDARD.encode(json));
+        assert!(std.contains('+') && std.contains('/') && std.ends_with('='));
+        let (unescaped, spaced) = (
+            format!("data={std}"),
+            format!("data={}", std.replace('+', " ")),
+        );
+        let url_safe = format!("data={}", URL_SAFE_NO_PAD.encode(json));
+        let wrapped = format!("data={}%0D%0A{}", &std[..8], form(json).split_at(19).1);
+        let ctype = Some("Application/X-WWW-Form-Urlencoded; charset=UTF-8");
+        let as_json = format!(
+            "data={}",
+            form_urlencoded::byte_serialize(json).collect::<String>()
+        );
+        for body in [form(json), unescaped, spaced, url_safe, wrapped, as_json] {
+            assert_eq!(dec(body.as_bytes(), None, ctype, ""), expected);
+        }
+        let by_query = dec(form(json).as_bytes(), None, None, "compression=base64");
+        assert_eq!(by_query, expected);
+    }
+
+    #[test]
+    fn a_base64_form_with_gzip_inside_is_inflated() {
+        let body = form(&gzip(BATCH));
+        assert_eq!(
+            dec(body.as_bytes(), None, Some(FORM_TYPE), ""),
+            plain(BATCH)
+        );
+    }
+
+    #[test]
+    fn bad_encodings_and_forms_are_400_with_their_codes() {
+        let gz = gzip(BATCH);
+        refused(dec(b"{}", Some("br"), None, ""), 400, "invalid_encoding");
+        refused(
+            dec(b"{}", None, None, "compression=lz64"),
+            400,
+            "invalid_encoding",
+        );
+        refused(dec(BATCH, Some("gzip"), None, ""), 400, "invalid_encoding");
+        refused(plain(&gz[..gz.len() / 2]), 400, "invalid_encoding");
+        let e = plain(b"\x1f\x8bnot gzip at all").unwrap_err().to_string();
+        assert!(
+            e.starts_with("The body is declared as gzip but does not decode"),
+            "{e}"
+        );
+        refused(
+            dec(br#"{"event":"a"}"#, None, Some(FORM_TYPE), ""),
+            400,
+            "invalid_payload",
+        );
+        refused(
+            dec(b"data=%21%21%21", None, Some(FORM_TYPE), ""),
+            400,
+            "invalid_encoding",
+        );
+    }
+
+    #[test]
+    fn bad_json_and_wrong_shapes_are_400_with_their_codes() {
+        let e = plain(b"{\n  \"batch\": [,]\n}").unwrap_err();
+        assert_eq!((e.status(), e.code()), (400, "invalid_json"));
+        assert!(e.to_string().contains("line 2 column 13"), "{e}");
+        refused(plain(b"[{\"event\":\"\xff\"}]"), 400, "invalid_json");
+        for body in [
+            "42",
+            "\"text\"",
+            "null",
+            " \n",
+            r#"{"batch":{"event":"a"}}"#,
+        ] {
+            refused(plain(body.as_bytes()), 400, "invalid_payload");
+        }
+        refused(plain(br#"{"api_key":"k","batch":[]}"#), 400, "empty_batch");
+        refused(plain(b"[]"), 400, "empty_batch");
+    }
+
+    #[test]
+    fn too_many_events_and_oversized_bodies_are_413() {
+        let limits = DecodeLimits {
+            max_events: 3,
+            max_body_bytes: 64,
+            max_depth: 8,
+        };
+        let run = |body: &[u8]| decode_capture(&raw(body, None, None), &limits);
+        refused(run(b"[{},{},{},{}]"), 413, "too_many_events");
+        assert!(run(b"[{},{},{},{}]")
+            .unwrap_err()
+            .to_string()
+            .contains("413"));
+        assert!(run(b"[{},{},{}]").is_ok());
+        refused(run(&[b' '; 65]), 413, "payload_too_large");
+        refused(run(&gzip(&[b' '; 100])), 413, "payload_too_large");
+    }
+
+    #[test]
+    fn a_gzip_bomb_of_30_mib_is_refused_with_the_default_20_mib_limit() {
+        // Inflating goes through `take(limit + 1)`: at most 20 MiB + 1 byte is ever allocated.
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        (0..30).for_each(|_| enc.write_all(&[0; 1 << 20]).unwrap());
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 1 << 20);
+        let too_large = || Err(DecodeError::PayloadTooLarge { limit: 20 << 20 });
+        assert_eq!(dec(&bomb, None, Some("text/plain"), ""), too_large());
+        let as_form = dec(form(&bomb).as_bytes(), None, None, "compression=base64");
+        assert_eq!(as_form, too_large());
+    }
+
+    #[test]
+    fn an_event_nested_too_deep_is_refused_with_its_index_and_never_overflows_the_stack() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let body = format!(r#"{{"batch":[{{"e":1}},{{"p":{}}}]}}"#, nested(70));
+        let e = plain(body.as_bytes()).unwrap_err();
+        assert_eq!((e.status(), e.code()), (400, "too_deep"));
+        assert!(e
+            .to_string()
+            .starts_with("Event 1 is nested deeper than 64 levels"));
+        assert!(plain(format!(r#"[{{"p":{}}}]"#, nested(63)).as_bytes()).is_ok());
+        for n in [200, 100_000] {
+            refused(plain(nested(n).as_bytes()), 400, "too_deep");
+        }
+    }
+
+    #[test]
+    fn capture_v1_moves_options_process_person_profile_into_properties() {
+        let body = gzip(
+            br#"{"created_at":"c","batch":[
+            {"event":"a","options":{"process_person_profile":false,"x":1},"properties":{"y":2}},
+            {"event":"b","options":{"process_person_profile":true}},{"event":"c","options":{}}]}"#,
+        );
+        let r = raw(&body, Some("gzip"), None);
+        let got = decode_capture_v1(&r, Some("phc_v1"), &DecodeLimits::default()).unwrap();
+        assert_eq!(
+            (got.api_key.as_deref(), got.sent_at.as_deref()),
+            (Some("phc_v1"), Some("c"))
+        );
+        let props = json!({"y": 2, "$process_person_profile": false});
+        let a = json!({"event": "a", "options": {"x": 1}, "properties": props});
+        let props = json!({"$process_person_profile": true});
+        let b = json!({"event": "b", "options": {}, "properties": props});
+        assert_eq!(got.events, [a, b, json!({"event": "c", "options": {}})]);
+    }
+
+    #[test]
+    fn capture_v1_without_a_bearer_token_has_no_api_key_and_needs_a_batch() {
+        let v1 = |body: &[u8], token| {
+            decode_capture_v1(&raw(body, None, None), token, &DecodeLimits::default())
+        };
+        let body = br#"{"api_key":"ignored","batch":[{"event":"a"}]}"#;
+        assert_eq!(v1(body, None).unwrap().api_key, None);
+        assert_eq!(v1(body, Some("  ")).unwrap().api_key, None);
+        refused(v1(br#"[{"event":"a"}]"#, None), 400, "invalid_payload");
+        refused(v1(br#"{"event":"a"}"#, None), 400, "invalid_payload");
+        refused(v1(br#"{"batch":[]}"#, None), 400, "empty_batch");
+    }
+
+    #[test]
+    fn the_sdk_fixtures_decode() {
+        let python = include_bytes!("../../tests/fixtures/capture/posthog_python_batch.json");
+        assert_eq!(
+            plain(python).unwrap().api_key.as_deref(),
+            Some("phc_fixture")
+        );
+        let js = include_bytes!("../../tests/fixtures/capture/posthog_js_base64_form.txt");
+        let js = dec(js, None, Some(FORM_TYPE), "compression=base64").unwrap();
+        assert_eq!(js.events[0]["properties"]["token"], "phc_fixture");
+    }
+
+    #[test]
+    fn random_bytes_and_mutations_never_panic_and_only_give_400_or_413() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as usize
+        };
+        let (gz, form) = (gzip(BATCH), form(&gzip(BATCH)));
+        let many = format!("[{}{{}}]", "{},".repeat(5));
+        let v1 = br#"{"batch":[{"options":{"process_person_profile":true},"a":[{"b":"\u00e9"}]}]}"#;
+        let seeds = [
+            raw(BATCH, None, None),
+            raw(&gz, Some("gzip"), None),
+            raw(form.as_bytes(), None, Some(FORM_TYPE)),
+            raw(v1, None, None),
+            raw(many.as_bytes(), None, None),
+        ];
+        let limits = DecodeLimits {
+            max_body_bytes: 4096,
+            max_events: 4,
+            max_depth: 3,
+        };
+        for round in 0..6000 {
+            let mut r = seeds[next() % 5];
+            let mut body = r.body.to_vec();
+            if round % 3 == 0 {
+                body = (0..next() % 300).map(|_| next() as u8).collect();
+            }
+            if next() % 4 == 0 {
+                r.content_encoding = [None, Some("gzip"), Some("deflate")][next() % 3];
+                r.content_type = [None, Some(FORM_TYPE)][next() % 2];
+                r.query = ["", "compression=gzip-js", "compression=base64"][next() % 3];
+            }
+            for _ in 0..next() % 3 {
+                let at = next() % body.len().max(1);
+                match next() % 4 {
+                    0 if !body.is_empty() => body[at] = next() as u8,
+                    1 => body.insert(at, b"{[\"]}:,0\x1f\x8b="[next() % 11]),
+                    2 => body.truncate(at),
+                    _ => body.extend(std::iter::repeat_n(b' ', next() % 5000)),
+                }
+            }
+            r.body = &body;
+            let v1 = decode_capture_v1(&r, Some("t"), &limits);
+            for e in [decode_capture(&r, &limits), v1]
+                .into_iter()
+                .filter_map(Result::err)
+            {
+                assert!(matches!(e.status(), 400 | 413), "{e:?}");
+                assert!(!e.code().is_empty() && e.to_string().ends_with('.'), "{e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The read API: projects, persons, events, warnings, history.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{error, json as render, AppState};
+use crate::domain::{Change, PersonUuid, ProjectId, Seq};
+use crate::store::{ProjectRecord, Store, StoreError};
+
+/// Largest page of events.
+const MAX_EVENTS_PAGE: usize = 10_000;
+
+fn store_error(e: StoreError) -> HttpResponse {
+    tracing::error!(error = %e, "Read failed.");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e)
+}
+
+/// The project named by a token or a numeric id, or the 404 answer.
+pub fn find_project(store: &Store, key: &str) -> Result<ProjectRecord, HttpResponse> {
+    let found = match key.parse::<u32>() {
+        Ok(id) => store.project(ProjectId(id)),
+        Err(_) => store.project_id(key).and_then(|id| {
+            id.map(|id| store.project(id))
+                .transpose()
+                .map(Option::flatten)
+        }),
+    };
+    match found {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err(HttpResponse::NotFound().json(json!({"detail": "project not found"}))),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// A person uuid from the path, or the 404 answer.
+pub fn parse_uuid(s: &str) -> Result<PersonUuid, HttpResponse> {
+    uuid::Uuid::parse_str(s).map(PersonUuid).map_err(|_| {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{s:?} is not a person uuid"),
+        )
+    })
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        }
+    };
+}
+pub(crate) use tri;
+
+/// `GET /api/projects/`.
+pub async fn projects(st: web::Data<AppState>) -> HttpResponse {
+    match st.engine.store().projects() {
+        Ok(ps) => HttpResponse::Ok().json(
+            json!({"results": ps.iter().map(render::project).collect::<Vec<_>>(), "next": null}),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /api/projects/{project}/`.
+pub async fn project(path: web::Path<String>, st: web::Data<AppState>) -> HttpResponse {
+    let p = tri!(find_project(st.engine.store(), &path));
+    HttpResponse::Ok().json(render::project(&p))
+}
+
+/// Query of the persons list.
+#[derive(Deserialize)]
+pub struct PersonsQuery {
+    distinct_id: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+    explain: Option<bool>,
+}
+
+/// `GET /api/projects/{project}/persons/`.
+pub async fn persons(
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<PersonsQuery>,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let store = st.engine.store();
+    let p = tri!(find_project(store, &path));
+    if let Some(did) = &q.distinct_id {
+        let person = store.person_of(p.id, did).and_then(|u| {
+            u.map(|u| store.person(p.id, u))
+                .transpose()
+                .map(Option::flatten)
+        });
+        let results: Vec<Value> = match person {
+            Ok(found) => found.iter().map(render::person).collect(),
+            Err(e) => return store_error(e),
+        };
+        let mut answer = json!({"results": results, "next": null});
+        if q.explain.unwrap_or(false) {
+            answer["explanation"] = tri!(explain(store, p.id, did));
+        }
+        return HttpResponse::Ok().json(answer);
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let after = match q.after.as_deref().map(hex_decode) {
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "after is not a cursor from a previous page",
+            )
+        }
+        Some(Some(k)) => Some(k),
+        None => None,
+    };
+    let page = match store.persons_page(p.id, after.as_deref(), limit) {
+        Ok(page) => page,
+        Err(e) => return store_error(e),
+    };
+    let next = match page.last() {
+        Some((k, _)) if page.len() == limit => Value::String(format!(
+            "{}?limit={limit}&after={}",
+            req.path(),
+            hex_encode(k)
+        )),
+        _ => Value::Null,
+    };
+    let results: Vec<Value> = page
+        .iter()
+        .map(|(_, person)| render::person(person))
+        .collect();
+    HttpResponse::Ok().json(json!({"results": results, "next": next}))
+}
+
+/// Why `did` belongs to its person: every logged decision that named it, oldest first.
+fn explain(store: &Store, project: ProjectId, did: &str) -> Result<Value, HttpResponse> {
+    let seqs = store.history_of_did(project, did).map_err(store_error)?;
+    let mut steps = Vec::new();
+    for seq in seqs {
+        if let Some(entry) = store.entry(seq).map_err(store_error)? {
+            steps.push(render::entry(seq, &entry, |c| names_did(c, did)));
+        }
+    }
+    Ok(Value::Array(steps))
+}
+
+fn names_did(c: &Change, did: &str) -> bool {
+    match c {
+        Change::PersonCreated { distinct_ids, .. } | Change::PersonDeleted { distinct_ids, .. } => {
+            distinct_ids.iter().any(|d| d == did)
+        }
+        Change::DistinctIdAttached { distinct_id, .. } => distinct_id == did,
+        Change::PersonsMerged { moved_ids, .. } => moved_ids.iter().any(|d| d == did),
+        Change::MergeRefused { other, into, .. } => other == did || into == did,
+        Change::PersonSplit { parts, .. } => parts.iter().any(|(d, _)| d == did),
+        _ => false,
+    }
+}
+
+/// Whether a change concerns a person (for its history).
+pub fn concerns(c: &Change, uuid: PersonUuid) -> bool {
+    match c {
+        Change::PersonCreated { person, .. }
+        | Change::PersonSplit { person, .. }
+        | Change::PersonDeleted { person, .. } => {
+            *person == uuid
+                || matches!(c, Change::PersonSplit { parts, .. } if parts.iter().any(|(_, u)| *u == uuid))
+        }
+        Change::PersonsMerged {
+            survivor, absorbed, ..
+        } => *survivor == uuid || *absorbed == uuid,
+        Change::MergeRefused {
+            person,
+            other_person,
+            ..
+        } => *person == Some(uuid) || *other_person == Some(uuid),
+        other => other.touched() == Some(uuid),
+    }
+}
+
+/// `GET /api/projects/{project}/persons/{uuid}/`.
+pub async fn person(path: web::Path<(String, String)>, st: web::Data<AppState>) -> HttpResponse {
+    let store = st.engine.store();
+    let p = tri!(find_project(store, &path.0));
+    let uuid = tri!(parse_uuid(&path.1));
+    match store.person(p.id, uuid) {
+        Ok(Some(person)) => HttpResponse::Ok().json(render::person(&person)),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "person not found"),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /api/projects/{project}/persons/{uuid}/history/`.
+pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>) -> HttpResponse {
+    let store = st.engine.store();
+    let p = tri!(find_project(store, &path.0));
+    let uuid = tri!(parse_uuid(&path.1));
+    let seqs = match store.history_of(p.id, uuid) {
+        Ok(s) if s.is_empty() => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no history for this person",
+            )
+        }
+        Ok(s) => s,
+        Err(e) => return store_error(e),
+    };
+    let mut results = Vec::new();
+    for seq in seqs {
+        match store.entry(seq) {
+            Ok(Some(entry)) => results.push(render::entry(seq, &entry, |c| concerns(c, uuid))),
+            Ok(None) => {}
+            Err(e) => return store_error(e),
+        }
+    }
+    HttpResponse::Ok().json(json!({"results": results}))
+}
+
+/// Query of the events list.
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    distinct_id: Option<String>,
+    person_id: Option<String>,
+    limit: Option<usize>,
+    after: Option<u64>,
+}
+
+/// `GET /api/projects/{project}/events/`: newest first, `after` is the last `seq` seen.
+pub async fn events(
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<EventsQuery>,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let store = st.engine.store();
+    let p = tri!(find_project(store, &path));
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_EVENTS_PAGE);
+    let dids: Vec<String> = match (&q.distinct_id, &q.person_id) {
+        (Some(d), _) => vec![d.clone()],
+        (None, Some(pid)) => {
+            let uuid = tri!(parse_uuid(pid));
+            match store.person(p.id, uuid) {
+                Ok(Some(person)) => person.distinct_ids,
+                Ok(None) => Vec::new(),
+                Err(e) => return store_error(e),
+            }
+        }
+        (None, None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "required",
+                "give distinct_id or person_id",
+            )
+        }
+    };
+    let mut seqs = Vec::new();
+    for did in &dids {
+        match store.event_seqs_of(p.id, did, q.after.map(Seq), limit) {
+            Ok(s) => seqs.extend(s),
+            Err(e) => return store_error(e),
+        }
+    }
+    seqs.sort_unstable_by(|a, b| b.cmp(a));
+    seqs.truncate(limit);
+    let mut results = Vec::with_capacity(seqs.len());
+    for seq in &seqs {
+        let entry = match store.entry(*seq) {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => return store_error(e),
+        };
+        for c in &entry.changes {
+            if let Change::EventStored { event } = c {
+                let person = store.person_of(p.id, &event.distinct_id).ok().flatten();
+                results.push(render::event(p.id, *seq, event, person));
+            }
+        }
+    }
+    let next = match seqs.last() {
+        Some(s) if seqs.len() == limit => {
+            let filter = match (&q.distinct_id, &q.person_id) {
+                (Some(d), _) => format!("distinct_id={}", urlencode(d)),
+                (None, Some(pid)) => format!("person_id={pid}"),
+                _ => String::new(),
+            };
+            Value::String(format!(
+                "{}?{filter}&limit={limit}&after={}",
+                req.path(),
+                s.0
+            ))
+        }
+        _ => Value::Null,
+    };
+    HttpResponse::Ok().json(json!({"results": results, "next": next}))
+}
+
+/// Query of the warnings list.
+#[derive(Deserialize)]
+pub struct WarningsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/projects/{project}/ingestion_warnings/`.
+pub async fn warnings(
+    path: web::Path<String>,
+    q: web::Query<WarningsQuery>,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let store = st.engine.store();
+    let p = tri!(find_project(store, &path));
+    match store.warnings(p.id, q.limit.unwrap_or(1000).clamp(1, 100_000)) {
+        Ok(ws) => HttpResponse::Ok()
+            .json(json!({"results": ws.iter().map(render::warning).collect::<Vec<_>>()})),
+        Err(e) => store_error(e),
+    }
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,120 @@
+//! The subcommands of the `idstitch` binary. `anyhow` lives here and in `main.rs` only.
+
+pub mod client;
+pub mod ingest;
+pub mod person;
+pub mod serve;
+pub mod snapshot;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A failure with the exit code the spec assigns: 1 user-fixable, 2 runtime, 3 corruption.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// One plain line: what went wrong and what to do.
+    pub message: String,
+}
+
+impl Failure {
+    /// Something the user can fix (exit 1).
+    pub fn user(message: impl Into<String>) -> anyhow::Error {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+        .into()
+    }
+
+    /// Corruption detected (exit 3).
+    pub fn corrupt(message: impl Into<String>) -> anyhow::Error {
+        Failure {
+            code: 3,
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// idstitch: PostHog-compatible identity resolution as one small daemon.
+///
+/// Feed it events from the PostHog SDKs over a Unix socket (or TCP); it stitches anonymous and
+/// identified distinct IDs into persons, exactly as PostHog does, and logs every decision.
+#[derive(Parser, Debug)]
+#[command(name = "idstitch", version, about, long_about)]
+pub struct Cli {
+    /// Log format: `text` or `json`. Verbosity comes from RUST_LOG (default `info`).
+    #[arg(
+        long,
+        global = true,
+        env = "IDSTITCH_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(serve::ServeArgs),
+    /// Send an NDJSON or JSON file of events to a running daemon.
+    Ingest(ingest::IngestArgs),
+    /// Replay the whole log into scratch state and compare it with the live state.
+    Verify {
+        /// The data directory (the daemon may be running).
+        #[arg(long, env = "IDSTITCH_DATA_DIR", default_value = "./data/store")]
+        data_dir: PathBuf,
+    },
+    /// Snapshots: create, verify, restore (with point-in-time restore).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
+    /// Operator access to persons over the socket: show, history, split, delete.
+    Person {
+        /// The daemon's socket.
+        #[arg(
+            long,
+            env = "IDSTITCH_SOCKET",
+            default_value = "./data/store/idstitch.sock"
+        )]
+        socket: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: person::PersonCmd,
+    },
+}
+
+/// Initialise logging to stderr.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_logging(&cli.log_format);
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Ingest(args) => ingest::run(args),
+        Command::Verify { data_dir } => verify::run(&data_dir),
+        Command::Snapshot(cmd) => snapshot::run(cmd),
+        Command::Person { socket, cmd } => person::run(&socket, cmd),
+    }
+}

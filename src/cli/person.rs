@@ -1,0 +1,148 @@
+//! `idstitch person show|history|split|delete`: operator access over the socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::{json, Value};
+
+use super::client::Conn;
+use super::Failure;
+
+/// Person subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum PersonCmd {
+    /// Show the person of a distinct ID, with the decisions that joined it (`--explain`).
+    Show {
+        /// Project token or id.
+        project: String,
+        /// A distinct ID.
+        distinct_id: String,
+        /// Also print why the ID belongs to this person.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Print a person's logged history, oldest first.
+    History {
+        /// Project token or id.
+        project: String,
+        /// Person uuid.
+        uuid: String,
+    },
+    /// Split a person into one person per distinct ID.
+    Split {
+        /// Project token or id.
+        project: String,
+        /// Person uuid.
+        uuid: String,
+        /// The ID that keeps the properties.
+        #[arg(long)]
+        main: Option<String>,
+    },
+    /// Delete a person (a logged tombstone).
+    Delete {
+        /// Project token or id.
+        project: String,
+        /// Person uuid.
+        uuid: String,
+        /// Delete its events too.
+        #[arg(long)]
+        delete_events: bool,
+    },
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Run a person subcommand against the daemon on `socket`.
+pub fn run(socket: &PathBuf, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
+    let (method, path, body) = match &cmd {
+        PersonCmd::Show {
+            project,
+            distinct_id,
+            explain,
+        } => (
+            "GET",
+            format!(
+                "/api/projects/{}/persons/?distinct_id={}&explain={explain}",
+                enc(project),
+                enc(distinct_id)
+            ),
+            Value::Null,
+        ),
+        PersonCmd::History { project, uuid } => (
+            "GET",
+            format!(
+                "/api/projects/{}/persons/{}/history/",
+                enc(project),
+                enc(uuid)
+            ),
+            Value::Null,
+        ),
+        PersonCmd::Split {
+            project,
+            uuid,
+            main,
+        } => (
+            "POST",
+            format!(
+                "/api/projects/{}/persons/{}/split/",
+                enc(project),
+                enc(uuid)
+            ),
+            json!({"main_distinct_id": main}),
+        ),
+        PersonCmd::Delete {
+            project,
+            uuid,
+            delete_events,
+        } => (
+            "DELETE",
+            format!(
+                "/api/projects/{}/persons/{}/?delete_events={delete_events}",
+                enc(project),
+                enc(uuid)
+            ),
+            Value::Null,
+        ),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let resp = rt.block_on(async {
+        let mut c = Conn::unix(socket).await?;
+        let bytes = if body.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&body)?
+        };
+        c.request(
+            method,
+            &path,
+            &[("content-type", "application/json")],
+            bytes,
+        )
+        .await
+    })?;
+    match resp.status {
+        200 => println!("{}", serde_json::to_string_pretty(&resp.json())?),
+        204 => println!("deleted"),
+        s => return Err(Failure::user(format!("{s}: {}", resp.json()["detail"]))),
+    }
+    if let PersonCmd::Show { .. } = cmd {
+        if resp.json()["results"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+        {
+            return Ok(ExitCode::from(1));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,331 @@
+//! `idstitch serve`: recover, then serve the API on the Unix socket (and TCP), until a signal.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+
+use actix_web::web;
+use anyhow::Context;
+use serde::Deserialize;
+
+use super::Failure;
+use crate::actors::{Engine, EngineConfig};
+use crate::api::{server, ApiConfig, AppState, DecodeLimits};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Options of `idstitch serve`. Precedence: flags, then `IDSTITCH_*` environment variables,
+/// then the TOML file of `--config` (same names, with underscores), then the defaults shown.
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Data directory (RocksDB) [default: ./data/store].
+    #[arg(long, env = "IDSTITCH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Unix socket path [default: <data-dir>/idstitch.sock].
+    #[arg(long, env = "IDSTITCH_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Also listen on TCP at this address (e.g. 127.0.0.1:8010) [default: off].
+    #[arg(long, env = "IDSTITCH_HTTP")]
+    pub http: Option<String>,
+    /// A TOML file with any of these options.
+    #[arg(long, env = "IDSTITCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// File holding the admin key that `/api/` requires on TCP (`Authorization: Bearer <key>`).
+    #[arg(long, env = "IDSTITCH_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+    /// Strict mode: only the projects in this TOML file (`[[project]] token = "phc_…" name = "…"`);
+    /// unknown tokens get 401. Without it, a new token creates its project on first use.
+    #[arg(long, env = "IDSTITCH_PROJECTS")]
+    pub projects: Option<PathBuf>,
+    /// Refuse merges whose source person has more than N distinct IDs [default: unlimited].
+    #[arg(long, env = "IDSTITCH_MERGE_LIMIT")]
+    pub merge_limit: Option<u64>,
+    /// Largest request body, compressed or decompressed, in bytes [default: 20971520].
+    #[arg(long, env = "IDSTITCH_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most events in one request [default: 10000].
+    #[arg(long, env = "IDSTITCH_MAX_EVENTS_PER_REQUEST")]
+    pub max_events_per_request: Option<usize>,
+    /// Deepest JSON nesting of one event [default: 64].
+    #[arg(long, env = "IDSTITCH_MAX_DEPTH")]
+    pub max_depth: Option<usize>,
+    /// Person actors kept in memory at most [default: 100000].
+    #[arg(long, env = "IDSTITCH_MAX_RESIDENT_PERSONS")]
+    pub max_resident_persons: Option<usize>,
+    /// HTTP worker threads per listener [default: 2].
+    #[arg(long, env = "IDSTITCH_WORKERS")]
+    pub workers: Option<usize>,
+    /// Socket file mode, octal [default: 600].
+    #[arg(long, env = "IDSTITCH_SOCKET_MODE")]
+    pub socket_mode: Option<String>,
+    /// Directory `POST /api/snapshot` may write under [default: <data-dir>/../snapshots].
+    #[arg(long, env = "IDSTITCH_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+/// The `--config` TOML file.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    http: Option<String>,
+    admin_key_file: Option<PathBuf>,
+    projects: Option<PathBuf>,
+    merge_limit: Option<u64>,
+    max_body_bytes: Option<usize>,
+    max_events_per_request: Option<usize>,
+    max_depth: Option<usize>,
+    max_resident_persons: Option<usize>,
+    workers: Option<usize>,
+    socket_mode: Option<String>,
+    snapshot_dir: Option<PathBuf>,
+}
+
+/// The projects file of strict mode.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ProjectsFile {
+    project: Vec<ProjectEntry>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ProjectEntry {
+    token: String,
+    name: Option<String>,
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Socket path.
+    pub socket: PathBuf,
+    /// TCP address.
+    pub http: Option<String>,
+    /// Socket mode.
+    pub socket_mode: u32,
+    /// Workers per listener.
+    pub workers: usize,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// API settings.
+    pub api: ApiConfig,
+    /// Strict-mode projects (token, name).
+    pub projects: Vec<(String, Option<String>)>,
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::user(format!("cannot read {what} {}: {e}", path.display())))?;
+    toml::from_str(&text)
+        .map_err(|e| Failure::user(format!("{what} {} is not valid: {e}", path.display())))
+}
+
+/// Merge flags/env with the config file and apply defaults.
+pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
+    let f: FileConfig = match &a.config {
+        Some(p) => read_toml(p, "config file")?,
+        None => FileConfig::default(),
+    };
+    let data_dir = a
+        .data_dir
+        .or(f.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./data/store"));
+    let socket = a
+        .socket
+        .or(f.socket)
+        .unwrap_or_else(|| data_dir.join("idstitch.sock"));
+    let mode_text = a
+        .socket_mode
+        .or(f.socket_mode)
+        .unwrap_or_else(|| "600".into());
+    let socket_mode = u32::from_str_radix(&mode_text, 8).map_err(|_| {
+        Failure::user(format!(
+            "--socket-mode {mode_text:?} is not an octal mode like 600"
+        ))
+    })?;
+    let admin_key = match a.admin_key_file.or(f.admin_key_file) {
+        Some(p) => {
+            let key = std::fs::read_to_string(&p).map_err(|e| {
+                Failure::user(format!("cannot read --admin-key-file {}: {e}", p.display()))
+            })?;
+            let key = key.trim().to_string();
+            if key.is_empty() {
+                return Err(Failure::user(format!(
+                    "--admin-key-file {} is empty",
+                    p.display()
+                )));
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let projects = match a.projects.or(f.projects) {
+        Some(p) => read_toml::<ProjectsFile>(&p, "projects file")?
+            .project
+            .into_iter()
+            .map(|e| (e.token, e.name))
+            .collect(),
+        None => Vec::new(),
+    };
+    let defaults = DecodeLimits::default();
+    let limits = DecodeLimits {
+        max_body_bytes: a
+            .max_body_bytes
+            .or(f.max_body_bytes)
+            .unwrap_or(defaults.max_body_bytes),
+        max_events: a
+            .max_events_per_request
+            .or(f.max_events_per_request)
+            .unwrap_or(defaults.max_events),
+        max_depth: a.max_depth.or(f.max_depth).unwrap_or(defaults.max_depth),
+    };
+    let snapshot_dir = a
+        .snapshot_dir
+        .or(f.snapshot_dir)
+        .unwrap_or_else(|| data_dir.join("..").join("snapshots"));
+    Ok(Settings {
+        engine: EngineConfig {
+            merge_limit: a.merge_limit.or(f.merge_limit),
+            max_resident_persons: a
+                .max_resident_persons
+                .or(f.max_resident_persons)
+                .unwrap_or(100_000),
+            ..EngineConfig::default()
+        },
+        api: ApiConfig {
+            limits,
+            create_projects: projects.is_empty(),
+            admin_key,
+            snapshot_dir,
+        },
+        http: a.http.or(f.http),
+        workers: a.workers.or(f.workers).unwrap_or(2).max(1),
+        data_dir,
+        socket,
+        socket_mode,
+        projects,
+    })
+}
+
+/// Refuse a live socket, replace a stale one.
+fn claim_socket(socket: &Path) -> anyhow::Result<()> {
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(Failure::user(format!(
+                "another idstitch is serving on {}; stop it first, or pass a different --socket",
+                socket.display()
+            )));
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+        tracing::info!(socket = %socket.display(), "Replaced a stale socket file.");
+    }
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let s = settings(args)?;
+    claim_socket(&s.socket)?;
+    let store = Store::open(&s.data_dir).map_err(|e| {
+        Failure::user(format!(
+            "cannot open data dir {}: {e} (is another idstitch using it?)",
+            s.data_dir.display()
+        ))
+    })?;
+    actix_rt::System::new().block_on(serve(s, store))
+}
+
+async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
+    let metrics = Metrics::new();
+    let on_fatal = |msg: &str| {
+        eprintln!("idstitch: the log could not be written ({msg}); exiting so that nothing unwritten is acknowledged. Fix the cause (disk space, permissions) and restart.");
+        std::process::exit(2);
+    };
+    let started = std::time::Instant::now();
+    let (engine, recovered, writer) =
+        Engine::start(store, s.engine.clone(), metrics, on_fatal, |seq, last| {
+            tracing::info!(seq = seq.0, last = last.0, "Replaying the log.");
+        })?;
+    tracing::info!(
+        last_seq = recovered.last_seq.0,
+        replayed = recovered.replayed,
+        rebuilt = recovered.rebuilt,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        data_dir = %s.data_dir.display(),
+        "Recovered."
+    );
+    for (token, name) in &s.projects {
+        engine.resolve_project(token, name.clone(), true).await?;
+    }
+    let state = web::Data::new(AppState {
+        engine: engine.clone(),
+        config: s.api.clone(),
+        ready: AtomicBool::new(true),
+        tokens: RwLock::new(HashMap::new()),
+    });
+    let servers = server::start(
+        state.clone(),
+        &s.socket,
+        s.socket_mode,
+        s.http.as_deref(),
+        s.workers,
+    )
+    .map_err(|e| {
+        Failure::user(format!(
+            "cannot listen: {e} (socket {}, http {:?})",
+            s.socket.display(),
+            s.http
+        ))
+    })?;
+    let handles: Vec<_> = servers.iter().map(|srv| srv.handle()).collect();
+    for srv in servers {
+        actix_rt::spawn(srv);
+    }
+    tracing::info!(socket = %s.socket.display(), http = ?s.http, "Ready.");
+    wait_for_signal().await;
+    tracing::info!(
+        "Signal received: finishing in-flight requests (a second signal exits at once)."
+    );
+    state.ready.store(false, Ordering::Relaxed);
+    actix_rt::spawn(async {
+        wait_for_signal().await;
+        eprintln!("idstitch: second signal, exiting now (the log is the truth: nothing acknowledged is lost)");
+        std::process::exit(130);
+    });
+    for h in handles {
+        h.stop(true).await;
+    }
+    engine.shutdown().await?;
+    let _ = writer.join();
+    let _ = std::fs::remove_file(&s.socket);
+    tracing::info!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use actix_rt::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = actix_rt::signal::ctrl_c().await;
+        }
+    }
+}

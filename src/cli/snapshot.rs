@@ -1,0 +1,182 @@
+//! `idstitch snapshot create|verify|restore`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::client::Conn;
+use super::Failure;
+use crate::store::snapshot::{self, AsOf, SnapshotError};
+use crate::store::Store;
+
+/// Snapshot subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Write a consistent point-in-time snapshot: from a running daemon (`--socket`, the path must
+    /// be under its --snapshot-dir) or from a stopped data dir (`--data-dir`).
+    Create {
+        /// New directory to write.
+        out: PathBuf,
+        /// Socket of a running daemon.
+        #[arg(long, conflicts_with = "data_dir")]
+        socket: Option<PathBuf>,
+        /// A stopped data dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Restore into an empty data dir (use `--force` to move a non-empty one aside).
+    Restore {
+        /// The snapshot directory.
+        snapshot: PathBuf,
+        /// Where to restore.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Move a non-empty data dir aside instead of refusing.
+        #[arg(long)]
+        force: bool,
+        /// Rebuild the state as of a log seq (a number) or a time (RFC 3339).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Check a snapshot's integrity without restoring it.
+    Verify {
+        /// The snapshot directory.
+        snapshot: PathBuf,
+    },
+}
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(total);
+    let template = format!("{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}}");
+    b.set_style(
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+fn fail(e: SnapshotError) -> anyhow::Error {
+    match e {
+        SnapshotError::Refused(m) => Failure::user(m),
+        SnapshotError::Corrupt(m) => Failure::corrupt(m),
+        other => anyhow::anyhow!(other.to_string()),
+    }
+}
+
+fn parse_as_of(s: &str) -> anyhow::Result<AsOf> {
+    if let Ok(seq) = s.parse::<u64>() {
+        return Ok(AsOf::Seq(seq));
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| AsOf::Time(t.timestamp_millis()))
+        .map_err(|_| {
+            Failure::user(format!(
+                "--as-of {s:?} is neither a seq number nor an RFC 3339 time"
+            ))
+        })
+}
+
+/// Run a snapshot subcommand.
+pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SnapshotCmd::Create {
+            out,
+            socket,
+            data_dir,
+        } => match (socket, data_dir) {
+            (_, Some(dir)) => create_offline(&dir, &out),
+            (socket, None) => create_online(
+                &socket.unwrap_or_else(|| PathBuf::from("./data/store/idstitch.sock")),
+                &out,
+            ),
+        },
+        SnapshotCmd::Verify { snapshot } => {
+            let m = snapshot::read_manifest(&snapshot).map_err(fail)?;
+            let b = bar(m.files.iter().map(|f| f.size).sum(), "verify");
+            let m = snapshot::verify(&snapshot, |d, _| b.set_position(d)).map_err(fail)?;
+            b.finish_and_clear();
+            println!(
+                "ok: snapshot at seq {} with {} files; {:?}",
+                m.last_seq,
+                m.files.len(),
+                m.counts
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCmd::Restore {
+            snapshot,
+            data_dir,
+            force,
+            as_of,
+        } => {
+            let as_of = as_of.as_deref().map(parse_as_of).transpose()?;
+            let spinner = ProgressBar::new_spinner();
+            spinner.set_message("verifying and restoring");
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            let (m, aside, last) =
+                snapshot::restore(&snapshot, &data_dir, force, as_of).map_err(fail)?;
+            spinner.finish_and_clear();
+            if let Some(old) = aside {
+                println!("moved the old data dir aside to {}", old.display());
+            }
+            println!(
+                "ok: restored {} into {} at seq {} (snapshot seq {})",
+                snapshot.display(),
+                data_dir.display(),
+                last.0,
+                m.last_seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+    let store = Store::open(dir).map_err(|e| {
+        Failure::user(format!(
+            "cannot open {}: {e} (if the daemon is running, use --socket)",
+            dir.display()
+        ))
+    })?;
+    let b = bar(0, "checksum");
+    let m = snapshot::create(&store, out, |d, t| {
+        b.set_length(t);
+        b.set_position(d)
+    })
+    .map_err(fail)?;
+    b.finish_and_clear();
+    println!(
+        "ok: snapshot {} at seq {}; {:?}",
+        out.display(),
+        m.last_seq,
+        m.counts
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create_online(socket: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+    let out = std::path::absolute(out)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let resp = rt.block_on(async {
+        let mut c = Conn::unix(socket).await?;
+        c.post_json(
+            "/api/snapshot",
+            &serde_json::json!({"path": out.display().to_string()}),
+        )
+        .await
+    })?;
+    if resp.status != 200 {
+        return Err(Failure::user(format!(
+            "the daemon refused the snapshot: {}",
+            resp.json()["detail"]
+        )));
+    }
+    println!(
+        "ok: snapshot {} at seq {}",
+        out.display(),
+        resp.json()["manifest"]["last_seq"]
+    );
+    Ok(ExitCode::SUCCESS)
+}

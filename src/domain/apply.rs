@@ -1,0 +1,193 @@
+//! Folding log entries into state. No rules live here: `decide` made every choice already.
+
+use std::collections::BTreeSet;
+
+use super::change::{Change, Entry};
+use super::ids::{PersonUuid, ProjectId, Seq};
+use super::person::Person;
+use super::props::{apply_diff, Props};
+
+/// Where [`apply_entry`] reads and writes persons: RocksDB in the store, `HashMap`s in scratch
+/// replays and tests.
+pub trait State {
+    /// The person with this uuid, if it exists.
+    fn load(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person>;
+    /// Create or overwrite a person.
+    fn save(&mut self, person: &Person);
+    /// Remove a person (merged away, split or deleted).
+    fn remove(&mut self, project: ProjectId, uuid: PersonUuid);
+    /// Point a distinct ID at a person, or at nobody.
+    fn map_id(&mut self, project: ProjectId, distinct_id: &str, person: Option<PersonUuid>);
+    /// Everything else a change leaves behind (stored events, warnings, projects, indexes).
+    fn record(&mut self, project: ProjectId, seq: Seq, at_ms: i64, change: &Change);
+}
+
+/// A new person from a `PersonCreated` change.
+pub fn created_person(project: ProjectId, seq: Seq, change: &Change) -> Option<Person> {
+    match change {
+        Change::PersonCreated {
+            person,
+            distinct_ids,
+            properties,
+            is_identified,
+            created_at_ms,
+        } => Some(Person {
+            project,
+            uuid: *person,
+            distinct_ids: distinct_ids.clone(),
+            properties: properties.clone(),
+            is_identified: *is_identified,
+            created_at_ms: *created_at_ms,
+            version: 0,
+            created_seq: seq,
+        }),
+        _ => None,
+    }
+}
+
+/// Apply one change to the person it modifies (see [`Change::touched`]).
+fn apply_change(p: &mut Person, change: &Change) {
+    match change {
+        Change::DistinctIdAttached { distinct_id, .. } => p.distinct_ids.push(distinct_id.clone()),
+        Change::PropertiesChanged { set, unset, .. } => {
+            apply_diff(&mut p.properties.0, &set.0, unset)
+        }
+        Change::PersonIdentified { .. } => p.is_identified = true,
+        Change::PersonsMerged {
+            moved_ids,
+            brought,
+            created_at_ms,
+            ..
+        } => {
+            for (k, v) in &brought.0 {
+                p.properties.0.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            p.distinct_ids.extend(moved_ids.iter().cloned());
+            p.created_at_ms = *created_at_ms;
+        }
+        _ => {}
+    }
+}
+
+/// Apply every change of `entry` that modifies `p`; its version goes up once if any did.
+pub fn apply_entry_to_person(p: &mut Person, entry: &Entry) -> bool {
+    let mut changed = false;
+    for c in &entry.changes {
+        if c.touched() == Some(p.uuid) {
+            apply_change(p, c);
+            changed = true;
+        }
+    }
+    if changed {
+        p.version += 1;
+    }
+    changed
+}
+
+/// The persons that `person` splits into (spec §10): one per distinct ID, the main one keeping
+/// the properties and the identified flag.
+pub fn split_parts(
+    original: &Person,
+    seq: Seq,
+    main: &str,
+    parts: &[(String, PersonUuid)],
+) -> Vec<Person> {
+    parts
+        .iter()
+        .map(|(did, uuid)| {
+            let is_main = did == main;
+            Person {
+                project: original.project,
+                uuid: *uuid,
+                distinct_ids: vec![did.clone()],
+                properties: if is_main {
+                    original.properties.clone()
+                } else {
+                    Props::new()
+                },
+                is_identified: is_main && original.is_identified,
+                created_at_ms: original.created_at_ms,
+                version: if *uuid == original.uuid {
+                    original.version + 1
+                } else {
+                    0
+                },
+                created_seq: if *uuid == original.uuid {
+                    original.created_seq
+                } else {
+                    seq
+                },
+            }
+        })
+        .collect()
+}
+
+/// Fold one log entry into `state`.
+pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
+    let project = entry.project;
+    let mut touched = BTreeSet::new();
+    for change in &entry.changes {
+        if let Some(p) = change.touched() {
+            touched.insert(p);
+        }
+        match change {
+            Change::PersonCreated { .. } => {
+                if let Some(p) = created_person(project, seq, change) {
+                    for did in &p.distinct_ids {
+                        state.map_id(project, did, Some(p.uuid));
+                    }
+                    state.save(&p);
+                }
+            }
+            Change::DistinctIdAttached {
+                person,
+                distinct_id,
+                ..
+            } => {
+                state.map_id(project, distinct_id, Some(*person));
+            }
+            Change::PersonsMerged {
+                survivor,
+                absorbed,
+                moved_ids,
+                ..
+            } => {
+                state.remove(project, *absorbed);
+                for did in moved_ids {
+                    state.map_id(project, did, Some(*survivor));
+                }
+            }
+            Change::PersonSplit {
+                person,
+                main,
+                parts,
+            } => {
+                if let Some(original) = state.load(project, *person) {
+                    state.remove(project, *person);
+                    for part in split_parts(&original, seq, main, parts) {
+                        state.map_id(project, &part.distinct_ids[0], Some(part.uuid));
+                        state.save(&part);
+                    }
+                }
+            }
+            Change::PersonDeleted {
+                person,
+                distinct_ids,
+                ..
+            } => {
+                state.remove(project, *person);
+                for did in distinct_ids {
+                    state.map_id(project, did, None);
+                }
+            }
+            _ => {}
+        }
+        state.record(project, seq, entry.at_ms, change);
+    }
+    for uuid in touched {
+        if let Some(mut p) = state.load(project, uuid) {
+            apply_entry_to_person(&mut p, entry);
+            state.save(&p);
+        }
+    }
+}

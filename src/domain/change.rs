@@ -1,0 +1,197 @@
+//! The facts of the log: every state change, in the past tense.
+//!
+//! `bincode` stores enum variants by position: only ever append variants and fields at the end
+//! of the last variant, or bump `store::codec::FORMAT_VERSION` with a fixture test.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{PersonUuid, ProjectId};
+use super::normalize::MergeKind;
+use super::props::Props;
+use super::warnings::Warning;
+
+/// Why a merge was refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RefusalReason {
+    /// One side was an illegal distinct ID (spec §4 steps 2-3).
+    IllegalDistinctId {
+        /// The illegal one.
+        illegal: String,
+    },
+    /// The source person was already identified and the event was not `$merge_dangerously`.
+    AlreadyIdentified,
+    /// The source person had more distinct IDs than the limit (spec §9).
+    MergeLimitExceeded {
+        /// The configured limit.
+        limit: u64,
+    },
+}
+
+impl RefusalReason {
+    /// A short machine name for APIs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::IllegalDistinctId { .. } => "illegal_distinct_id",
+            Self::AlreadyIdentified => "already_identified",
+            Self::MergeLimitExceeded { .. } => "merge_limit_exceeded",
+        }
+    }
+}
+
+/// Which rule attached a distinct ID to a person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttachRule {
+    /// A merge event named an ID that had no person (spec §4 step 5, "only one exists").
+    MergeWithNewId,
+}
+
+/// An event as stored, so that it can be read back and follow its person (spec §7).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The SDK's event UUID, if it sent one.
+    pub uuid: Option<String>,
+    /// Event name.
+    pub event: String,
+    /// The distinct ID it was sent under (as cut).
+    pub distinct_id: String,
+    /// The event's properties after normalisation.
+    pub properties: Props,
+    /// Event time (or ingestion time), ms since the epoch.
+    pub timestamp_ms: i64,
+    /// Whether it was personless.
+    pub personless: bool,
+}
+
+/// One state change. Variants are stored by position: append only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// A project came into being for a token.
+    ProjectCreated {
+        /// Its number.
+        id: ProjectId,
+        /// Its token (`phc_…`).
+        token: String,
+        /// A display name.
+        name: String,
+    },
+    /// A person was created.
+    PersonCreated {
+        /// Its uuid.
+        person: PersonUuid,
+        /// Its first distinct IDs.
+        distinct_ids: Vec<String>,
+        /// Its first properties.
+        properties: Props,
+        /// Whether a merge event created it.
+        is_identified: bool,
+        /// Creation time.
+        created_at_ms: i64,
+    },
+    /// A distinct ID without a person was attached to an existing person.
+    DistinctIdAttached {
+        /// The person.
+        person: PersonUuid,
+        /// The ID.
+        distinct_id: String,
+        /// Why.
+        rule: AttachRule,
+    },
+    /// Person properties changed: `set` written, then `unset` removed.
+    PropertiesChanged {
+        /// The person.
+        person: PersonUuid,
+        /// Written keys.
+        set: Props,
+        /// Removed keys.
+        unset: Vec<String>,
+    },
+    /// The person became identified.
+    PersonIdentified {
+        /// The person.
+        person: PersonUuid,
+    },
+    /// `absorbed` was merged into `survivor` and ceased to exist.
+    PersonsMerged {
+        /// The `into` person, which keeps its uuid.
+        survivor: PersonUuid,
+        /// The `other` person.
+        absorbed: PersonUuid,
+        /// The absorbed person's distinct IDs, now the survivor's, in order.
+        moved_ids: Vec<String>,
+        /// Properties of the absorbed person the survivor did not have.
+        brought: Props,
+        /// Keys both had, where the survivor's value won.
+        kept: Vec<String>,
+        /// `min` of both creation times.
+        created_at_ms: i64,
+        /// The event kind that merged them.
+        kind: MergeKind,
+    },
+    /// A merge was asked for and refused.
+    MergeRefused {
+        /// The `into` person, when it exists.
+        person: Option<PersonUuid>,
+        /// The person of `other`, when it exists.
+        other_person: Option<PersonUuid>,
+        /// The `other` distinct ID.
+        other: String,
+        /// The `into` distinct ID.
+        into: String,
+        /// Why.
+        reason: RefusalReason,
+    },
+    /// An ingestion warning was recorded.
+    WarningRecorded {
+        /// The warning.
+        warning: Warning,
+    },
+    /// An event was stored under its distinct ID.
+    EventStored {
+        /// The event.
+        event: StoredEvent,
+    },
+    /// A person was split into one person per distinct ID.
+    PersonSplit {
+        /// The person split.
+        person: PersonUuid,
+        /// The distinct ID that keeps the properties and the identified flag.
+        main: String,
+        /// Each distinct ID with the uuid of the person that now owns it.
+        parts: Vec<(String, PersonUuid)>,
+    },
+    /// A person was deleted (a tombstone).
+    PersonDeleted {
+        /// The person.
+        person: PersonUuid,
+        /// Its distinct IDs, released.
+        distinct_ids: Vec<String>,
+        /// Whether its stored events were deleted too.
+        delete_events: bool,
+    },
+}
+
+impl Change {
+    /// The persons this change modifies (bumps their version), not counting creation.
+    pub fn touched(&self) -> Option<PersonUuid> {
+        match self {
+            Change::DistinctIdAttached { person, .. }
+            | Change::PropertiesChanged { person, .. }
+            | Change::PersonIdentified { person } => Some(*person),
+            Change::PersonsMerged { survivor, .. } => Some(*survivor),
+            _ => None,
+        }
+    }
+}
+
+/// One log record: everything one ingested event (or one admin action) changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The project it happened in.
+    pub project: ProjectId,
+    /// Ingestion time, ms since the epoch.
+    pub at_ms: i64,
+    /// The UUID of the event that caused it, if any.
+    pub cause: Option<String>,
+    /// What changed, in order.
+    pub changes: Vec<Change>,
+}

@@ -1,0 +1,56 @@
+//! State in plain `HashMap`s: scratch replays (`idstitch verify`) and tests.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::apply::State;
+use super::change::Change;
+use super::ids::{PersonUuid, ProjectId, Seq};
+use super::person::Person;
+
+/// Persons and the distinct-ID map of every project, in memory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemState {
+    /// Persons by (project, uuid), sorted for stable comparison.
+    pub persons: BTreeMap<(ProjectId, PersonUuid), Person>,
+    /// Which person each distinct ID belongs to.
+    pub dids: HashMap<(ProjectId, String), PersonUuid>,
+    /// Stored event count per project.
+    pub events: HashMap<ProjectId, u64>,
+}
+
+impl MemState {
+    /// The person of a distinct ID.
+    pub fn person_of(&self, project: ProjectId, did: &str) -> Option<&Person> {
+        let uuid = self.dids.get(&(project, did.to_string()))?;
+        self.persons.get(&(project, *uuid))
+    }
+}
+
+impl State for MemState {
+    fn load(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        self.persons.get(&(project, uuid)).cloned()
+    }
+
+    fn save(&mut self, person: &Person) {
+        self.persons
+            .insert((person.project, person.uuid), person.clone());
+    }
+
+    fn remove(&mut self, project: ProjectId, uuid: PersonUuid) {
+        self.persons.remove(&(project, uuid));
+    }
+
+    fn map_id(&mut self, project: ProjectId, distinct_id: &str, person: Option<PersonUuid>) {
+        let key = (project, distinct_id.to_string());
+        match person {
+            Some(u) => self.dids.insert(key, u),
+            None => self.dids.remove(&key),
+        };
+    }
+
+    fn record(&mut self, project: ProjectId, _seq: Seq, _at_ms: i64, change: &Change) {
+        if let Change::EventStored { .. } = change {
+            *self.events.entry(project).or_default() += 1;
+        }
+    }
+}

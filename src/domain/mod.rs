@@ -1,0 +1,23 @@
+//! Pure identity rules: ids, normalisation, decide and apply. No I/O, no actix, nothing else
+//! from this crate.
+
+pub mod admin;
+pub mod apply;
+pub mod change;
+pub mod decide;
+pub mod ids;
+pub mod js;
+pub mod memstate;
+pub mod normalize;
+pub mod person;
+pub mod props;
+pub mod warnings;
+
+pub use apply::{apply_entry, apply_entry_to_person, State};
+pub use change::{Change, Entry, RefusalReason, StoredEvent};
+pub use decide::{decide, lookups, Ctx, Decision};
+pub use ids::{is_illegal_distinct_id, person_uuid, PersonUuid, ProjectId, Seq};
+pub use normalize::{normalize, MergeKind, Normalized, Rejection};
+pub use person::Person;
+pub use props::Props;
+pub use warnings::{Warning, WarningKind, WarningLimiter};

@@ -1,0 +1,132 @@
+//! Person property operations (spec §5) and the size limit (spec §9).
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// A JSON object of properties.
+///
+/// Serialised as a JSON object for humans and as one compact JSON string for bincode, which
+/// cannot encode `serde_json::Value` directly (it has no self-describing `deserialize_any`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Props(pub Map<String, Value>);
+
+impl Serialize for Props {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+            s.serialize_str(&text)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Props {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Map::deserialize(d).map(Props)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text)
+                .map(Props)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+impl Props {
+    /// No properties.
+    pub fn new() -> Self {
+        Props(Map::new())
+    }
+
+    /// Whether there are no properties.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Largest serialised size of a person's properties, in bytes (spec §9).
+pub const MAX_PERSON_PROPERTIES_BYTES: usize = 524_288;
+
+/// Size of `props` as compact UTF-8 JSON.
+pub fn serialized_size(props: &Map<String, Value>) -> usize {
+    serde_json::to_vec(props)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
+/// The changes one event asks of a person's properties.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PropertyUpdates {
+    /// `$set`: always overwrite.
+    pub set: Map<String, Value>,
+    /// `$set_once`: only when the key is absent.
+    pub set_once: Map<String, Value>,
+    /// `$unset`: remove these keys.
+    pub unset: Vec<String>,
+}
+
+impl PropertyUpdates {
+    /// Whether the event asks for no property change at all.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.set_once.is_empty() && self.unset.is_empty()
+    }
+
+    /// Properties of a person created by this event (spec §5, creation): `$unset` is ignored.
+    pub fn initial(&self) -> Map<String, Value> {
+        let mut props = self.set_once.clone();
+        for (k, v) in &self.set {
+            props.insert(k.clone(), v.clone());
+        }
+        props
+    }
+
+    /// What actually changes on a person whose properties are `current` (spec §5, update).
+    pub fn diff(&self, current: &Map<String, Value>) -> PropertyDiff {
+        let mut set = Map::new();
+        for (k, v) in &self.set_once {
+            if !current.contains_key(k) {
+                set.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &self.set {
+            if current.get(k) != Some(v) {
+                set.insert(k.clone(), v.clone());
+            }
+        }
+        let mut unset: Vec<String> = Vec::new();
+        for k in &self.unset {
+            if current.contains_key(k) && !unset.contains(k) {
+                unset.push(k.clone());
+            }
+        }
+        PropertyDiff { set, unset }
+    }
+}
+
+/// The effective change of one event on one person: set these, then remove those.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PropertyDiff {
+    /// Keys to write, with their new values.
+    pub set: Map<String, Value>,
+    /// Keys to remove, applied after `set`.
+    pub unset: Vec<String>,
+}
+
+impl PropertyDiff {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.unset.is_empty()
+    }
+}
+
+/// Apply a diff: set first, then unset (spec §5 step 5).
+pub fn apply_diff(props: &mut Map<String, Value>, set: &Map<String, Value>, unset: &[String]) {
+    for (k, v) in set {
+        props.insert(k.clone(), v.clone());
+    }
+    for k in unset {
+        props.remove(k);
+    }
+}

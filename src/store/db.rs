@@ -1,0 +1,336 @@
+//! The RocksDB handle and every read the rest of the crate needs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{self, CodecError};
+use super::keys;
+use crate::domain::{Entry, Person, PersonUuid, ProjectId, Seq, Warning};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB failed (I/O error, disk full, corruption it detected).
+    #[error("storage error: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A record did not decode.
+    #[error("corrupt record in {cf}: {source}")]
+    Codec {
+        /// Column family.
+        cf: &'static str,
+        /// Why.
+        source: CodecError,
+    },
+    /// Anything else that is wrong with the data directory.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// A project as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    /// Its number.
+    pub id: ProjectId,
+    /// Its token.
+    pub token: String,
+    /// Display name.
+    pub name: String,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
+}
+
+/// The store: one RocksDB database with the column families of [`keys`].
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o.increase_parallelism(2);
+    o.set_max_background_jobs(2);
+    o.set_atomic_flush(true);
+    o
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+        let cfs = keys::CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, options()));
+        let db = DB::open_cf_descriptors(&options(), dir, cfs)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Open read-only (verify, snapshot of a stopped data dir).
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        if !dir.join("CURRENT").exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} is not an idstitch data dir (no CURRENT file)",
+                dir.display()
+            )));
+        }
+        let db = DB::open_cf_for_read_only(&options(), dir, keys::CFS, false)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// The raw database, for the writer and snapshots.
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// A column family handle. All of [`keys::CFS`] exist once opened.
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        match self.db.cf_handle(name) {
+            Some(cf) => cf,
+            None => unreachable!("column family {name} is created at open"),
+        }
+    }
+
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    fn decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.get(cf, key)? {
+            None => Ok(None),
+            Some(b) => codec::decode(&b)
+                .map(Some)
+                .map_err(|source| StoreError::Codec { cf, source }),
+        }
+    }
+
+    /// A `meta` value as u64.
+    pub fn meta_u64(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get("meta", name.as_bytes())?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// The last seq whose changes are in the derived column families.
+    pub fn applied_seq(&self) -> Result<Seq, StoreError> {
+        Ok(Seq(self.meta_u64("applied_seq")?.unwrap_or(0)))
+    }
+
+    /// The highest seq in the log.
+    pub fn last_log_seq(&self) -> Result<Seq, StoreError> {
+        let mut it = self.db.iterator_cf(self.cf("log"), IteratorMode::End);
+        match it.next() {
+            None => Ok(Seq(0)),
+            Some(item) => {
+                let (k, _) = item?;
+                keys::seq_of_log(&k)
+                    .ok_or_else(|| StoreError::Corrupt("log key is not 8 bytes".into()))
+            }
+        }
+    }
+
+    /// One log entry.
+    pub fn entry(&self, seq: Seq) -> Result<Option<Entry>, StoreError> {
+        self.decoded("log", &keys::log(seq))
+    }
+
+    /// Log entries from `from` on, in order.
+    pub fn entries_from(
+        &self,
+        from: Seq,
+    ) -> impl Iterator<Item = Result<(Seq, Entry), StoreError>> + '_ {
+        let start = keys::log(from);
+        self.db
+            .iterator_cf(
+                self.cf("log"),
+                IteratorMode::From(&start, Direction::Forward),
+            )
+            .map(|item| {
+                let (k, v) = item?;
+                let seq = keys::seq_of_log(&k)
+                    .ok_or_else(|| StoreError::Corrupt("log key is not 8 bytes".into()))?;
+                let entry = codec::decode_entry(&v)
+                    .map_err(|source| StoreError::Codec { cf: "log", source })?;
+                Ok((seq, entry))
+            })
+    }
+
+    /// A person by uuid.
+    pub fn person(&self, p: ProjectId, uuid: PersonUuid) -> Result<Option<Person>, StoreError> {
+        self.decoded("persons", &keys::person(p, uuid))
+    }
+
+    /// The person a distinct ID belongs to.
+    pub fn person_of(&self, p: ProjectId, did: &str) -> Result<Option<PersonUuid>, StoreError> {
+        Ok(self
+            .get("dids", &keys::did(p, did))?
+            .and_then(|b| uuid::Uuid::from_slice(&b).ok())
+            .map(PersonUuid))
+    }
+
+    /// Whether an event uuid was already accepted in the project.
+    pub fn event_uuid_seen(&self, p: ProjectId, uuid: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf("uuids"), keys::event_uuid(p, uuid))?
+            .is_some())
+    }
+
+    /// Every project.
+    pub fn projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf("projects"), b"i") {
+            let (k, v) = item?;
+            if !k.starts_with(b"i") {
+                break;
+            }
+            out.push(codec::decode(&v).map_err(|source| StoreError::Codec {
+                cf: "projects",
+                source,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Keys (without the prefix) under `prefix` in `cf`, forward from `from` or backward from
+    /// before `before`.
+    pub fn scan_keys(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.to_vec());
+        ro.set_iterate_upper_bound(keys::prefix_end(prefix));
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        match (after, reverse) {
+            (None, false) => it.seek_to_first(),
+            (None, true) => it.seek_to_last(),
+            (Some(a), false) => {
+                it.seek(a);
+                if it.key() == Some(a) {
+                    it.next();
+                }
+            }
+            (Some(a), true) => it.seek_for_prev(a),
+        }
+        if let (Some(a), true) = (after, reverse) {
+            if it.key() == Some(a) {
+                it.prev();
+            }
+        }
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            if let Some(k) = it.key() {
+                out.push(k.to_vec());
+            }
+            if reverse {
+                it.prev()
+            } else {
+                it.next()
+            }
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Persons in creation order after the `order` key `after`.
+    pub fn persons_page(
+        &self,
+        p: ProjectId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Person)>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.scan_keys("order", &keys::project(p), after, false, limit)? {
+            if let Some(person) = keys::uuid_suffix(&k)
+                .map(|u| self.person(p, u))
+                .transpose()?
+                .flatten()
+            {
+                out.push((k, person));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Seqs of events stored under `did`, newest first, before `before`.
+    pub fn event_seqs_of(
+        &self,
+        p: ProjectId,
+        did: &str,
+        before: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<Seq>, StoreError> {
+        let prefix = keys::did(p, did);
+        let after = before.map(|s| keys::did_seq(p, did, s));
+        let ks = self.scan_keys("evdid", &prefix, after.as_deref(), true, limit)?;
+        Ok(ks.iter().filter_map(|k| keys::seq_suffix(k)).collect())
+    }
+
+    /// Seqs of the log entries that concern a person, oldest first.
+    pub fn history_of(&self, p: ProjectId, uuid: PersonUuid) -> Result<Vec<Seq>, StoreError> {
+        let ks = self.scan_keys("hist", &keys::person(p, uuid), None, false, usize::MAX)?;
+        Ok(ks.iter().filter_map(|k| keys::seq_suffix(k)).collect())
+    }
+
+    /// Seqs of the log entries that concern a distinct ID, oldest first.
+    pub fn history_of_did(&self, p: ProjectId, did: &str) -> Result<Vec<Seq>, StoreError> {
+        let ks = self.scan_keys("didhist", &keys::did(p, did), None, false, usize::MAX)?;
+        Ok(ks.iter().filter_map(|k| keys::seq_suffix(k)).collect())
+    }
+
+    /// Warnings of a project, newest first.
+    pub fn warnings(&self, p: ProjectId, limit: usize) -> Result<Vec<Warning>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.scan_keys("warnings", &keys::project(p), None, true, limit)? {
+            if let Some(w) = self.decoded("warnings", &k)? {
+                out.push(w);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A project by token.
+    pub fn project_id(&self, token: &str) -> Result<Option<ProjectId>, StoreError> {
+        Ok(self
+            .get("projects", &keys::project_by_token(token))?
+            .and_then(|b| b.try_into().ok())
+            .map(|b| ProjectId(u32::from_be_bytes(b))))
+    }
+
+    /// A project by id.
+    pub fn project(&self, id: ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
+        self.decoded("projects", &keys::project_by_id(id))
+    }
+
+    /// Number of keys RocksDB estimates in a column family (for stats and metrics).
+    pub fn estimate_keys(&self, cf: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(cf), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,129 @@
+//! Key layouts of every column family. Big-endian numbers so that keys sort numerically.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `log` | seq u64 | envelope of one [`crate::domain::Entry`] (the truth) |
+//! | `meta` | name | small values (`applied_seq`, `derived_format`) |
+//! | `projects` | `i` id u32 / `t` token | project record / id |
+//! | `persons` | project u32, uuid 16 | person record |
+//! | `order` | project u32, created seq u64, uuid 16 | empty (persons in creation order) |
+//! | `dids` | project u32, len u16, distinct id | person uuid 16 |
+//! | `evdid` | project u32, len u16, distinct id, seq u64 | empty (events by distinct id) |
+//! | `uuids` | project u32, event uuid | seq u64 (duplicate deliveries) |
+//! | `warnings` | project u32, seq u64, index u16 | warning |
+//! | `hist` | project u32, uuid 16, seq u64 | empty (log entries of a person) |
+//! | `didhist` | project u32, len u16, distinct id, seq u64 | empty (log entries of an id) |
+
+use crate::domain::{PersonUuid, ProjectId, Seq};
+
+/// Every column family, in creation order.
+pub const CFS: [&str; 11] = [
+    "log", "meta", "projects", "persons", "order", "dids", "evdid", "uuids", "warnings", "hist",
+    "didhist",
+];
+
+/// Key of a log entry.
+pub fn log(seq: Seq) -> [u8; 8] {
+    seq.0.to_be_bytes()
+}
+
+/// Seq of a log key.
+pub fn seq_of_log(key: &[u8]) -> Option<Seq> {
+    key.try_into().ok().map(|b| Seq(u64::from_be_bytes(b)))
+}
+
+/// Prefix of everything of one project.
+pub fn project(p: ProjectId) -> Vec<u8> {
+    p.0.to_be_bytes().to_vec()
+}
+
+/// Key of a person record.
+pub fn person(p: ProjectId, uuid: PersonUuid) -> Vec<u8> {
+    let mut k = project(p);
+    k.extend_from_slice(uuid.0.as_bytes());
+    k
+}
+
+/// Key of a person in creation order.
+pub fn order(p: ProjectId, created: Seq, uuid: PersonUuid) -> Vec<u8> {
+    let mut k = project(p);
+    k.extend_from_slice(&created.0.to_be_bytes());
+    k.extend_from_slice(uuid.0.as_bytes());
+    k
+}
+
+/// Uuid at the end of an `order` or `persons` key.
+pub fn uuid_suffix(key: &[u8]) -> Option<PersonUuid> {
+    let tail = key.get(key.len().checked_sub(16)?..)?;
+    uuid::Uuid::from_slice(tail).ok().map(PersonUuid)
+}
+
+/// Key of a distinct ID (project, length-prefixed ID), also the prefix of its indexes.
+pub fn did(p: ProjectId, id: &str) -> Vec<u8> {
+    let mut k = project(p);
+    let bytes = id.as_bytes();
+    k.extend_from_slice(&(bytes.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    k.extend_from_slice(bytes);
+    k
+}
+
+/// Key of a (distinct ID, seq) index entry.
+pub fn did_seq(p: ProjectId, id: &str, seq: Seq) -> Vec<u8> {
+    let mut k = did(p, id);
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Seq at the end of an index key.
+pub fn seq_suffix(key: &[u8]) -> Option<Seq> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(Seq(u64::from_be_bytes(tail)))
+}
+
+/// Key of a duplicate-delivery marker.
+pub fn event_uuid(p: ProjectId, uuid: &str) -> Vec<u8> {
+    let mut k = project(p);
+    k.extend_from_slice(uuid.as_bytes());
+    k
+}
+
+/// Key of a warning.
+pub fn warning(p: ProjectId, seq: Seq, index: u16) -> Vec<u8> {
+    let mut k = project(p);
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Key of a person-history index entry.
+pub fn hist(p: ProjectId, uuid: PersonUuid, seq: Seq) -> Vec<u8> {
+    let mut k = person(p, uuid);
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Key of a project record by id.
+pub fn project_by_id(p: ProjectId) -> Vec<u8> {
+    let mut k = b"i".to_vec();
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k
+}
+
+/// Key of a project id by token.
+pub fn project_by_token(token: &str) -> Vec<u8> {
+    let mut k = b"t".to_vec();
+    k.extend_from_slice(token.as_bytes());
+    k
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}

@@ -1,0 +1,220 @@
+//! Derived state: the domain's [`State`] over a RocksDB `WriteBatch`, so that a log entry and
+//! everything derived from it commit atomically.
+
+use std::collections::HashMap;
+
+use rocksdb::WriteBatch;
+
+use super::codec;
+use super::db::{ProjectRecord, Store, StoreError};
+use super::keys;
+use crate::domain::{apply_entry, Change, Entry, Person, PersonUuid, ProjectId, Seq, State};
+
+/// Applies log entries to the derived column families, reading through its own pending writes.
+pub struct Materializer<'s> {
+    store: &'s Store,
+    batch: WriteBatch,
+    persons: HashMap<(ProjectId, PersonUuid), Option<Person>>,
+    seq: Seq,
+    warning_index: u16,
+    error: Option<StoreError>,
+}
+
+impl<'s> Materializer<'s> {
+    /// An empty batch over `store`.
+    pub fn new(store: &'s Store) -> Self {
+        Materializer {
+            store,
+            batch: WriteBatch::default(),
+            persons: HashMap::new(),
+            seq: Seq(0),
+            warning_index: 0,
+            error: None,
+        }
+    }
+
+    /// Add one entry: the log record itself (when `log_it`) and everything derived from it.
+    pub fn add(&mut self, seq: Seq, entry: &Entry, log_it: bool) -> Result<(), StoreError> {
+        if log_it {
+            self.batch.put_cf(
+                self.store.cf("log"),
+                keys::log(seq),
+                codec::encode_entry(entry),
+            );
+        }
+        self.seq = seq;
+        self.warning_index = 0;
+        apply_entry(self, seq, entry);
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The finished batch, recording `seq` as applied.
+    pub fn finish(mut self) -> WriteBatch {
+        self.batch.put_cf(
+            self.store.cf("meta"),
+            b"applied_seq",
+            self.seq.0.to_be_bytes(),
+        );
+        self.batch
+    }
+
+    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.store.cf(cf), key, value);
+    }
+
+    fn hist(&mut self, project: ProjectId, uuid: PersonUuid) {
+        let k = keys::hist(project, uuid, self.seq);
+        self.put("hist", &k, &[]);
+    }
+
+    fn did_hist(&mut self, project: ProjectId, did: &str) {
+        let k = keys::did_seq(project, did, self.seq);
+        self.put("didhist", &k, &[]);
+    }
+}
+
+impl State for Materializer<'_> {
+    fn load(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        if let Some(p) = self.persons.get(&(project, uuid)) {
+            return p.clone();
+        }
+        match self.store.person(project, uuid) {
+            Ok(p) => p,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    fn save(&mut self, person: &Person) {
+        // Idempotent: also restores the order key of a split part that keeps its uuid.
+        let k = keys::order(person.project, person.created_seq, person.uuid);
+        self.put("order", &k, &[]);
+        let k = keys::person(person.project, person.uuid);
+        let v = codec::encode(person);
+        self.put("persons", &k, &v);
+        self.persons
+            .insert((person.project, person.uuid), Some(person.clone()));
+    }
+
+    fn remove(&mut self, project: ProjectId, uuid: PersonUuid) {
+        if let Some(p) = self.load(project, uuid) {
+            let k = keys::order(project, p.created_seq, uuid);
+            self.batch.delete_cf(self.store.cf("order"), k);
+        }
+        self.batch
+            .delete_cf(self.store.cf("persons"), keys::person(project, uuid));
+        self.persons.insert((project, uuid), None);
+    }
+
+    fn map_id(&mut self, project: ProjectId, distinct_id: &str, person: Option<PersonUuid>) {
+        let k = keys::did(project, distinct_id);
+        match person {
+            Some(u) => self.put("dids", &k, u.0.as_bytes()),
+            None => self.batch.delete_cf(self.store.cf("dids"), k),
+        }
+    }
+
+    fn record(&mut self, project: ProjectId, seq: Seq, at_ms: i64, change: &Change) {
+        match change {
+            Change::ProjectCreated { id, token, name } => {
+                let rec = ProjectRecord {
+                    id: *id,
+                    token: token.clone(),
+                    name: name.clone(),
+                    created_at_ms: at_ms,
+                };
+                self.put("projects", &keys::project_by_id(*id), &codec::encode(&rec));
+                self.put(
+                    "projects",
+                    &keys::project_by_token(token),
+                    &id.0.to_be_bytes(),
+                );
+            }
+            Change::EventStored { event } => {
+                self.put(
+                    "evdid",
+                    &keys::did_seq(project, &event.distinct_id, seq),
+                    &[],
+                );
+                if let Some(u) = &event.uuid {
+                    self.put("uuids", &keys::event_uuid(project, u), &seq.0.to_be_bytes());
+                }
+            }
+            Change::WarningRecorded { warning } => {
+                let k = keys::warning(project, seq, self.warning_index);
+                self.warning_index += 1;
+                self.put("warnings", &k, &codec::encode(warning));
+            }
+            Change::PersonCreated {
+                person,
+                distinct_ids,
+                ..
+            } => {
+                self.hist(project, *person);
+                distinct_ids.iter().for_each(|d| self.did_hist(project, d));
+            }
+            Change::DistinctIdAttached {
+                person,
+                distinct_id,
+                ..
+            } => {
+                self.hist(project, *person);
+                self.did_hist(project, distinct_id);
+            }
+            Change::PropertiesChanged { person, .. } | Change::PersonIdentified { person } => {
+                self.hist(project, *person)
+            }
+            Change::PersonsMerged {
+                survivor,
+                absorbed,
+                moved_ids,
+                ..
+            } => {
+                self.hist(project, *survivor);
+                self.hist(project, *absorbed);
+                moved_ids.iter().for_each(|d| self.did_hist(project, d));
+            }
+            Change::MergeRefused {
+                person,
+                other_person,
+                other,
+                into,
+                ..
+            } => {
+                for p in [person, other_person].into_iter().flatten() {
+                    self.hist(project, *p);
+                }
+                self.did_hist(project, other);
+                self.did_hist(project, into);
+            }
+            Change::PersonSplit { person, parts, .. } => {
+                self.hist(project, *person);
+                for (d, u) in parts {
+                    self.hist(project, *u);
+                    self.did_hist(project, d);
+                }
+            }
+            Change::PersonDeleted {
+                person,
+                distinct_ids,
+                delete_events,
+            } => {
+                self.hist(project, *person);
+                for d in distinct_ids {
+                    self.did_hist(project, d);
+                    if *delete_events {
+                        let prefix = keys::did(project, d);
+                        let cf = self.store.cf("evdid");
+                        self.batch
+                            .delete_range_cf(cf, prefix.clone(), keys::prefix_end(&prefix));
+                    }
+                }
+            }
+        }
+    }
+}

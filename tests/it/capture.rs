@@ -1,0 +1,286 @@
+//! Capture endpoints: every path, body shape and encoding, and the error answers.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use crate::support::{dids, Daemon};
+
+const T: &str = "phc_capture";
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn ev(did: &str, uuid: &str) -> Value {
+    json!({"event": "$pageview", "distinct_id": did, "uuid": uuid, "properties": {"token": T}})
+}
+
+#[test]
+fn every_capture_path_accepts_a_batch_with_exactly_200() {
+    let d = Daemon::start();
+    for (i, path) in [
+        "/batch/",
+        "/batch",
+        "/capture/",
+        "/e/",
+        "/e",
+        "/i/v0/e/",
+        "/track/",
+        "/engage/",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = d.post(
+            path,
+            &json!({"api_key": T, "batch": [ev(&format!("user-{i}"), &format!("u-{i}"))]}),
+        );
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json(), json!({"status": 1}), "{path}");
+    }
+    assert_eq!(d.all_persons(T).len(), 8);
+}
+
+#[test]
+fn a_single_event_and_an_array_of_events_are_accepted() {
+    let d = Daemon::start();
+    assert_eq!(d.post("/capture/", &ev("single", "s1")).status, 200);
+    assert_eq!(
+        d.post("/e/", &json!([ev("arr-1", "a1"), ev("arr-2", "a2")]))
+            .status,
+        200
+    );
+    assert!(d.person(T, "single").is_some());
+    assert!(d.person(T, "arr-2").is_some());
+}
+
+#[test]
+fn gzip_by_header_and_by_magic_bytes_are_both_inflated() {
+    let d = Daemon::start();
+    let body =
+        serde_json::to_vec(&json!({"api_key": T, "batch": [ev("gz-header", "g1")]})).unwrap();
+    let r = d.request(
+        "POST",
+        "/batch/",
+        &[
+            ("content-encoding", "gzip"),
+            ("content-type", "application/json"),
+        ],
+        gzip(&body),
+    );
+    assert_eq!(r.status, 200);
+    let body = serde_json::to_vec(&json!([ev("gz-magic", "g2")])).unwrap();
+    let r = d.request(
+        "POST",
+        "/e/?compression=gzip-js",
+        &[("content-type", "text/plain")],
+        gzip(&body),
+    );
+    assert_eq!(r.status, 200);
+    let r = d.request(
+        "POST",
+        "/e/",
+        &[("content-type", "text/plain")],
+        gzip(&serde_json::to_vec(&json!([ev("gz-bare", "g3")])).unwrap()),
+    );
+    assert_eq!(r.status, 200);
+    for id in ["gz-header", "gz-magic", "gz-bare"] {
+        assert!(d.person(T, id).is_some(), "{id}");
+    }
+}
+
+#[test]
+fn the_base64_form_body_is_decoded() {
+    use base64::Engine as _;
+    let d = Daemon::start();
+    let data = base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(&json!([ev("form-user", "f1")])).unwrap());
+    let body = format!("data={}", crate::support::enc(&data));
+    let r = d.request(
+        "POST",
+        "/e/?compression=base64",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        body.into_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(d.person(T, "form-user").is_some());
+}
+
+#[test]
+fn invalid_json_is_a_400_validation_error_and_applies_nothing() {
+    let d = Daemon::start();
+    let r = d.request(
+        "POST",
+        "/batch/",
+        &[("content-type", "application/json")],
+        b"{\"api_key\": \"phc_x\", \"batch\": [".to_vec(),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["type"], json!("validation_error"));
+    assert!(r.json()["detail"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+#[test]
+fn garbage_bytes_get_a_clear_error_and_the_daemon_keeps_serving() {
+    let d = Daemon::start();
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    for _ in 0..50 {
+        let body: Vec<u8> = (0..(seed % 300))
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let r = d.request(
+            "POST",
+            "/batch/",
+            &[("content-type", "application/octet-stream")],
+            body,
+        );
+        assert!(r.status == 400 || r.status == 413, "status {}", r.status);
+    }
+    d.capture(T, json!([ev("after-garbage", "ag")]));
+    assert!(d.person(T, "after-garbage").is_some());
+}
+
+#[test]
+fn a_request_without_a_token_is_refused_with_a_message() {
+    let d = Daemon::start();
+    let r = d.post(
+        "/batch/",
+        &json!({"batch": [{"event": "e", "distinct_id": "x"}]}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], json!("no_token"));
+}
+
+#[test]
+fn an_empty_batch_is_a_400() {
+    let d = Daemon::start();
+    assert_eq!(
+        d.post("/batch/", &json!({"api_key": T, "batch": []}))
+            .status,
+        400
+    );
+}
+
+#[test]
+fn a_body_over_the_limit_is_a_413_and_a_gzip_bomb_is_refused() {
+    let d = Daemon::start_with(&["--max-body-bytes", "100000"]);
+    let big = json!({"api_key": T, "batch": [{"event": "e", "distinct_id": "big", "properties": {"x": "y".repeat(200_000)}}]});
+    assert_eq!(d.post("/batch/", &big).status, 413);
+    let bomb = gzip(&vec![b' '; 5_000_000]);
+    let r = d.request("POST", "/batch/", &[("content-encoding", "gzip")], bomb);
+    assert_eq!(r.status, 413);
+    assert!(d.person(T, "big").is_none());
+}
+
+#[test]
+fn a_bad_event_is_rejected_alone_and_its_neighbours_are_stored() {
+    let d = Daemon::start();
+    let body = d.capture(T, json!([ev("before", "n1"), {"event": "e", "properties": {}}, {"event": "e", "distinct_id": {"a": 1}}, ev("after", "n2")]));
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(
+        rejected
+            .iter()
+            .map(|r| r["index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(rejected[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("distinct_id"));
+    assert!(d.person(T, "before").is_some() && d.person(T, "after").is_some());
+}
+
+#[test]
+fn a_redelivered_event_uuid_is_acknowledged_and_stored_once() {
+    let d = Daemon::start();
+    d.capture(T, json!([ev("dup", "same-uuid"), {"event": "e", "distinct_id": "dup", "uuid": "same-uuid", "$set": {"x": 1}}]));
+    d.capture(T, json!([ev("dup", "same-uuid")]));
+    let p = d.person(T, "dup").unwrap();
+    assert_eq!(d.events_of_person(T, p["uuid"].as_str().unwrap()).len(), 1);
+    assert!(p["properties"].get("x").is_none());
+}
+
+#[test]
+fn cors_preflight_and_origin_are_echoed() {
+    let d = Daemon::start();
+    let r = d.request(
+        "OPTIONS",
+        "/e/",
+        &[
+            ("origin", "http://app.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        Vec::new(),
+    );
+    assert!(
+        r.status == 200 || r.status == 204,
+        "preflight status {}",
+        r.status
+    );
+    let r = d.request(
+        "POST",
+        "/e/",
+        &[
+            ("origin", "http://app.example"),
+            ("content-type", "application/json"),
+        ],
+        serde_json::to_vec(&json!([ev("cors", "c1")])).unwrap(),
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn flags_decide_and_remote_config_answer_for_posthog_js() {
+    let d = Daemon::start();
+    for path in ["/flags/?v=2", "/decide/"] {
+        let r = d.post(path, &json!({"token": T, "distinct_id": "x"}));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["featureFlags"], json!({}));
+        assert_eq!(r.json()["errorsWhileComputingFlags"], json!(false));
+    }
+    assert_eq!(d.get(&format!("/array/{T}/config")).status, 200);
+    assert_eq!(d.get(&format!("/array/{T}/config.js")).status, 200);
+}
+
+#[test]
+fn capture_v1_takes_the_token_from_the_bearer_header() {
+    let d = Daemon::start();
+    let body = json!({"batch": [{"event": "e", "distinct_id": "v1-user", "uuid": "v1", "properties": {}, "options": {"process_person_profile": false}},
+                                {"event": "e", "distinct_id": "v1-person", "uuid": "v2", "properties": {}}]});
+    let auth = format!("Bearer {T}");
+    let r = d.request(
+        "POST",
+        "/i/v1/analytics/events",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"results": {}}));
+    assert!(
+        d.person(T, "v1-user").is_none(),
+        "process_person_profile=false makes it personless"
+    );
+    assert!(d.person(T, "v1-person").is_some());
+}
+
+#[test]
+fn distinct_id_is_read_from_properties_when_not_at_the_top_level() {
+    let d = Daemon::start();
+    d.capture(
+        T,
+        json!([{"event": "e", "properties": {"distinct_id": "nested-id"}}]),
+    );
+    assert_eq!(dids(&d.person(T, "nested-id").unwrap()), vec!["nested-id"]);
+}

@@ -1,0 +1,227 @@
+//! The flows of `shared/seeds/identify-users.txt`, end to end over the Unix socket.
+
+use serde_json::{json, Value};
+
+use crate::support::{dids, Daemon};
+
+const T: &str = "phc_flows";
+
+fn page(did: &str, uuid: &str, personless: bool) -> Value {
+    json!({"event": "$pageview", "distinct_id": did, "uuid": uuid, "properties": {"$process_person_profile": !personless, "$current_url": "https://x/"}})
+}
+
+#[test]
+fn identify_merges_anonymous_events_into_the_new_person() {
+    let d = Daemon::start();
+    let anon = "17b845b08de74-033c497ed2753c-35667c03-1fa400-17b845b08dfd55";
+    d.capture(T, json!([page(anon, "e1", true), page(anon, "e2", true)]));
+    assert!(
+        d.person(T, anon).is_none(),
+        "anonymous personless browsing creates no person"
+    );
+    d.capture(T, json!([{"event": "$identify", "distinct_id": "my_user_12345", "uuid": "e3",
+        "properties": {"$anon_distinct_id": anon}, "$set": {"name": "Max Hedgehog", "email": "max@hedgehogmail.com"}}]));
+    d.capture(
+        T,
+        json!([page(anon, "e4", false), page("my_user_12345", "e5", false)]),
+    );
+    let p = d.person(T, "my_user_12345").unwrap();
+    assert_eq!(dids(&p), vec!["my_user_12345", anon]);
+    assert_eq!(p["is_identified"], json!(true));
+    assert_eq!(p["properties"]["email"], json!("max@hedgehogmail.com"));
+    assert_eq!(d.person(T, anon).unwrap()["uuid"], p["uuid"]);
+    let events = d.events_of_person(T, p["uuid"].as_str().unwrap());
+    let uuids: Vec<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
+    assert_eq!(
+        uuids,
+        vec!["e5", "e4", "e3", "e2", "e1"],
+        "newest first, anonymous events included"
+    );
+    assert!(events.iter().all(|e| e["person_id"] == p["uuid"]));
+}
+
+#[test]
+fn past_events_follow_the_person_after_a_merge_of_two_persons() {
+    let d = Daemon::start();
+    d.capture(
+        T,
+        json!([page("anon", "a1", false), page("user", "u1", false)]),
+    );
+    let anon_uuid = d.person(T, "anon").unwrap()["uuid"].clone();
+    d.capture(T, json!([{"event": "$identify", "distinct_id": "user", "uuid": "i1", "properties": {"$anon_distinct_id": "anon"}}]));
+    let p = d.person(T, "anon").unwrap();
+    assert_ne!(p["uuid"], anon_uuid, "the into person survives");
+    assert_eq!(d.events_of_person(T, p["uuid"].as_str().unwrap()).len(), 3);
+    let r = d.get(&format!(
+        "/api/projects/{T}/persons/{}/",
+        anon_uuid.as_str().unwrap()
+    ));
+    assert_eq!(r.status, 404, "the absorbed person ceased to exist");
+}
+
+#[test]
+fn a_returning_user_on_a_second_device_joins_the_same_person() {
+    let d = Daemon::start();
+    d.capture(T, json!([page("device-1", "d1", false),
+        {"event": "$identify", "distinct_id": "user", "uuid": "d2", "properties": {"$anon_distinct_id": "device-1"}},
+        page("device-2", "d3", false),
+        {"event": "$identify", "distinct_id": "user", "uuid": "d4", "properties": {"$anon_distinct_id": "device-2"}}]));
+    let p = d.person(T, "device-2").unwrap();
+    assert_eq!(dids(&p), vec!["device-1", "user", "device-2"]);
+    assert_eq!(d.all_persons(T).len(), 1);
+}
+
+#[test]
+fn frontend_and_backend_share_an_id_or_alias_it() {
+    let d = Daemon::start();
+    d.capture(T, json!([
+        {"event": "$identify", "distinct_id": "db-42", "uuid": "b1", "$set": {"email": "a@b.c"}},
+        {"event": "$identify", "distinct_id": "db-42", "uuid": "f1", "properties": {"$anon_distinct_id": "browser-anon"}},
+        {"event": "$create_alias", "distinct_id": "db-42", "uuid": "b2", "properties": {"alias": "alt-99"}},
+    ]));
+    let p = d.person(T, "alt-99").unwrap();
+    assert_eq!(dids(&p), vec!["db-42", "browser-anon", "alt-99"]);
+    assert_eq!(p["properties"]["email"], json!("a@b.c"));
+}
+
+#[test]
+fn set_overrides_and_set_once_keeps_the_first_value_over_the_socket() {
+    let d = Daemon::start();
+    d.capture(T, json!([
+        {"event": "movie played", "distinct_id": "u", "$set": {"plan": "free_trial"}, "$set_once": {"initial_location": "London"}},
+        {"event": "movie played", "distinct_id": "u", "properties": {"$set": {"plan": "premium"}, "$set_once": {"initial_location": "Rome"}}},
+    ]));
+    let p = d.person(T, "u").unwrap();
+    assert_eq!(p["properties"]["plan"], json!("premium"));
+    assert_eq!(p["properties"]["initial_location"], json!("London"));
+}
+
+#[test]
+fn merge_dangerously_joins_identified_persons_and_alias_refuses_them() {
+    let d = Daemon::start();
+    d.capture(T, json!([
+        {"event": "$identify", "distinct_id": "user-a", "properties": {"$anon_distinct_id": "anon-a"}},
+        {"event": "$identify", "distinct_id": "user-b", "properties": {"$anon_distinct_id": "anon-b"}},
+        {"event": "$create_alias", "distinct_id": "user-b", "uuid": "refused", "properties": {"alias": "user-a"}},
+    ]));
+    assert_eq!(d.all_persons(T).len(), 2);
+    let w = d.warnings(T);
+    assert_eq!(w[0]["type"], json!("cannot_merge_already_identified"));
+    assert_eq!(w[0]["details"]["eventUuid"], json!("refused"));
+    d.capture(T, json!([{"event": "$merge_dangerously", "distinct_id": "user-b", "properties": {"alias": "user-a"}}]));
+    assert_eq!(d.all_persons(T).len(), 1);
+    assert_eq!(
+        dids(&d.person(T, "anon-a").unwrap()),
+        vec!["user-b", "anon-b", "user-a", "anon-a"]
+    );
+}
+
+#[test]
+fn each_illegal_id_is_refused_with_a_warning() {
+    let d = Daemon::start();
+    let illegal = [
+        "anonymous",
+        "guest",
+        "distinctid",
+        "distinct_id",
+        "id",
+        "not_authenticated",
+        "email",
+        "undefined",
+        "true",
+        "false",
+        "[object Object]",
+        "NaN",
+        "None",
+        "none",
+        "null",
+        "0",
+        "   ",
+    ];
+    let events: Vec<Value> = illegal
+        .iter()
+        .map(|id| json!({"event": "$identify", "distinct_id": "real-user", "properties": {"$anon_distinct_id": id}}))
+        .collect();
+    d.capture(T, Value::Array(events));
+    let w = d.warnings(T);
+    assert_eq!(w.len(), illegal.len());
+    assert!(w
+        .iter()
+        .all(|w| w["type"] == json!("cannot_merge_with_illegal_distinct_id")));
+    let p = d.person(T, "real-user").unwrap();
+    assert_eq!(dids(&p), vec!["real-user"]);
+    assert_eq!(p["is_identified"], json!(false));
+}
+
+#[test]
+fn the_persons_list_pages_in_creation_order() {
+    let d = Daemon::start();
+    let events: Vec<Value> = (0..25)
+        .map(|i| json!({"event": "e", "distinct_id": format!("p{i:02}")}))
+        .collect();
+    d.capture(T, Value::Array(events));
+    let mut seen = Vec::new();
+    let mut path = format!("/api/projects/{T}/persons/?limit=10");
+    loop {
+        let j = d.get(&path).json();
+        seen.extend(
+            j["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| dids(p)[0].clone()),
+        );
+        match j["next"].as_str() {
+            Some(n) => path = n.to_string(),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn unknown_projects_and_persons_are_404() {
+    let d = Daemon::start();
+    assert_eq!(
+        d.get("/api/projects/phc_nope/persons/?distinct_id=x")
+            .status,
+        404
+    );
+    assert_eq!(
+        d.get("/api/projects/phc_nope/persons/?distinct_id=x")
+            .json(),
+        json!({"detail": "project not found"})
+    );
+    d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
+    let r = d.get(&format!(
+        "/api/projects/{T}/persons/00000000-0000-0000-0000-000000000000/"
+    ));
+    assert_eq!(r.status, 404);
+    let project = d.get(&format!("/api/projects/{T}/")).json();
+    assert_eq!(project["token"], json!(T));
+    let by_id = d.get(&format!("/api/projects/{}/", project["id"])).json();
+    assert_eq!(by_id["token"], json!(T));
+    let p = d.person(T, "x").unwrap();
+    let again = d
+        .get(&format!(
+            "/api/projects/{}/persons/{}/",
+            project["id"],
+            p["uuid"].as_str().unwrap()
+        ))
+        .json();
+    assert_eq!(again, p);
+}
+
+#[test]
+fn projects_are_isolated_from_each_other() {
+    let d = Daemon::start();
+    d.capture("phc_one", json!([{"event": "$identify", "distinct_id": "u", "properties": {"$anon_distinct_id": "a"}, "$set": {"p": 1}}]));
+    d.capture("phc_two", json!([{"event": "e", "distinct_id": "a"}]));
+    assert_eq!(dids(&d.person("phc_two", "a").unwrap()), vec!["a"]);
+    assert!(d.person("phc_two", "u").is_none());
+    assert_eq!(
+        d.person("phc_one", "a").unwrap()["properties"]["p"],
+        json!(1)
+    );
+}

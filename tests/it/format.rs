@@ -1,0 +1,162 @@
+//! The on-disk log format: committed fixtures of format v1 must keep decoding to the same
+//! entries. Regenerate only for a new format, with `IDSTITCH_WRITE_FIXTURES=1`, and keep the old
+//! file next to the new one.
+
+use idstitch::domain::change::{AttachRule, StoredEvent};
+use idstitch::domain::warnings::{Warning, WarningKind};
+use idstitch::domain::{person_uuid, Change, Entry, MergeKind, ProjectId, Props, RefusalReason};
+use idstitch::store::codec::{decode_entry, encode_entry};
+use serde_json::json;
+
+fn props(v: serde_json::Value) -> Props {
+    Props(v.as_object().cloned().unwrap_or_default())
+}
+
+/// One entry per change kind, with every field set.
+fn entries() -> Vec<Entry> {
+    let p = ProjectId(1);
+    let a = person_uuid(p, "anon");
+    let u = person_uuid(p, "user");
+    let changes = vec![
+        Change::ProjectCreated {
+            id: p,
+            token: "phc_fixture".into(),
+            name: "Fixture".into(),
+        },
+        Change::PersonCreated {
+            person: a,
+            distinct_ids: vec!["anon".into()],
+            properties: props(json!({"a": 1, "n": null})),
+            is_identified: false,
+            created_at_ms: 1_700_000_000_000,
+        },
+        Change::DistinctIdAttached {
+            person: u,
+            distinct_id: "phone".into(),
+            rule: AttachRule::MergeWithNewId,
+        },
+        Change::PropertiesChanged {
+            person: u,
+            set: props(json!({"plan": "premium", "nested": {"x": [1, 2.5, "y"]}})),
+            unset: vec!["old".into()],
+        },
+        Change::PersonIdentified { person: u },
+        Change::PersonsMerged {
+            survivor: u,
+            absorbed: a,
+            moved_ids: vec!["anon".into()],
+            brought: props(json!({"a": 1})),
+            kept: vec!["plan".into()],
+            created_at_ms: 1_600_000_000_000,
+            kind: MergeKind::Identify,
+        },
+        Change::MergeRefused {
+            person: Some(u),
+            other_person: None,
+            other: "null".into(),
+            into: "user".into(),
+            reason: RefusalReason::IllegalDistinctId {
+                illegal: "null".into(),
+            },
+        },
+        Change::MergeRefused {
+            person: Some(u),
+            other_person: Some(a),
+            other: "anon".into(),
+            into: "user".into(),
+            reason: RefusalReason::AlreadyIdentified,
+        },
+        Change::MergeRefused {
+            person: None,
+            other_person: None,
+            other: "x".into(),
+            into: "y".into(),
+            reason: RefusalReason::MergeLimitExceeded { limit: 3 },
+        },
+        Change::WarningRecorded {
+            warning: Warning::new(
+                WarningKind::DistinctIdTruncated,
+                1_700_000_000_001,
+                "user",
+                vec![
+                    ("distinctId", json!("user")),
+                    ("originalLength", json!(250)),
+                ],
+            ),
+        },
+        Change::EventStored {
+            event: StoredEvent {
+                uuid: Some("0190a3b0-0000-7000-8000-000000000001".into()),
+                event: "$pageview".into(),
+                distinct_id: "anon".into(),
+                properties: props(json!({"$browser": "Firefox"})),
+                timestamp_ms: 1_700_000_000_002,
+                personless: true,
+            },
+        },
+        Change::PersonSplit {
+            person: u,
+            main: "user".into(),
+            parts: vec![("user".into(), u), ("anon".into(), a)],
+        },
+        Change::PersonDeleted {
+            person: u,
+            distinct_ids: vec!["user".into()],
+            delete_events: true,
+        },
+    ];
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Entry {
+            project: p,
+            at_ms: 1_700_000_000_000 + i as i64,
+            cause: Some(format!("cause-{i}")),
+            changes: vec![c],
+        })
+        .collect()
+}
+
+fn fixture_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/log-format-v1.bin")
+}
+
+/// Length-prefixed records: u32 LE length, then the encoded entry.
+fn frame(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let b = encode_entry(e);
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+#[test]
+fn log_format_v1_fixture_still_decodes_to_the_same_entries() {
+    let want = entries();
+    if std::env::var_os("IDSTITCH_WRITE_FIXTURES").is_some() {
+        std::fs::write(fixture_path(), frame(&want)).unwrap();
+    }
+    let bytes =
+        std::fs::read(fixture_path()).expect("committed fixture tests/fixtures/log-format-v1.bin");
+    let mut got = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        got.push(decode_entry(&tail[..len]).expect("v1 entry decodes"));
+        rest = &tail[len..];
+    }
+    assert_eq!(got, want);
+    assert_eq!(frame(&want), bytes, "encoding is stable byte for byte");
+}
+
+#[test]
+fn an_unknown_format_version_is_an_error_not_a_panic() {
+    let mut b = encode_entry(&entries()[0]);
+    b[0] = 99;
+    assert!(decode_entry(&b).is_err());
+    assert!(decode_entry(&[]).is_err());
+    assert!(decode_entry(&[1, 200, 3]).is_err());
+}

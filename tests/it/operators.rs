@@ -1,0 +1,198 @@
+//! Split, delete and the decision log ("why are these merged?").
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::{bin, dids, Daemon};
+
+const T: &str = "phc_ops";
+
+fn merged(d: &Daemon) -> Value {
+    d.capture(T, json!([
+        {"event": "e", "distinct_id": "anon", "uuid": "c1", "$set": {"from_anon": 1}},
+        {"event": "e", "distinct_id": "user", "uuid": "c2", "$set": {"email": "u@x.io"}},
+        {"event": "$identify", "distinct_id": "user", "uuid": "merge-1", "properties": {"$anon_distinct_id": "anon"}},
+        {"event": "$identify", "distinct_id": "user", "uuid": "attach-1", "properties": {"$anon_distinct_id": "phone"}},
+    ]));
+    d.person(T, "user").unwrap()
+}
+
+#[test]
+fn history_lists_creation_attachments_merges_and_refusals_oldest_first() {
+    let d = Daemon::start();
+    let p = merged(&d);
+    d.capture(T, json!([{"event": "$identify", "distinct_id": "user", "uuid": "bad", "properties": {"$anon_distinct_id": "null"}}]));
+    let uuid = p["uuid"].as_str().unwrap();
+    let h = d
+        .get(&format!("/api/projects/{T}/persons/{uuid}/history/"))
+        .json();
+    let kinds: Vec<String> = h["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| {
+            e["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["type"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(kinds[0], "person_created");
+    assert!(kinds.contains(&"persons_merged".to_string()));
+    assert!(kinds.contains(&"distinct_id_attached".to_string()));
+    assert!(kinds.contains(&"merge_refused".to_string()));
+    let merge = h["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cause_event_uuid"] == json!("merge-1"))
+        .unwrap();
+    let m = merge["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == json!("persons_merged"))
+        .unwrap();
+    assert_eq!(m["moved_distinct_ids"], json!(["anon"]));
+    assert_eq!(m["properties_brought"], json!({"from_anon": 1}));
+}
+
+#[test]
+fn explain_answers_why_an_id_belongs_to_its_person() {
+    let d = Daemon::start();
+    merged(&d);
+    let r = d
+        .get(&format!(
+            "/api/projects/{T}/persons/?distinct_id=anon&explain=true"
+        ))
+        .json();
+    let steps = r["explanation"].as_array().unwrap();
+    assert!(steps
+        .iter()
+        .any(|s| s["cause_event_uuid"] == json!("merge-1")));
+}
+
+#[test]
+fn split_gives_each_id_its_own_person_and_its_events() {
+    let mut d = Daemon::start();
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    let r = d.post(
+        &format!("/api/projects/{T}/persons/{uuid}/split/"),
+        &json!({"main_distinct_id": "user"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let check = |d: &Daemon| {
+        assert_eq!(d.all_persons(T).len(), 3);
+        let main = d.person(T, "user").unwrap();
+        assert_eq!(dids(&main), vec!["user"]);
+        assert_eq!(main["properties"]["email"], json!("u@x.io"));
+        assert_eq!(main["is_identified"], json!(true));
+        let anon = d.person(T, "anon").unwrap();
+        assert_eq!(anon["properties"], json!({}));
+        assert_eq!(anon["is_identified"], json!(false));
+        let ev = d.events_of_person(T, anon["uuid"].as_str().unwrap());
+        assert_eq!(
+            ev.iter().map(|e| e["uuid"].clone()).collect::<Vec<_>>(),
+            vec![json!("c1")]
+        );
+    };
+    check(&d);
+    d.restart();
+    check(&d);
+    d.terminate();
+    let out = Command::new(bin())
+        .args(["verify", "--data-dir"])
+        .arg(&d.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_deleted_person_disappears_and_a_later_event_starts_a_fresh_person() {
+    let mut d = Daemon::start();
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    let r = d.request(
+        "DELETE",
+        &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(r.status, 204);
+    let gone = |d: &Daemon| {
+        assert!(d.person(T, "user").is_none() && d.person(T, "anon").is_none());
+        assert_eq!(
+            d.get(&format!("/api/projects/{T}/persons/{uuid}/")).status,
+            404
+        );
+        assert!(d
+            .get(&format!("/api/projects/{T}/events/?distinct_id=anon"))
+            .json()["results"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        assert!(d.all_persons(T).is_empty());
+    };
+    gone(&d);
+    d.restart();
+    gone(&d);
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "anon", "uuid": "fresh", "$set": {"new": true}}]),
+    );
+    let fresh = d.person(T, "anon").unwrap();
+    assert_eq!(dids(&fresh), vec!["anon"]);
+    assert_eq!(
+        fresh["properties"],
+        json!({"new": true, "$creator_event_uuid": "fresh"})
+    );
+    d.terminate();
+    let out = Command::new(bin())
+        .args(["verify", "--data-dir"])
+        .arg(&d.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn the_person_cli_shows_and_splits_over_the_socket() {
+    let d = Daemon::start();
+    let p = merged(&d);
+    let sock = d.socket.to_str().unwrap().to_string();
+    let out = Command::new(bin())
+        .args(["person", "--socket", &sock, "show", T, "anon", "--explain"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("merge-1"));
+    let out = Command::new(bin())
+        .args([
+            "person",
+            "--socket",
+            &sock,
+            "split",
+            T,
+            p["uuid"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.all_persons(T).len(), 3);
+}

@@ -1,0 +1,304 @@
+//! Snapshot create / verify / restore, including point-in-time restore.
+
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+use crate::support::{bin, dids, Daemon};
+
+const T: &str = "phc_snap";
+
+fn idstitch(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run idstitch")
+}
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn persons(d: &Daemon) -> Vec<Value> {
+    let mut v = d.all_persons(T);
+    v.sort_by_key(|p| p["uuid"].as_str().unwrap().to_string());
+    v
+}
+
+#[test]
+fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snaps = tmp.path().join("snaps");
+    let d = Daemon::start_with(&["--snapshot-dir", s(&snaps)]);
+    for i in 0..20 {
+        d.capture(T, json!([{"event": "$identify", "distinct_id": format!("u{i}"), "properties": {"$anon_distinct_id": format!("a{i}")}}]));
+    }
+    let socket = d.socket.clone();
+    let writer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for i in 20..200 {
+            let body = serde_json::to_vec(
+                &json!({"api_key": T, "batch": [{"event": "e", "distinct_id": format!("u{i}")}]}),
+            )
+            .unwrap();
+            let _ = rt.block_on(async {
+                let mut c = idstitch::cli::client::Conn::unix(&socket).await?;
+                c.request(
+                    "POST",
+                    "/batch/",
+                    &[("content-type", "application/json")],
+                    body,
+                )
+                .await
+            });
+        }
+    });
+    let snap = snaps.join("during");
+    let out = idstitch(&["snapshot", "create", s(&snap), "--socket", s(&d.socket)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    writer.join().unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
+    let seq = manifest["last_seq"].as_u64().unwrap();
+    assert!(seq > 0);
+    assert!(idstitch(&["snapshot", "verify", s(&snap)]).status.success());
+
+    let restored = tmp.path().join("restored");
+    let out = idstitch(&["snapshot", "restore", s(&snap), "--data-dir", s(&restored)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(idstitch(&["verify", "--data-dir", s(&restored)])
+        .status
+        .success());
+    let r = Daemon::on(&restored, &[]);
+    let n = r.all_persons(T).len() as u64;
+    assert_eq!(n, manifest["counts"]["persons"].as_u64().unwrap());
+    // It continues the sequence: new events land after the snapshot's last seq.
+    r.capture(T, json!([{"event": "after", "distinct_id": "new-user"}]));
+    let ev = r
+        .get(&format!("/api/projects/{T}/events/?distinct_id=new-user"))
+        .json();
+    assert!(ev["results"][0]["seq"].as_u64().unwrap() > seq);
+}
+
+#[test]
+fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "x", "$set": {"a": 1}}]),
+    );
+    d.terminate();
+    let snap = tmp.path().join("s1");
+    assert!(
+        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
+            .status
+            .success()
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
+    let victim = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|f| f["size"].as_u64())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let flipped = tmp.path().join("flipped");
+    copy_tree(&snap, &flipped);
+    let path = flipped.join("db").join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&path, bytes).unwrap();
+    let out = idstitch(&["snapshot", "verify", s(&flipped)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&victim));
+
+    let missing = tmp.path().join("missing");
+    copy_tree(&snap, &missing);
+    std::fs::remove_file(missing.join("db").join(&victim)).unwrap();
+    let out = idstitch(&["snapshot", "verify", s(&missing)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+
+    d.start_again();
+    d.capture(T, json!([{"event": "e", "distinct_id": "y"}]));
+    d.terminate();
+    let other = tmp.path().join("s2");
+    assert!(
+        idstitch(&["snapshot", "create", s(&other), "--data-dir", s(&d.dir)])
+            .status
+            .success()
+    );
+    std::fs::copy(other.join("manifest.json"), snap.join("manifest.json")).unwrap();
+    assert_eq!(
+        idstitch(&["snapshot", "verify", s(&snap)]).status.code(),
+        Some(3)
+    );
+}
+
+#[test]
+fn restore_refuses_a_non_empty_dir_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
+    d.terminate();
+    let snap = tmp.path().join("s");
+    assert!(
+        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
+            .status
+            .success()
+    );
+    let target = tmp.path().join("busy");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("keep.txt"), "old").unwrap();
+    assert_eq!(
+        idstitch(&["snapshot", "restore", s(&snap), "--data-dir", s(&target)])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert!(idstitch(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&target),
+        "--force"
+    ])
+    .status
+    .success());
+    let aside: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("busy.before-restore")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the old contents were kept aside");
+    assert!(aside[0].path().join("keep.txt").exists());
+}
+
+#[test]
+fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "anon"}, {"event": "e", "distinct_id": "user"}]),
+    );
+    let before_merge = d
+        .get(&format!("/api/projects/{T}/events/?distinct_id=user"))
+        .json()["results"][0]["seq"]
+        .as_u64()
+        .unwrap();
+    d.capture(T, json!([{"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "anon"}}]));
+    assert_eq!(d.all_persons(T).len(), 1);
+    d.terminate();
+    let snap = tmp.path().join("s");
+    assert!(
+        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
+            .status
+            .success()
+    );
+    let restored = tmp.path().join("r");
+    let out = idstitch(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&restored),
+        "--as-of",
+        &before_merge.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = Daemon::on(&restored, &[]);
+    assert_eq!(r.all_persons(T).len(), 2);
+    assert_eq!(dids(&r.person(T, "anon").unwrap()), vec!["anon"]);
+    drop(r);
+    assert!(idstitch(&["verify", "--data-dir", s(&restored)])
+        .status
+        .success());
+}
+
+#[test]
+fn snapshot_restore_ingest_snapshot_restore_stays_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    d.capture(T, json!([{"event": "$identify", "distinct_id": "u", "properties": {"$anon_distinct_id": "a"}}]));
+    d.terminate();
+    let s1 = tmp.path().join("s1");
+    assert!(
+        idstitch(&["snapshot", "create", s(&s1), "--data-dir", s(&d.dir)])
+            .status
+            .success()
+    );
+    let r1 = tmp.path().join("r1");
+    assert!(
+        idstitch(&["snapshot", "restore", s(&s1), "--data-dir", s(&r1)])
+            .status
+            .success()
+    );
+    let mut d1 = Daemon::on(&r1, &[]);
+    d1.capture(T, json!([{"event": "$identify", "distinct_id": "u", "properties": {"$anon_distinct_id": "b"}}]));
+    let want = persons(&d1);
+    d1.terminate();
+    let s2 = tmp.path().join("s2");
+    assert!(
+        idstitch(&["snapshot", "create", s(&s2), "--data-dir", s(&r1)])
+            .status
+            .success()
+    );
+    let r2 = tmp.path().join("r2");
+    assert!(
+        idstitch(&["snapshot", "restore", s(&s2), "--data-dir", s(&r2)])
+            .status
+            .success()
+    );
+    assert!(idstitch(&["verify", "--data-dir", s(&r2)]).status.success());
+    let d2 = Daemon::on(&r2, &[]);
+    assert_eq!(persons(&d2), want);
+}
+
+#[test]
+fn the_snapshot_endpoint_refuses_paths_outside_its_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(&["--snapshot-dir", s(&tmp.path().join("snaps"))]);
+    for path in ["../escape", "/etc/idstitch-snap", "a/../../b"] {
+        let r = d.post("/api/snapshot", &json!({"path": path}));
+        assert_eq!(r.status, 400, "{path}");
+    }
+    let r = d.post("/api/snapshot", &json!({"path": "ok-1"}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(tmp.path().join("snaps/ok-1/manifest.json").exists());
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.join("db")).unwrap();
+    std::fs::copy(from.join("manifest.json"), to.join("manifest.json")).unwrap();
+    for e in std::fs::read_dir(from.join("db")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("db").join(e.file_name())).unwrap();
+    }
+}

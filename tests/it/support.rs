@@ -1,0 +1,292 @@
+//! Runs the real `idstitch` binary on a temp dir and socket, and talks to it over the socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use idstitch::cli::client::{Conn, Response};
+use serde_json::Value;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_idstitch")
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// Its data directory (kept across restarts).
+    pub dir: PathBuf,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// `host:port` when started with TCP.
+    pub http: Option<String>,
+    extra: Vec<String>,
+    child: Option<Child>,
+    rt: tokio::runtime::Runtime,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Daemon {
+    /// A daemon on a fresh temp dir.
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// A daemon on a fresh temp dir with extra `serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("store");
+        let mut d = Daemon::on(&dir, extra);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// A daemon on a given data dir (not removed afterwards).
+    pub fn on(dir: &Path, extra: &[&str]) -> Daemon {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut d = Daemon {
+            socket: dir.join("idstitch.sock"),
+            dir: dir.to_path_buf(),
+            http: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            rt,
+            _tmp: None,
+        };
+        if let Some(i) = d.extra.iter().position(|a| a == "--http") {
+            d.http = d.extra.get(i + 1).cloned();
+        }
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start idstitch serve");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Poll `/_health` until it answers 200 (or panic after `timeout`).
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("idstitch exited before it was ready: {status}");
+            }
+            if let Ok(r) = self.try_request("GET", "/_health", &[], Vec::new()) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "idstitch not ready after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One request over a fresh connection to the socket.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<Response> {
+        self.rt.block_on(async {
+            let mut c = Conn::unix(&self.socket).await?;
+            c.request(method, path, headers, body).await
+        })
+    }
+
+    /// One request over TCP.
+    pub fn tcp_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Response {
+        let addr = self.http.clone().expect("started with --http");
+        self.rt
+            .block_on(async {
+                let mut c = Conn::tcp(&addr).await?;
+                c.request(method, path, headers, body).await
+            })
+            .expect("tcp request")
+    }
+
+    /// A request that must get an answer.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Response {
+        self.try_request(method, path, headers, body)
+            .expect("request")
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], Vec::new())
+    }
+
+    /// POST JSON.
+    pub fn post(&self, path: &str, body: &Value) -> Response {
+        self.request(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            serde_json::to_vec(body).expect("json"),
+        )
+    }
+
+    /// POST a batch to `/batch/` and insist on exactly 200.
+    pub fn capture(&self, token: &str, events: Value) -> Value {
+        let r = self.post(
+            "/batch/",
+            &serde_json::json!({"api_key": token, "batch": events}),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "capture failed: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json()
+    }
+
+    /// The person of a distinct ID, if any.
+    pub fn person(&self, token: &str, did: &str) -> Option<Value> {
+        let r = self.get(&format!(
+            "/api/projects/{token}/persons/?distinct_id={}",
+            enc(did)
+        ));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["results"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+    }
+
+    /// Every person of a project, following `next`.
+    pub fn all_persons(&self, token: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut path = format!("/api/projects/{token}/persons/?limit=500");
+        loop {
+            let r = self.get(&path);
+            if r.status == 404 {
+                return out;
+            }
+            let j = r.json();
+            out.extend(j["results"].as_array().cloned().unwrap_or_default());
+            match j["next"].as_str() {
+                Some(n) => path = n.to_string(),
+                None => return out,
+            }
+        }
+    }
+
+    /// Events of a person (uuid), newest first.
+    pub fn events_of_person(&self, token: &str, uuid: &str) -> Vec<Value> {
+        let r = self.get(&format!(
+            "/api/projects/{token}/events/?person_id={uuid}&limit=10000"
+        ));
+        assert_eq!(r.status, 200);
+        r.json()["results"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Warnings of a project, newest first.
+    pub fn warnings(&self, token: &str) -> Vec<Value> {
+        let r = self.get(&format!("/api/projects/{token}/ingestion_warnings/"));
+        assert_eq!(r.status, 200);
+        r.json()["results"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().expect("wait")
+    }
+
+    /// Start again on the same data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Start again after a stop.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Percent-encode a query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The distinct IDs of a person JSON.
+pub fn dids(p: &Value) -> Vec<String> {
+    p["distinct_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
