@@ -12,11 +12,17 @@
 //! task per connection, closed or open loop), `checker`, `baseline` (raw RocksDB), `report`,
 //! `daemon` (start, stop, `/metrics`, `/proc`).
 
+#[path = "load/baseline.rs"]
 mod baseline;
+#[path = "load/checker.rs"]
 mod checker;
+#[path = "load/daemon.rs"]
 mod daemon;
+#[path = "load/report.rs"]
 mod report;
+#[path = "load/runner.rs"]
 mod runner;
+#[path = "load/workload.rs"]
 mod workload;
 
 use std::collections::HashMap;

@@ -411,32 +411,18 @@ const REFERRERS: [(&str, &str); 4] = [
     ("https://news.ycombinator.com/", "news.ycombinator.com"),
     ("https://duckduckgo.com/", "duckduckgo.com"),
 ];
-const PAGES: [(&str, &str); 8] = [
-    ("/", "Hedgehog Supplies: everything for your hedgehog"),
-    (
-        "/products/hedgehog-house-deluxe",
-        "Hedgehog House Deluxe | Hedgehog Supplies",
-    ),
-    (
-        "/products/mealworm-treats-500g",
-        "Mealworm Treats 500 g | Hedgehog Supplies",
-    ),
-    (
-        "/products/quiet-running-wheel",
-        "Quiet Running Wheel | Hedgehog Supplies",
-    ),
-    ("/cart", "Your cart | Hedgehog Supplies"),
-    (
-        "/checkout/shipping",
-        "Checkout: shipping | Hedgehog Supplies",
-    ),
-    (
-        "/blog/winter-care-for-hedgehogs",
-        "Winter care for hedgehogs | Hedgehog Supplies",
-    ),
-    ("/account/settings", "Account settings | Hedgehog Supplies"),
+/// Pages of the shop: path, title, category, SKU, price.
+const PAGES: [(&str, &str, &str, &str, f64); 8] = [
+    ("/", "HogShop", "home", "", 0.0),
+    ("/p/house", "House | HogShop", "houses", "HH-01", 49.9),
+    ("/p/treats", "Treats | HogShop", "food", "FD-07", 8.5),
+    ("/p/wheel", "Wheel | HogShop", "toys", "TY-03", 24.0),
+    ("/cart", "Cart | HogShop", "checkout", "", 0.0),
+    ("/checkout", "Checkout | HogShop", "checkout", "", 0.0),
+    ("/blog/winter", "Winter care | HogShop", "blog", "", 0.0),
+    ("/account", "Account | HogShop", "account", "", 0.0),
 ];
-const HOST: &str = "shop.hedgehogsupplies.example";
+const HOST: &str = "hogshop.example";
 const PLANS: [&str; 3] = ["starter", "pro", "business"];
 
 impl Device {
@@ -468,12 +454,8 @@ impl Device {
 
     fn user_agent(&self) -> String {
         format!(
-            "Mozilla/5.0 ({}; {} {}) AppleWebKit/537.36 (KHTML, like Gecko) {}/{}.0.0.0 Safari/537.36",
-            if self.device_type == "Mobile" { "Mobile" } else { "X11" },
-            self.os.0,
-            self.os.1,
-            self.browser.0,
-            self.browser.1
+            "Mozilla/5.0 ({} {}) {}/{}.0",
+            self.os.0, self.os.1, self.browser.0, self.browser.1
         )
     }
 }
@@ -513,11 +495,10 @@ impl Scripter<'_> {
         self.clock_ms
     }
 
-    /// A posthog-js event: about 40 properties, about 1 KB. `person` turns person processing on.
+    /// A posthog-js event: 40 properties, about 1.2 KB. `person` turns person processing on.
     fn browser(&mut self, dev: &Device, distinct_id: &str, person: bool, event: &str) -> Value {
         let at = self.tick();
-        let (path, title) = *self.rng.pick(&PAGES);
-        let url = format!("https://{HOST}{path}");
+        let (path, title, category, sku, price) = *self.rng.pick(&PAGES);
         let mut p = Map::new();
         let mut put = |k: &str, v: Value| {
             p.insert(k.to_string(), v);
@@ -529,7 +510,7 @@ impl Scripter<'_> {
         put("$device_type", json!(dev.device_type));
         put("$timezone", json!(dev.tz.0));
         put("$timezone_offset", json!(dev.tz.1));
-        put("$current_url", json!(url));
+        put("$current_url", json!(format!("https://{HOST}{path}")));
         put("$host", json!(HOST));
         put("$pathname", json!(path));
         put("$raw_user_agent", json!(dev.user_agent()));
@@ -552,19 +533,23 @@ impl Scripter<'_> {
         put("$session_id", json!(dev.session_id));
         put("$window_id", json!(dev.window_id));
         put("$pageview_id", json!(self.rng.uuid7(at)));
-        put(
-            "$session_entry_url",
-            json!(format!("https://{HOST}{}", dev.entry_path)),
-        );
         put("$session_entry_pathname", json!(dev.entry_path));
-        put("$session_entry_referrer", json!(dev.referrer.0));
-        put("$autocapture_disabled_server_side", json!(false));
-        put("$web_vitals_enabled_server_side", json!(true));
-        put("$dead_clicks_enabled_server_side", json!(false));
-        put("$configured_session_timeout_ms", json!(1_800_000));
-        put("$lib_rate_limit_remaining_tokens", json!(99));
+        put(
+            "$search_engine",
+            json!(if dev.referrer.1.contains("google") {
+                "google"
+            } else {
+                ""
+            }),
+        );
         put("title", json!(title));
         put("token", json!(self.token));
+        put("category", json!(category));
+        put("sku", json!(sku));
+        put("price", json!(price));
+        put("currency", json!("EUR"));
+        put("in_stock", json!(price > 0.0));
+        put("qty", json!(1 + self.rng.below(3)));
         json!({"uuid": self.rng.uuid4(), "event": event, "properties": p, "timestamp": iso(at)})
     }
 

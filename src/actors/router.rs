@@ -187,6 +187,11 @@ impl Router {
             .map(|p| (p.token, p.id))
             .collect();
         let next_project = projects.values().map(|p| p.0).max().unwrap_or(0) + 1;
+        let mut limiter = WarningLimiter::default();
+        for (project, w) in store.rate_limited_warnings()? {
+            limiter.remember(project, &w);
+        }
+        limiter.prune(now_ms());
         let inner = Inner {
             store,
             writer,
@@ -198,7 +203,7 @@ impl Router {
             ids: HashMap::new(),
             actors: HashMap::new(),
             uuids: HashMap::new(),
-            limiter: WarningLimiter::default(),
+            limiter,
             tick: 0,
         };
         Ok(Router {

@@ -112,6 +112,17 @@ impl WarningLimiter {
         }
     }
 
+    /// Remember a warning recorded earlier (restoring the limit after a restart).
+    pub fn remember(&mut self, project: ProjectId, w: &Warning) {
+        if w.kind.is_rate_limited() {
+            let slot = self
+                .last
+                .entry((project, w.kind, w.distinct_id.clone()))
+                .or_insert(w.at_ms);
+            *slot = (*slot).max(w.at_ms);
+        }
+    }
+
     /// Forget entries older than an hour before `now_ms`, to bound memory.
     pub fn prune(&mut self, now_ms: i64) {
         self.last.retain(|_, t| now_ms - *t < HOUR_MS);

@@ -312,6 +312,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The last rate-limited warning of every (project, kind, distinct ID), to restore the
+    /// once-an-hour limit after a restart.
+    pub fn rate_limited_warnings(&self) -> Result<Vec<(ProjectId, Warning)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("limits"), IteratorMode::Start) {
+            let (k, v) = item?;
+            let project = ProjectId(u32::from_be_bytes(
+                k.get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or_default(),
+            ));
+            let w = codec::decode(&v).map_err(|source| StoreError::Codec {
+                cf: "limits",
+                source,
+            })?;
+            out.push((project, w));
+        }
+        Ok(out)
+    }
+
     /// A project by token.
     pub fn project_id(&self, token: &str) -> Result<Option<ProjectId>, StoreError> {
         Ok(self

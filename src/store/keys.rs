@@ -13,13 +13,14 @@
 //! | `warnings` | project u32, seq u64, index u16 | warning |
 //! | `hist` | project u32, uuid 16, seq u64 | empty (log entries of a person) |
 //! | `didhist` | project u32, len u16, distinct id, seq u64 | empty (log entries of an id) |
+//! | `limits` | project u32, kind u8, distinct id | last rate-limited warning of that key |
 
 use crate::domain::{PersonUuid, ProjectId, Seq};
 
 /// Every column family, in creation order.
-pub const CFS: [&str; 11] = [
+pub const CFS: [&str; 12] = [
     "log", "meta", "projects", "persons", "order", "dids", "evdid", "uuids", "warnings", "hist",
-    "didhist",
+    "didhist", "limits",
 ];
 
 /// Key of a log entry.
@@ -92,6 +93,14 @@ pub fn warning(p: ProjectId, seq: Seq, index: u16) -> Vec<u8> {
     let mut k = project(p);
     k.extend_from_slice(&seq.0.to_be_bytes());
     k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Key of the rate limit of one warning kind for one distinct ID.
+pub fn limit(p: ProjectId, kind: u8, id: &str) -> Vec<u8> {
+    let mut k = project(p);
+    k.push(kind);
+    k.extend_from_slice(id.as_bytes());
     k
 }
 

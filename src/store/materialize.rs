@@ -149,6 +149,10 @@ impl State for Materializer<'_> {
                 let k = keys::warning(project, seq, self.warning_index);
                 self.warning_index += 1;
                 self.put("warnings", &k, &codec::encode(warning));
+                if warning.kind.is_rate_limited() {
+                    let k = keys::limit(project, warning.kind as u8, &warning.distinct_id);
+                    self.put("limits", &k, &codec::encode(warning));
+                }
             }
             Change::PersonCreated {
                 person,

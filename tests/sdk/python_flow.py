@@ -13,6 +13,7 @@ fed to lib/spec_model.py; the daemon's persons, events and warnings are compared
 and with the outcome written by hand in lib/scenario.py.
 """
 import copy
+import json
 import logging
 import os
 import sys
@@ -140,6 +141,19 @@ def run_variant(report, daemon, name, token, client_kwargs, scenario, expected, 
                   (daemon.person_by_distinct_id(token, "anon-2") or {}).get("properties", {}).get("shared"))
 
 
+def read_api_guard(report, daemon, token):
+    """api.md: on TCP everything under /api/ needs the admin key; unknown projects are 404."""
+    path = "/api/projects/%s/persons/?distinct_id=user-1" % token
+    st, _, _ = daemon.request("GET", path, auth=False)
+    report.check("read API without Authorization is refused (401/403)", st in (401, 403), "got %s" % st)
+    st, _, _ = daemon.request("GET", path, auth=False, headers={"Authorization": "Bearer wrong-key"})
+    report.check("read API with a wrong admin key is refused (401/403)", st in (401, 403), "got %s" % st)
+    st, raw, _ = daemon.request("GET", "/api/projects/phc_sdk_never_used/persons/")
+    report.check('unknown project answers 404 {"detail": "project not found"}',
+                 st == 404 and raw.strip() and json.loads(raw) == {"detail": "project not found"},
+                 "got %s %r" % (st, raw[:200]))
+
+
 def main():
     daemon = Daemon(sys.argv[1])
     report = Report("python")
@@ -159,6 +173,11 @@ def main():
             run_variant(report, daemon, *v)
         except Exception as e:  # noqa
             report.crash("%s ran to completion" % v[0], e)
+    report.flow = "python/api"
+    try:
+        read_api_guard(report, daemon, "phc_sdk_py_plain")
+    except Exception as e:  # noqa
+        report.crash("read API guard checks ran", e)
 
 
 if __name__ == "__main__":

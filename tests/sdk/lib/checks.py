@@ -154,6 +154,21 @@ def compare_with_model(report, daemon, token, model, dropped_ids=(), check_creat
                              "seq order %s" % seq[:20])
         except Exception as e:  # noqa
             report.crash(tag + " events", e)
+    # §5 version: +1 per changing event. The first value is not fixed by the spec, so take it from
+    # a person that never changed after its creation and compare every person relative to it.
+    base = None
+    for mp in model.persons.values():
+        dp = by_first.get(mp.ids[0])
+        if mp.version == 0 and dp is not None and isinstance(dp.get("version"), int):
+            base = dp["version"]
+            break
+    if base is not None:
+        for mp in sorted(model.persons.values(), key=lambda p: p.ids):
+            dp = by_first.get(mp.ids[0])
+            if dp is None:
+                continue
+            report.eq("person %s version = first version + %d changing events (spec §5)"
+                      % (_fmt_ids(mp.ids), mp.version), base + mp.version, dp.get("version"))
     extra = [p.get("distinct_ids") for p in persons
              if not any(p.get("distinct_ids", [None])[:1] == mp.ids[:1] for mp in model.persons.values())]
     report.check("no persons beyond the spec's (%d)" % len(model.persons), not extra and

@@ -154,6 +154,9 @@ class Person:
     def __init__(self, uuid, ids, props, identified, created_at):
         self.uuid, self.ids, self.props = uuid, list(ids), props
         self.identified, self.created_at = identified, created_at
+        # §5: +1 for every event that changes the person; counted from its creation (the spec
+        # does not fix the first value, so the checks compare differences)
+        self.version = 0
 
     def __repr__(self):
         return "Person(%s, ids=%s, identified=%s)" % (self.uuid, self.ids, self.identified)
@@ -197,8 +200,9 @@ class Model:
 
     @staticmethod
     def _update(p, name, s, so, unset):
+        """Apply §5 to p; True when the properties changed."""
         if name in NO_PROPERTY_CHANGE:
-            return
+            return False
         before = dict(p.props)
         to_set = {k: v for k, v in so.items() if k not in before}
         for k, v in s.items():
@@ -208,13 +212,20 @@ class Model:
         p.props.update(to_set)
         for k in to_unset:
             p.props.pop(k, None)
+        return bool(to_set or to_unset)
+
+    @staticmethod
+    def _identify(p):
+        changed = not p.identified
+        p.identified = True
+        return changed
 
     def _ordinary(self, did, name, s, so, unset, uuid, ts):
         p = self.person_of(did)
         if p is None:
             self._create(did, [], name, s, so, uuid, ts, False)
-        else:
-            self._update(p, name, s, so, unset)
+        elif self._update(p, name, s, so, unset):
+            p.version += 1
 
     # --- §1-§5 for one event ---
     def process(self, ev, ingest_ts=None):
@@ -281,18 +292,19 @@ class Model:
             p.ids.append(missing)
             self.by_id[missing] = p.uuid
             self._update(p, name, s, so, unset)
-            p.identified = True
+            self._identify(p)
+            p.version += 1
             return "attached"
         if po is pi:
-            self._update(pi, name, s, so, unset)
-            pi.identified = True
+            if self._update(pi, name, s, so, unset) | self._identify(pi):
+                pi.version += 1
             return "same-person"
         if name != "$merge_dangerously" and po.identified:
             self._warn("cannot_merge_already_identified",
                        {"sourcePersonDistinctId": other, "targetPersonDistinctId": into,
                         "eventUuid": uuid})
-            self._update(pi, name, s, so, unset)
-            pi.identified = True
+            if self._update(pi, name, s, so, unset) | self._identify(pi):
+                pi.version += 1
             return "refused"
         pi.props = {**po.props, **pi.props}
         self._update(pi, name, s, so, unset)
@@ -301,6 +313,7 @@ class Model:
         else:
             pi.created_at = po.created_at or pi.created_at
         pi.identified = True
+        pi.version += 1
         for i in po.ids:
             pi.ids.append(i)
             self.by_id[i] = pi.uuid
