@@ -443,7 +443,7 @@ impl Device {
             } else {
                 *rng.pick(&[(1920, 1080), (2560, 1440), (1440, 900)])
             },
-            lang: *rng.pick(&LANGS),
+            lang: LANGS[rng.below(LANGS.len() as u64) as usize],
             tz: *rng.pick(&TZS),
             referrer: *rng.pick(&REFERRERS),
             session_id: rng.uuid7(at_ms),

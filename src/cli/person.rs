@@ -1,6 +1,6 @@
 //! `idstitch person show|history|split|delete`: operator access over the socket.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
@@ -62,7 +62,7 @@ fn enc(s: &str) -> String {
 }
 
 /// Run a person subcommand against the daemon on `socket`.
-pub fn run(socket: &PathBuf, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
+pub fn run(socket: &Path, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
     let (method, path, body) = match &cmd {
         PersonCmd::Show {
             project,

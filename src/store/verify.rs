@@ -12,15 +12,13 @@ use crate::domain::{apply_entry, Person, PersonUuid, ProjectId, Seq, State};
 /// Replay the whole log, from seq 1, into scratch state.
 pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, StoreError> {
     let mut scratch = MemState::default();
-    let mut expected = 1;
-    for item in store.entries_from(Seq(1)) {
+    for (expected, item) in (1u64..).zip(store.entries_from(Seq(1))) {
         let (seq, entry) = item?;
         if seq.0 != expected {
             return Err(StoreError::Corrupt(format!(
                 "log has a gap: expected seq {expected}, found {seq}"
             )));
         }
-        expected += 1;
         apply_entry(&mut scratch, seq, &entry);
         if seq.0 % 65_536 == 0 {
             progress(seq);
