@@ -48,14 +48,24 @@ pub async fn delete(
 ) -> HttpResponse {
     let p = tri!(find_project(st.engine.store(), &path.0));
     let uuid = tri!(parse_uuid(&path.1));
-    match st
-        .engine
-        .delete(p.id, uuid, q.delete_events.unwrap_or(false))
-        .await
-    {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => engine_error(&e),
+    let delete_events = q.delete_events.unwrap_or(false);
+    if let Err(e) = st.engine.delete(p.id, uuid, delete_events).await {
+        return engine_error(&e);
     }
+    if delete_events {
+        // Reclaim the redacted events' bytes before answering, so a 204 means they are gone.
+        let store = st.engine.store().clone();
+        match web::block(move || store.compact_log()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Compaction after a deletion failed; it will happen later.")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Compaction after a deletion failed; it will happen later.")
+            }
+        }
+    }
+    HttpResponse::NoContent().finish()
 }
 
 /// `GET /_health`: 200 when serving, 503 when not (shutting down, or the log writer failed).

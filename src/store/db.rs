@@ -345,6 +345,17 @@ impl Store {
         self.decoded("projects", &keys::project_by_id(id))
     }
 
+    /// Flush memtables and compact the log, so that bytes of redacted (deleted) events and
+    /// obsolete WAL files leave the disk. Costs a full rewrite of the log's SST files.
+    pub fn compact_log(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.db
+            .compact_range_cf(self.cf("log"), None::<&[u8]>, None::<&[u8]>);
+        self.db
+            .compact_range_cf(self.cf("evdid"), None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
     /// Number of keys RocksDB estimates in a column family (for stats and metrics).
     pub fn estimate_keys(&self, cf: &str) -> u64 {
         self.db

@@ -8,7 +8,7 @@ use rocksdb::WriteBatch;
 use super::codec;
 use super::db::{ProjectRecord, Store, StoreError};
 use super::keys;
-use crate::domain::{apply_entry, Change, Entry, Person, PersonUuid, ProjectId, Seq, State};
+use crate::domain::{apply_entry, Change, Entry, Person, PersonUuid, ProjectId, Props, Seq, State};
 
 /// Applies log entries to the derived column families, reading through its own pending writes.
 pub struct Materializer<'s> {
@@ -68,6 +68,37 @@ impl<'s> Materializer<'s> {
     fn hist(&mut self, project: ProjectId, uuid: PersonUuid) {
         let k = keys::hist(project, uuid, self.seq);
         self.put("hist", &k, &[]);
+    }
+
+    /// Empty the properties of every stored event of `did` in its log entry (deletion with
+    /// `delete_events`); the uuid stays so that a redelivery is still recognised. Compaction
+    /// then reclaims the old bytes (`Store::compact_log`).
+    fn redact_events(&mut self, project: ProjectId, did: &str) {
+        let seqs = match self.store.event_seqs_of(project, did, None, usize::MAX) {
+            Ok(s) => s,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                return;
+            }
+        };
+        for seq in seqs {
+            let mut entry = match self.store.entry(seq) {
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    return;
+                }
+            };
+            for c in &mut entry.changes {
+                if let Change::EventStored { event } = c {
+                    if event.distinct_id == did {
+                        event.properties = Props::new();
+                    }
+                }
+            }
+            self.put("log", &keys::log(seq), &codec::encode_entry(&entry));
+        }
     }
 
     fn did_hist(&mut self, project: ProjectId, did: &str) {
@@ -212,6 +243,7 @@ impl State for Materializer<'_> {
                 for d in distinct_ids {
                     self.did_hist(project, d);
                     if *delete_events {
+                        self.redact_events(project, d);
                         let prefix = keys::did(project, d);
                         let cf = self.store.cf("evdid");
                         self.batch

@@ -168,6 +168,56 @@ fn a_deleted_person_disappears_and_a_later_event_starts_a_fresh_person() {
 }
 
 #[test]
+fn deleted_events_are_gone_from_disk_after_compaction() {
+    let mut d = Daemon::start();
+    let marker = "SECRET-MARKER-7f3a9c";
+    d.capture(T, json!([{"event": "e", "distinct_id": "victim", "uuid": "v1", "properties": {"note": marker}},
+                        {"event": "e", "distinct_id": "bystander", "uuid": "b1", "properties": {"note": "keep-me-4411"}}]));
+    let uuid = d.person(T, "victim").unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d.request(
+            "DELETE",
+            &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
+            &[],
+            Vec::new()
+        )
+        .status,
+        204
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+    let found = |needle: &str| {
+        std::fs::read_dir(&d.dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                std::fs::read(e.path())
+                    .map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                    .unwrap_or(false)
+            })
+    };
+    assert!(
+        !found(marker),
+        "the deleted event's bytes are still on disk"
+    );
+    assert!(
+        found("keep-me-4411"),
+        "the search itself works: a kept event is found"
+    );
+    d.start_again();
+    assert_eq!(
+        d.get(&format!("/api/projects/{T}/events/?distinct_id=bystander"))
+            .json()["results"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
 fn the_person_cli_shows_and_splits_over_the_socket() {
     let d = Daemon::start();
     let p = merged(&d);
