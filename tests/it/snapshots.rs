@@ -29,7 +29,7 @@ fn persons(d: &Daemon) -> Vec<Value> {
 fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
     let tmp = tempfile::tempdir().unwrap();
     let snaps = tmp.path().join("snaps");
-    let d = Daemon::start_with(&["--snapshot-dir", s(&snaps)]);
+    let mut d = Daemon::start_with(&["--snapshot-dir", s(&snaps)]);
     for i in 0..20 {
         d.capture(T, json!([{"event": "$identify", "distinct_id": format!("u{i}"), "properties": {"$anon_distinct_id": format!("a{i}")}}]));
     }
@@ -83,6 +83,35 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
     let r = Daemon::on(&restored, &[]);
     let n = r.all_persons(T).len() as u64;
     assert_eq!(n, manifest["counts"]["persons"].as_u64().unwrap());
+    // The online snapshot equals the source's whole log replayed up to the manifest's seq.
+    d.terminate();
+    let full = tmp.path().join("full");
+    assert!(
+        idstitch(&["snapshot", "create", s(&full), "--data-dir", s(&d.dir)])
+            .status
+            .success()
+    );
+    let replayed = tmp.path().join("replayed");
+    let out = idstitch(&[
+        "snapshot",
+        "restore",
+        s(&full),
+        "--data-dir",
+        s(&replayed),
+        "--as-of",
+        &seq.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at_seq = Daemon::on(&replayed, &[]);
+    assert_eq!(
+        persons(&r),
+        persons(&at_seq),
+        "snapshot differs from the log replayed to its seq"
+    );
     // It continues the sequence: new events land after the snapshot's last seq.
     r.capture(T, json!([{"event": "after", "distinct_id": "new-user"}]));
     let ev = r
