@@ -63,32 +63,36 @@ fn bench_decide(c: &mut Criterion) {
             let mut state = MemState::default();
             let mut limiter = WarningLimiter::default();
             for (i, raw) in events.iter().enumerate() {
-                let ev = normalize(raw, 0).expect("valid");
-                let (into, _) = lookups(&ev);
-                let person = state.person_of(P, &into).cloned();
-                let d = decide(
-                    &ev,
-                    Ctx {
-                        project: P,
-                        now_ms: 0,
-                        merge_limit: None,
-                        into: person.as_ref(),
-                        other: None,
-                        limiter: &mut limiter,
-                    },
-                );
-                let entry = Entry {
-                    project: P,
-                    at_ms: 0,
-                    cause: None,
-                    changes: d.changes,
-                };
-                apply_entry(&mut state, Seq(i as u64 + 1), &entry);
+                step(&mut state, &mut limiter, i as u64 + 1, raw);
             }
             state
         })
     });
     g.finish();
+}
+
+/// One event through the engine's pure path: normalise, decide (the person borrowed, as the
+/// router's snapshot is), apply. Returns the log entry.
+fn step(state: &mut MemState, limiter: &mut WarningLimiter, seq: u64, raw: &Value) -> Entry {
+    let ev = normalize(raw, 0).expect("valid");
+    let (into, _) = lookups(&ev);
+    let ctx = Ctx {
+        project: P,
+        now_ms: 0,
+        merge_limit: None,
+        into: state.person_of(P, &into),
+        other: None,
+        limiter,
+    };
+    let changes = decide(&ev, ctx).changes;
+    let entry = Entry {
+        project: P,
+        at_ms: 0,
+        cause: None,
+        changes,
+    };
+    apply_entry(state, Seq(seq), &entry);
+    entry
 }
 
 /// Log entries of `n` typical events, decided in memory.
@@ -97,27 +101,10 @@ fn entries(n: u64) -> Vec<(Seq, Arc<Entry>)> {
     let mut limiter = WarningLimiter::default();
     (0..n)
         .map(|i| {
-            let ev = normalize(&typical(i, 10_000), 0).expect("valid");
-            let person = state.person_of(P, &ev.distinct_id).cloned();
-            let d = decide(
-                &ev,
-                Ctx {
-                    project: P,
-                    now_ms: 0,
-                    merge_limit: None,
-                    into: person.as_ref(),
-                    other: None,
-                    limiter: &mut limiter,
-                },
-            );
-            let entry = Entry {
-                project: P,
-                at_ms: 0,
-                cause: None,
-                changes: d.changes,
-            };
-            apply_entry(&mut state, Seq(i + 1), &entry);
-            (Seq(i + 1), Arc::new(entry))
+            (
+                Seq(i + 1),
+                Arc::new(step(&mut state, &mut limiter, i + 1, &typical(i, 10_000))),
+            )
         })
         .collect()
 }
