@@ -1,5 +1,6 @@
 //! Prometheus metrics. Names follow `idstitch_<noun>_<unit>_total`; label values are bounded.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -39,6 +40,12 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Person actors alive.
     pub resident_actors: Gauge,
+    /// Events waiting in the conversion buffer.
+    pub buffer_waiting: Gauge,
+    /// Events the conversion buffer released.
+    pub buffer_released: Counter,
+    /// Age of the oldest waiting event, in seconds (0 when none waits).
+    pub buffer_oldest_age_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -56,6 +63,9 @@ impl Metrics {
             log_fsyncs: Counter::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             resident_actors: Gauge::default(),
+            buffer_waiting: Gauge::default(),
+            buffer_released: Counter::default(),
+            buffer_oldest_age_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -103,6 +113,21 @@ impl Metrics {
             "idstitch_resident_actors",
             "Person actors alive",
             m.resident_actors.clone(),
+        );
+        registry.register(
+            "idstitch_buffer_events_waiting",
+            "Events waiting in the conversion buffer",
+            m.buffer_waiting.clone(),
+        );
+        registry.register(
+            "idstitch_buffer_events_released",
+            "Events released by the conversion buffer",
+            m.buffer_released.clone(),
+        );
+        registry.register(
+            "idstitch_buffer_oldest_age_seconds",
+            "Age of the oldest event waiting in the conversion buffer",
+            m.buffer_oldest_age_seconds.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

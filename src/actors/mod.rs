@@ -10,11 +10,11 @@ use std::thread::JoinHandle;
 
 use actix::prelude::*;
 
-use router::{Delete, Ingest, LastSeq, ResolveProject, Router, Split};
-pub use router::{EngineConfig, EngineError, IngestItem, IngestOutcome, ItemOutcome};
+pub use router::{Clock, EngineConfig, EngineError, IngestItem, IngestOutcome, ItemOutcome};
+use router::{Delete, Ingest, LastSeq, PatchSettings, ResolveProject, Router, Split};
 pub use writer::{WriterFailed, WriterHandle, WriterStatus};
 
-use crate::domain::{Person, PersonUuid, ProjectId, Seq};
+use crate::domain::{Person, PersonUuid, ProjectId, ProjectSettings, Seq, SettingsPatch};
 use crate::metrics::Metrics;
 use crate::store::recovery::{recover, Recovered};
 use crate::store::Store;
@@ -26,6 +26,7 @@ pub struct Engine {
     writer: WriterHandle,
     store: Store,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 impl Engine {
@@ -47,14 +48,16 @@ impl Engine {
             metrics.clone(),
             config,
             recovered.last_seq,
-        )?
-        .start();
+        )?;
+        let clock = router.clock();
+        let router = router.start();
         Ok((
             Engine {
                 router,
                 writer,
                 store,
                 metrics,
+                clock,
             },
             recovered,
             join,
@@ -135,6 +138,28 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Stopped)??;
         Ok(self.writer.wait_durable(seq).await?)
+    }
+
+    /// Change a project's settings; returns the settings now in force, once durable.
+    pub async fn patch_settings(
+        &self,
+        project: ProjectId,
+        patch: SettingsPatch,
+    ) -> Result<ProjectSettings, EngineError> {
+        let (seq, settings) = self
+            .router
+            .send(PatchSettings { project, patch })
+            .await
+            .map_err(|_| EngineError::Stopped)??;
+        if let Some(seq) = seq {
+            self.writer.wait_durable(seq).await?;
+        }
+        Ok(settings)
+    }
+
+    /// The conversion buffer's clock (`--test-clock` lets tests move it forward).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Wait until everything decided so far is durable, so reads see it.

@@ -7,9 +7,11 @@
 //! atomic: no other message interleaves with a batch.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -17,9 +19,10 @@ use super::person::{Apply, PersonActor, Snapshot, Stop};
 use super::writer::{WriterFailed, WriterHandle};
 use crate::domain::admin::{decide_delete, decide_split, AdminError};
 use crate::domain::apply::{created_person, split_parts};
+use crate::domain::buffer::{qualifies, BufferedEvent};
 use crate::domain::{
-    decide, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId, Seq,
-    WarningLimiter,
+    decide, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId,
+    ProjectSettings, Seq, SettingsPatch, WarningLimiter,
 };
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -33,6 +36,8 @@ pub struct EngineConfig {
     pub max_resident_persons: usize,
     /// Distinct-ID map entries cached at most.
     pub max_cached_ids: usize,
+    /// `--test-clock`: let tests move the conversion buffer's clock forward.
+    pub test_clock: bool,
 }
 
 impl Default for EngineConfig {
@@ -41,7 +46,37 @@ impl Default for EngineConfig {
             merge_limit: None,
             max_resident_persons: 100_000,
             max_cached_ids: 1_000_000,
+            test_clock: false,
         }
+    }
+}
+
+/// The time the conversion buffer goes by: the system clock, plus an offset that only a daemon
+/// started with `--test-clock` lets tests move forward (so they never sleep through a window).
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+    adjustable: bool,
+}
+
+impl Clock {
+    /// The system clock, adjustable when `adjustable`.
+    pub fn new(adjustable: bool) -> Clock {
+        Clock {
+            offset_ms: Arc::new(AtomicI64::new(0)),
+            adjustable,
+        }
+    }
+
+    /// Now, ms since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        now_ms() + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Move the clock forward by `ms`; the new offset, or `None` when not adjustable.
+    pub fn advance(&self, ms: i64) -> Option<i64> {
+        self.adjustable
+            .then(|| self.offset_ms.fetch_add(ms, Ordering::Relaxed) + ms)
     }
 }
 
@@ -139,6 +174,33 @@ pub struct Delete {
 #[rtype(result = "Seq")]
 pub struct LastSeq;
 
+/// Change a project's settings (a logged change, unless nothing changes).
+#[derive(Message)]
+#[rtype(result = "Result<(Option<Seq>, ProjectSettings), EngineError>")]
+pub struct PatchSettings {
+    /// The project (it exists).
+    pub project: ProjectId,
+    /// What to change, validated.
+    pub patch: SettingsPatch,
+}
+
+/// Release the buffered events that are due (sent by the router to itself).
+#[derive(Message)]
+#[rtype(result = "Result<(), EngineError>")]
+struct ReleaseDue;
+
+/// An event waiting in the conversion buffer.
+struct Waiting {
+    project: ProjectId,
+    release_at_ms: i64,
+    event: BufferedEvent,
+}
+
+/// How often the router looks for due buffered events.
+const RELEASE_TICK: Duration = Duration::from_millis(100);
+/// Buffered events released per router message at most (the router serves others between).
+const RELEASE_BATCH: usize = 256;
+
 struct IdSlot {
     person: Option<PersonUuid>,
     seq: u64,
@@ -163,6 +225,10 @@ struct Inner {
     uuids: HashMap<(ProjectId, String), u64>,
     limiter: WarningLimiter,
     tick: u64,
+    settings: HashMap<ProjectId, ProjectSettings>,
+    waiting: BTreeMap<Seq, Waiting>,
+    clock: Clock,
+    releasing: bool,
 }
 
 type Shared = Rc<RefCell<Inner>>;
@@ -192,6 +258,20 @@ impl Router {
             limiter.remember(project, &w);
         }
         limiter.prune(now_ms());
+        let settings = store.all_settings()?.into_iter().collect();
+        let waiting = store
+            .buffered_events()?
+            .into_iter()
+            .map(|b| {
+                let w = Waiting {
+                    project: b.project,
+                    release_at_ms: b.release_at_ms,
+                    event: b.event,
+                };
+                (b.seq, w)
+            })
+            .collect();
+        let clock = Clock::new(config.test_clock);
         let inner = Inner {
             store,
             writer,
@@ -205,10 +285,34 @@ impl Router {
             uuids: HashMap::new(),
             limiter,
             tick: 0,
+            settings,
+            waiting,
+            clock,
+            releasing: false,
         };
         Ok(Router {
             inner: Rc::new(RefCell::new(inner)),
         })
+    }
+
+    /// The conversion buffer's clock.
+    pub fn clock(&self) -> Clock {
+        self.inner.borrow().clock.clone()
+    }
+
+    /// Every tick: publish the buffer's metrics, and release what is due.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let mut s = self.inner.borrow_mut();
+        let now = s.clock.now_ms();
+        // Arrival order is seq order: the first waiting event is the oldest.
+        let oldest = s.waiting.values().next().map(|w| w.event.received_at_ms);
+        let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+        s.metrics.buffer_oldest_age_seconds.set(age);
+        s.metrics.buffer_waiting.set(s.waiting.len() as i64);
+        if !s.releasing && s.due(now).next().is_some() {
+            s.releasing = true;
+            ctx.notify(ReleaseDue);
+        }
     }
 }
 
@@ -217,6 +321,7 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
+        ctx.run_interval(RELEASE_TICK, Self::tick);
     }
 }
 
@@ -225,6 +330,31 @@ fn now_ms() -> i64 {
 }
 
 impl Inner {
+    /// The settings of a project nobody configured are the defaults.
+    fn merge_limit_of(&self, project: ProjectId) -> Option<u64> {
+        self.settings
+            .get(&project)
+            .and_then(|s| s.merge_limit)
+            .or(self.config.merge_limit)
+    }
+
+    /// The buffer window of a project, in ms, when its buffer is on.
+    fn buffer_window_ms(&self, project: ProjectId) -> Option<i64> {
+        let b = self.settings.get(&project)?.conversion_buffer;
+        b.enabled.then_some(b.window_secs as i64 * 1000)
+    }
+
+    /// Waiting events that are due at `now`, in arrival order. Turning a project's buffer off
+    /// releases its waiting events at once.
+    fn due(&self, now: i64) -> impl Iterator<Item = Seq> + '_ {
+        self.waiting
+            .iter()
+            .filter(move |(_, w)| {
+                w.release_at_ms <= now || self.buffer_window_ms(w.project).is_none()
+            })
+            .map(|(seq, _)| *seq)
+    }
+
     fn spawn(&mut self, person: Person, seq: u64) {
         self.tick += 1;
         let key = (person.project, person.uuid);
@@ -350,6 +480,29 @@ impl Inner {
                         self.uuids.insert((project, u.clone()), seq.0);
                     }
                 }
+                Change::EventBuffered {
+                    event,
+                    release_at_ms,
+                } => {
+                    if let Some(u) = &event.uuid {
+                        self.uuids.insert((project, u.clone()), seq.0);
+                    }
+                    let w = Waiting {
+                        project,
+                        release_at_ms: *release_at_ms,
+                        event: event.clone(),
+                    };
+                    self.waiting.insert(seq, w);
+                    self.metrics.buffer_waiting.set(self.waiting.len() as i64);
+                }
+                Change::BufferReleased { buffered } => {
+                    self.waiting.remove(buffered);
+                    self.metrics.buffer_released.inc();
+                    self.metrics.buffer_waiting.set(self.waiting.len() as i64);
+                }
+                Change::ProjectSettingsChanged { settings } => {
+                    self.settings.insert(project, settings.clone());
+                }
                 Change::PersonSplit {
                     person,
                     main,
@@ -445,54 +598,166 @@ async fn ingest(st: Shared, items: Vec<IngestItem>) -> Result<IngestOutcome, Eng
     let mut outcomes = Vec::with_capacity(items.len());
     let mut wait_for: Option<Seq> = None;
     for IngestItem { project, event } in items {
-        if let Some(u) = &event.uuid {
-            let s = st.borrow();
-            let pending = s.uuids.get(&(project, u.clone())).copied();
-            if let Some(seq) = pending {
-                wait_for = wait_for.max(Some(Seq(seq)));
-            }
-            if pending.is_some() || s.store.event_uuid_seen(project, u)? {
-                s.metrics.events_duplicate.inc();
-                outcomes.push(ItemOutcome::Duplicate);
-                continue;
-            }
-        }
-        let (into, other) = lookups(&event);
-        let into_person = snapshot(&st, project, &into).await?;
-        let other_person = match &other {
-            Some(o) => snapshot(&st, project, o).await?,
-            None => None,
-        };
-        let mut s = st.borrow_mut();
-        let now = now_ms();
-        let (merge_limit, mut limiter) = (s.config.merge_limit, std::mem::take(&mut s.limiter));
-        let ctx = Ctx {
-            project,
-            now_ms: now,
-            merge_limit,
-            into: into_person.as_deref(),
-            other: other_person.as_deref(),
-            limiter: &mut limiter,
-        };
-        let decision = decide(&event, ctx);
-        s.limiter = limiter;
-        if !decision.changes.is_empty() {
-            let seq = s.commit(project, event.uuid.clone(), decision.changes, &[])?;
-            wait_for = Some(seq);
-        }
-        match decision.dropped {
-            Some(reason) => {
-                Metrics::inc(&s.metrics.events_rejected, "dropped_personless_merge");
-                outcomes.push(ItemOutcome::Dropped(reason));
-            }
-            None => {
-                s.metrics.events_accepted.inc();
-                outcomes.push(ItemOutcome::Accepted);
-            }
-        }
+        let (seq, outcome) = process(&st, project, event, None).await?;
+        wait_for = wait_for.max(seq);
+        outcomes.push(outcome);
     }
     st.borrow_mut().evict();
     Ok(IngestOutcome { wait_for, outcomes })
+}
+
+/// The seq of an earlier delivery of the event's uuid when it was accepted already (the uuid
+/// of an event waiting in the buffer counts), with `Some(None)` when that one is durable.
+fn duplicate_of(
+    st: &Shared,
+    project: ProjectId,
+    event: &Normalized,
+) -> Result<Option<Option<Seq>>, EngineError> {
+    let Some(u) = &event.uuid else {
+        return Ok(None);
+    };
+    let s = st.borrow();
+    if let Some(seq) = s.uuids.get(&(project, u.clone())) {
+        return Ok(Some(Some(Seq(*seq))));
+    }
+    Ok(s.store.event_uuid_seen(project, u)?.then_some(None))
+}
+
+/// Delay the event in the conversion buffer when its project's buffer is on and it qualifies
+/// (spec §11); the seq of the logged delay.
+fn buffer(
+    st: &Shared,
+    project: ProjectId,
+    event: &Normalized,
+    has_person: bool,
+) -> Result<Option<Seq>, EngineError> {
+    let mut s = st.borrow_mut();
+    let Some(window) = s.buffer_window_ms(project) else {
+        return Ok(None);
+    };
+    if !qualifies(event, has_person) {
+        return Ok(None);
+    }
+    let change = Change::EventBuffered {
+        event: BufferedEvent::new(event, now_ms()),
+        release_at_ms: s.clock.now_ms() + window,
+    };
+    let seq = s.commit(project, event.uuid.clone(), vec![change], &[])?;
+    Ok(Some(seq))
+}
+
+/// Process one event: drop a duplicate, delay it in the buffer, or decide and log it.
+/// `released` is the seq that buffered it, when the buffer releases it now: it is then
+/// processed as if it had just arrived, and its release is logged in the same entry.
+async fn process(
+    st: &Shared,
+    project: ProjectId,
+    event: Normalized,
+    released: Option<Seq>,
+) -> Result<(Option<Seq>, ItemOutcome), EngineError> {
+    if released.is_none() {
+        if let Some(earlier) = duplicate_of(st, project, &event)? {
+            st.borrow().metrics.events_duplicate.inc();
+            return Ok((earlier, ItemOutcome::Duplicate));
+        }
+    }
+    let (into, other) = lookups(&event);
+    let into_person = snapshot(st, project, &into).await?;
+    if released.is_none() {
+        if let Some(seq) = buffer(st, project, &event, into_person.is_some())? {
+            return Ok((Some(seq), ItemOutcome::Accepted));
+        }
+    }
+    let other_person = match &other {
+        Some(o) => snapshot(st, project, o).await?,
+        None => None,
+    };
+    let mut s = st.borrow_mut();
+    let now = now_ms();
+    let (merge_limit, mut limiter) = (s.merge_limit_of(project), std::mem::take(&mut s.limiter));
+    let ctx = Ctx {
+        project,
+        now_ms: now,
+        merge_limit,
+        into: into_person.as_deref(),
+        other: other_person.as_deref(),
+        limiter: &mut limiter,
+    };
+    let decision = decide(&event, ctx);
+    s.limiter = limiter;
+    let mut changes = decision.changes;
+    if let Some(buffered) = released {
+        changes.insert(0, Change::BufferReleased { buffered });
+    }
+    let mut seq = None;
+    if !changes.is_empty() {
+        seq = Some(s.commit(project, event.uuid.clone(), changes, &[])?);
+    }
+    match decision.dropped {
+        Some(reason) => {
+            Metrics::inc(&s.metrics.events_rejected, "dropped_personless_merge");
+            Ok((seq, ItemOutcome::Dropped(reason)))
+        }
+        None => {
+            s.metrics.events_accepted.inc();
+            Ok((seq, ItemOutcome::Accepted))
+        }
+    }
+}
+
+/// Release due buffered events in arrival order, each through [`process`].
+async fn release_due(st: Shared) -> Result<(), EngineError> {
+    let due: Vec<(Seq, ProjectId, Normalized)> = {
+        let s = st.borrow();
+        let now = s.clock.now_ms();
+        s.due(now)
+            .take(RELEASE_BATCH)
+            .filter_map(|seq| {
+                let w = s.waiting.get(&seq)?;
+                Some((seq, w.project, w.event.to_normalized()))
+            })
+            .collect()
+    };
+    let mut result = Ok(());
+    for (seq, project, event) in due {
+        if let Err(e) = process(&st, project, event, Some(seq)).await {
+            tracing::error!(error = %e, buffered_seq = seq.0, "Could not release a buffered event; it stays buffered.");
+            result = Err(e);
+            break;
+        }
+    }
+    let mut s = st.borrow_mut();
+    s.releasing = false;
+    s.evict();
+    result
+}
+
+async fn patch_settings(
+    st: Shared,
+    msg: PatchSettings,
+) -> Result<(Option<Seq>, ProjectSettings), EngineError> {
+    let current = {
+        let s = st.borrow();
+        match s.settings.get(&msg.project) {
+            Some(c) => c.clone(),
+            None => {
+                let name = s.store.project(msg.project)?.map(|p| p.name);
+                ProjectSettings::new(&name.unwrap_or_default())
+            }
+        }
+    };
+    let next = current.patched(&msg.patch);
+    if next == current {
+        return Ok((None, next));
+    }
+    tracing::info!(project = msg.project.0, settings = ?next, "Project settings changed.");
+    let change = Change::ProjectSettingsChanged {
+        settings: next.clone(),
+    };
+    let seq = st
+        .borrow_mut()
+        .commit(msg.project, None, vec![change], &[])?;
+    Ok((Some(seq), next))
 }
 
 async fn person_snapshot(
@@ -592,5 +857,26 @@ impl Handler<LastSeq> for Router {
 
     fn handle(&mut self, _: LastSeq, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Seq(self.inner.borrow().next_seq - 1))
+    }
+}
+
+impl Handler<PatchSettings> for Router {
+    type Result = AtomicResponse<Self, Result<(Option<Seq>, ProjectSettings), EngineError>>;
+
+    fn handle(&mut self, msg: PatchSettings, _: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(patch_settings(
+            self.inner.clone(),
+            msg,
+        ))))
+    }
+}
+
+impl Handler<ReleaseDue> for Router {
+    type Result = AtomicResponse<Self, Result<(), EngineError>>;
+
+    fn handle(&mut self, _: ReleaseDue, _: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(release_due(
+            self.inner.clone(),
+        ))))
     }
 }

@@ -2,7 +2,9 @@
 
 use serde_json::{json, Value};
 
-use crate::domain::{person_uuid, Change, Entry, Person, ProjectId, Seq, StoredEvent, Warning};
+use crate::domain::{
+    person_uuid, Change, Entry, Person, ProjectId, ProjectSettings, Seq, StoredEvent, Warning,
+};
 use crate::store::ProjectRecord;
 
 /// RFC 3339 with milliseconds and `Z`, as PostHog prints times.
@@ -131,7 +133,30 @@ pub fn change(c: &Change) -> Value {
         } => json!({
             "type": "person_deleted", "person": person.to_string(), "distinct_ids": distinct_ids, "delete_events": delete_events,
         }),
+        Change::ProjectSettingsChanged { settings: s } => {
+            json!({"type": "project_settings_changed", "settings": settings(s)})
+        }
+        Change::EventBuffered {
+            event,
+            release_at_ms,
+        } => json!({
+            "type": "event_buffered", "event": event.name, "distinct_id": event.distinct_id, "uuid": event.uuid,
+            "received_at": time(event.received_at_ms), "release_at": time(*release_at_ms),
+        }),
+        Change::BufferReleased { buffered } => {
+            json!({"type": "buffer_released", "buffered_seq": buffered.0})
+        }
     }
+}
+
+/// A project's settings, in the shape `PATCH /api/projects/{project}/` takes them.
+pub fn settings(s: &ProjectSettings) -> Value {
+    json!({
+        "name": s.name,
+        "conversion_buffer": {"enabled": s.conversion_buffer.enabled, "window_secs": s.conversion_buffer.window_secs},
+        "test_account_filters": serde_json::to_value(&s.test_account_filters).unwrap_or(Value::Array(Vec::new())),
+        "merge_limit": s.merge_limit,
+    })
 }
 
 /// A log entry, keeping only the changes `keep` selects.

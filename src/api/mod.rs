@@ -3,7 +3,9 @@
 pub mod admin;
 pub mod capture;
 pub mod decode;
+pub mod insights;
 pub mod json;
+pub mod projects;
 pub mod read;
 pub mod server;
 

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{error, json as render, AppState};
-use crate::domain::{Change, PersonUuid, ProjectId, Seq};
+use crate::domain::filters::CompiledFilters;
+use crate::domain::{Change, Person, PersonUuid, ProjectId, Seq};
 use crate::store::{ProjectRecord, Store, StoreError};
 
 /// Largest page of events.
@@ -82,6 +83,7 @@ pub struct PersonsQuery {
     limit: Option<usize>,
     after: Option<String>,
     explain: Option<bool>,
+    filter_test_accounts: Option<bool>,
 }
 
 /// `GET /api/projects/{project}/persons/`.
@@ -93,6 +95,18 @@ pub async fn persons(
 ) -> HttpResponse {
     let store = st.engine.store();
     let p = tri!(find_project(store, &path));
+    let filters = match q.filter_test_accounts {
+        Some(true) => {
+            let s = tri!(super::projects::settings_of(store, &p));
+            Some(CompiledFilters::new(&s.test_account_filters))
+        }
+        _ => None,
+    };
+    let kept = |person: &Person| {
+        filters
+            .as_ref()
+            .is_none_or(|f| !f.is_test_account(&person.properties.0))
+    };
     if let Some(did) = &q.distinct_id {
         let person = store.person_of(p.id, did).and_then(|u| {
             u.map(|u| store.person(p.id, u))
@@ -100,7 +114,11 @@ pub async fn persons(
                 .map(Option::flatten)
         });
         let results: Vec<Value> = match person {
-            Ok(found) => found.iter().map(render::person).collect(),
+            Ok(found) => found
+                .iter()
+                .filter(|p| kept(p))
+                .map(render::person)
+                .collect(),
             Err(e) => return store_error(e),
         };
         let mut answer = json!({"results": results, "next": null});
@@ -121,13 +139,36 @@ pub async fn persons(
         Some(Some(k)) => Some(k),
         None => None,
     };
-    let page = match store.persons_page(p.id, after.as_deref(), limit) {
-        Ok(page) => page,
-        Err(e) => return store_error(e),
+    // With the filter on, keep reading until the page is full or the persons run out.
+    let mut page = Vec::with_capacity(limit);
+    let mut cursor = after;
+    let more = loop {
+        let chunk = match store.persons_page(p.id, cursor.as_deref(), limit) {
+            Ok(chunk) => chunk,
+            Err(e) => return store_error(e),
+        };
+        let exhausted = chunk.len() < limit;
+        cursor = chunk.last().map(|(k, _)| k.clone()).or(cursor);
+        let mut left_over = false;
+        for (k, person) in chunk.into_iter().filter(|(_, person)| kept(person)) {
+            if page.len() == limit {
+                left_over = true;
+                break;
+            }
+            page.push((k, person));
+        }
+        if exhausted || page.len() == limit {
+            break !exhausted || left_over;
+        }
+    };
+    let filter_arg = if filters.is_some() {
+        "&filter_test_accounts=true"
+    } else {
+        ""
     };
     let next = match page.last() {
-        Some((k, _)) if page.len() == limit => Value::String(format!(
-            "{}?limit={limit}&after={}",
+        Some((k, _)) if page.len() == limit && more => Value::String(format!(
+            "{}?limit={limit}&after={}{filter_arg}",
             req.path(),
             hex_encode(k)
         )),

@@ -10,7 +10,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, App, HttpServer};
 use subtle::ConstantTimeEq;
 
-use super::{admin, capture, error, read, AppState, Transport};
+use super::{admin, capture, error, insights, projects, read, AppState, Transport};
 use crate::metrics::Metrics;
 
 const CAPTURE_PATHS: [&str; 6] = ["/batch", "/capture", "/e", "/i/v0/e", "/track", "/engage"];
@@ -46,8 +46,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/api")
             .wrap(actix_web::middleware::from_fn(admin_guard))
-            .route("/projects/", web::get().to(read::projects))
-            .route("/projects/{project}/", web::get().to(read::project))
+            .route("/projects/", web::get().to(projects::list))
+            .route("/projects/{project}/", web::get().to(projects::show))
+            .route("/projects/{project}/", web::patch().to(projects::patch))
+            .route(
+                "/projects/{project}/buffer/",
+                web::get().to(projects::buffer),
+            )
+            .route(
+                "/projects/{project}/insights/unique_persons/",
+                web::get().to(insights::unique_persons),
+            )
+            .route(
+                "/projects/{project}/insights/funnel/",
+                web::get().to(insights::funnel),
+            )
+            .route("/_test/clock", web::post().to(projects::test_clock))
             .route("/projects/{project}/persons/", web::get().to(read::persons))
             .route(
                 "/projects/{project}/persons/{uuid}/",

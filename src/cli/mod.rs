@@ -2,7 +2,9 @@
 
 pub mod client;
 pub mod ingest;
+pub mod insights;
 pub mod person;
+pub mod project;
 pub mod serve;
 pub mod snapshot;
 pub mod verify;
@@ -91,6 +93,32 @@ pub enum Command {
         #[command(subcommand)]
         cmd: person::PersonCmd,
     },
+    /// A project's settings over the socket: show, set.
+    Project {
+        /// The daemon's socket.
+        #[arg(
+            long,
+            env = "IDSTITCH_SOCKET",
+            default_value = "./data/store/idstitch.sock"
+        )]
+        socket: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: project::ProjectCmd,
+    },
+    /// Insights counted per person after merges: unique persons, funnels.
+    Insights {
+        /// The daemon's socket.
+        #[arg(
+            long,
+            env = "IDSTITCH_SOCKET",
+            default_value = "./data/store/idstitch.sock"
+        )]
+        socket: PathBuf,
+        /// What to count.
+        #[command(subcommand)]
+        cmd: insights::InsightsCmd,
+    },
 }
 
 /// Initialise logging to stderr.
@@ -116,5 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { data_dir } => verify::run(&data_dir),
         Command::Snapshot(cmd) => snapshot::run(cmd),
         Command::Person { socket, cmd } => person::run(&socket, cmd),
+        Command::Project { socket, cmd } => project::run(&socket, cmd),
+        Command::Insights { socket, cmd } => insights::run(&socket, cmd),
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::Failure;
 use crate::actors::{Engine, EngineConfig};
 use crate::api::{server, ApiConfig, AppState, DecodeLimits};
+use crate::domain::{SettingsError, SettingsPatch};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -63,6 +64,10 @@ pub struct ServeArgs {
     /// Directory `POST /api/snapshot` may write under [default: <data-dir>/../snapshots].
     #[arg(long, env = "IDSTITCH_SNAPSHOT_DIR")]
     pub snapshot_dir: Option<PathBuf>,
+    /// Let tests move the conversion buffer's clock forward with `POST /api/_test/clock`
+    /// (for tests only).
+    #[arg(long, hide = true)]
+    pub test_clock: bool,
 }
 
 /// The `--config` TOML file.
@@ -96,6 +101,29 @@ struct ProjectsFile {
 struct ProjectEntry {
     token: String,
     name: Option<String>,
+    /// Settings, as `PATCH /api/projects/{project}/` takes them; applied at every start.
+    conversion_buffer: Option<serde_json::Value>,
+    test_account_filters: Option<serde_json::Value>,
+    merge_limit: Option<serde_json::Value>,
+}
+
+impl ProjectEntry {
+    /// The settings this entry names, validated.
+    fn patch(&self) -> Result<SettingsPatch, SettingsError> {
+        let mut body = serde_json::Map::new();
+        let fields = [
+            ("name", self.name.clone().map(serde_json::Value::String)),
+            ("conversion_buffer", self.conversion_buffer.clone()),
+            ("test_account_filters", self.test_account_filters.clone()),
+            ("merge_limit", self.merge_limit.clone()),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                body.insert(k.to_string(), v);
+            }
+        }
+        SettingsPatch::parse(&serde_json::Value::Object(body))
+    }
 }
 
 /// Everything `serve` needs, resolved.
@@ -117,6 +145,8 @@ pub struct Settings {
     pub api: ApiConfig,
     /// Strict-mode projects (token, name).
     pub projects: Vec<(String, Option<String>)>,
+    /// Settings the projects file gives, applied at every start (token, settings).
+    pub project_settings: Vec<(String, SettingsPatch)>,
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
@@ -165,14 +195,28 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         }
         None => None,
     };
-    let projects = match a.projects.or(f.projects) {
-        Some(p) => read_toml::<ProjectsFile>(&p, "projects file")?
-            .project
-            .into_iter()
-            .map(|e| (e.token, e.name))
-            .collect(),
+    let entries = match a.projects.or(f.projects) {
+        Some(p) => {
+            let entries = read_toml::<ProjectsFile>(&p, "projects file")?.project;
+            for e in &entries {
+                e.patch().map_err(|err| {
+                    Failure::user(format!(
+                        "projects file {}: project {:?}: {err}",
+                        p.display(),
+                        e.token
+                    ))
+                })?;
+            }
+            entries
+        }
         None => Vec::new(),
     };
+    let project_settings = entries
+        .iter()
+        .filter_map(|e| Some((e.token.clone(), e.patch().ok()?)))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    let projects: Vec<_> = entries.into_iter().map(|e| (e.token, e.name)).collect();
     let defaults = DecodeLimits::default();
     let limits = DecodeLimits {
         max_body_bytes: a
@@ -196,6 +240,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
                 .max_resident_persons
                 .or(f.max_resident_persons)
                 .unwrap_or(100_000),
+            test_clock: a.test_clock,
             ..EngineConfig::default()
         },
         api: ApiConfig {
@@ -210,6 +255,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         socket,
         socket_mode,
         projects,
+        project_settings,
     })
 }
 
@@ -266,6 +312,11 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
     );
     for (token, name) in &s.projects {
         engine.resolve_project(token, name.clone(), true).await?;
+    }
+    for (token, patch) in &s.project_settings {
+        if let Some(id) = engine.resolve_project(token, None, true).await? {
+            engine.patch_settings(id, patch.clone()).await?;
+        }
     }
     let state = web::Data::new(AppState {
         engine: engine.clone(),

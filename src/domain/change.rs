@@ -5,9 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{PersonUuid, ProjectId};
+use super::buffer::BufferedEvent;
+use super::ids::{PersonUuid, ProjectId, Seq};
 use super::normalize::MergeKind;
 use super::props::Props;
+use super::settings::ProjectSettings;
 use super::warnings::Warning;
 
 /// Why a merge was refused.
@@ -167,6 +169,24 @@ pub enum Change {
         distinct_ids: Vec<String>,
         /// Whether its stored events were deleted too.
         delete_events: bool,
+    },
+    /// A project's settings changed (`PATCH /api/projects/{project}/`, or the `--projects`
+    /// file); the whole settings after the change.
+    ProjectSettingsChanged {
+        /// The settings now in force.
+        settings: ProjectSettings,
+    },
+    /// An event was delayed by the conversion buffer (spec §11). Its uuid counts as accepted.
+    EventBuffered {
+        /// The event, as it arrived.
+        event: BufferedEvent,
+        /// When it is due, ms since the epoch.
+        release_at_ms: i64,
+    },
+    /// A buffered event was released; the rest of this entry is its processing.
+    BufferReleased {
+        /// The seq of the entry that buffered it.
+        buffered: Seq,
     },
 }
 

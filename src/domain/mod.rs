@@ -3,14 +3,18 @@
 
 pub mod admin;
 pub mod apply;
+pub mod buffer;
 pub mod change;
 pub mod decide;
+pub mod filters;
+pub mod funnel;
 pub mod ids;
 pub mod js;
 pub mod memstate;
 pub mod normalize;
 pub mod person;
 pub mod props;
+pub mod settings;
 pub mod warnings;
 
 pub use apply::{apply_entry, apply_entry_to_person, State};
@@ -20,4 +24,5 @@ pub use ids::{is_illegal_distinct_id, person_uuid, PersonUuid, ProjectId, Seq};
 pub use normalize::{normalize, MergeKind, Normalized, Rejection};
 pub use person::Person;
 pub use props::Props;
+pub use settings::{ProjectSettings, SettingsError, SettingsPatch};
 pub use warnings::{Warning, WarningKind, WarningLimiter};

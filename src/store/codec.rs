@@ -10,7 +10,7 @@ use crate::domain::Entry;
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Format of derived state (everything but `log`); a mismatch rebuilds it from the log.
-pub const DERIVED_FORMAT: u64 = 1;
+pub const DERIVED_FORMAT: u64 = 2;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
 use super::keys;
-use crate::domain::{Entry, Person, PersonUuid, ProjectId, Seq, Warning};
+use crate::domain::buffer::BufferedEvent;
+use crate::domain::{Entry, Person, PersonUuid, ProjectId, ProjectSettings, Seq, Warning};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,19 @@ pub struct ProjectRecord {
     pub name: String,
     /// Creation time, ms since the epoch.
     pub created_at_ms: i64,
+}
+
+/// An event waiting in the conversion buffer, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferedRecord {
+    /// The seq of the entry that buffered it (its place in arrival order).
+    pub seq: Seq,
+    /// Its project.
+    pub project: ProjectId,
+    /// When it is due, ms since the epoch.
+    pub release_at_ms: i64,
+    /// The event.
+    pub event: BufferedEvent,
 }
 
 /// The store: one RocksDB database with the column families of [`keys`].
@@ -87,7 +101,13 @@ impl Store {
                 dir.display()
             )));
         }
-        let db = DB::open_cf_for_read_only(&options(), dir, keys::CFS, false)?;
+        // A data dir or snapshot written before a column family existed lacks it: open what is
+        // there (the readers of a read-only store use only the oldest column families).
+        let existing = DB::list_cf(&options(), dir).unwrap_or_default();
+        let cfs = keys::CFS
+            .iter()
+            .filter(|c| existing.is_empty() || existing.iter().any(|e| e == *c));
+        let db = DB::open_cf_for_read_only(&options(), dir, cfs, false)?;
         Ok(Store { db: Arc::new(db) })
     }
 
@@ -343,6 +363,115 @@ impl Store {
     /// A project by id.
     pub fn project(&self, id: ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
         self.decoded("projects", &keys::project_by_id(id))
+    }
+
+    /// The settings of a project, when it was ever configured.
+    pub fn project_settings(&self, p: ProjectId) -> Result<Option<ProjectSettings>, StoreError> {
+        self.decoded("settings", &keys::settings(p))
+    }
+
+    /// The settings of every configured project.
+    pub fn all_settings(&self) -> Result<Vec<(ProjectId, ProjectSettings)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf("settings"), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let Some(id) = k.get(..4).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let s = codec::decode(&v).map_err(|source| StoreError::Codec {
+                cf: "settings",
+                source,
+            })?;
+            out.push((ProjectId(u32::from_be_bytes(id)), s));
+        }
+        Ok(out)
+    }
+
+    /// Every event waiting in the conversion buffer, in arrival order: (seq of the entry that
+    /// buffered it, project, release time, event).
+    pub fn buffered_events(&self) -> Result<Vec<BufferedRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("buffer"), IteratorMode::Start) {
+            let (k, v) = item?;
+            let seq = keys::seq_of_log(&k)
+                .ok_or_else(|| StoreError::Corrupt("buffer key is not 8 bytes".into()))?;
+            let (project, release_at_ms, event) =
+                codec::decode(&v).map_err(|source| StoreError::Codec {
+                    cf: "buffer",
+                    source,
+                })?;
+            out.push(BufferedRecord {
+                seq,
+                project,
+                release_at_ms,
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Visit every stored event named `name` with a timestamp in `[from_ms, to_ms]`, in time
+    /// order: `f(timestamp_ms, seq, distinct_id)`. Reads the insights index only.
+    pub fn for_each_event_named(
+        &self,
+        p: ProjectId,
+        name: &str,
+        from_ms: i64,
+        to_ms: i64,
+        mut f: impl FnMut(i64, Seq, &[u8]),
+    ) -> Result<(), StoreError> {
+        let prefix = keys::event_name(p, name);
+        let mut lower = prefix.clone();
+        lower.extend_from_slice(&keys::sortable_ms(from_ms));
+        let mut upper = prefix.clone();
+        match to_ms.checked_add(1) {
+            Some(t) => upper.extend_from_slice(&keys::sortable_ms(t)),
+            None => upper = keys::prefix_end(&prefix),
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower);
+        ro.set_iterate_upper_bound(upper);
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf("evname"), ro);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Some((ms, seq)) = keys::time_seq_suffix(k) {
+                f(ms, seq, v);
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// The persons of many distinct IDs at once (one batched read).
+    pub fn persons_of(
+        &self,
+        p: ProjectId,
+        dids: &[&[u8]],
+    ) -> Result<Vec<Option<PersonUuid>>, StoreError> {
+        let cf = self.cf("dids");
+        let ks: Vec<Vec<u8>> = dids
+            .iter()
+            .map(|d| {
+                let mut k = keys::project(p);
+                k.extend_from_slice(&(d.len().min(u16::MAX as usize) as u16).to_be_bytes());
+                k.extend_from_slice(d);
+                k
+            })
+            .collect();
+        self.db
+            .batched_multi_get_cf(cf, ks.iter(), false)
+            .into_iter()
+            .map(|r| {
+                Ok(r?
+                    .and_then(|b| uuid::Uuid::from_slice(&b).ok())
+                    .map(PersonUuid))
+            })
+            .collect()
     }
 
     /// Flush memtables and compact the log, so that bytes of redacted (deleted) events and

@@ -14,13 +14,16 @@
 //! | `hist` | project u32, uuid 16, seq u64 | empty (log entries of a person) |
 //! | `didhist` | project u32, len u16, distinct id, seq u64 | empty (log entries of an id) |
 //! | `limits` | project u32, kind u8, distinct id | last rate-limited warning of that key |
+//! | `settings` | project u32 | the project's [`crate::domain::ProjectSettings`] |
+//! | `buffer` | seq u64 (of the `EventBuffered` entry) | project u32 BE, release time i64 BE, then the [`crate::domain::buffer::BufferedEvent`] record: events waiting in the conversion buffer |
+//! | `evname` | project u32, len u16, event name, timestamp (i64, sign bit flipped), seq u64 | distinct id: the insights index |
 
 use crate::domain::{PersonUuid, ProjectId, Seq};
 
 /// Every column family, in creation order.
-pub const CFS: [&str; 12] = [
+pub const CFS: [&str; 15] = [
     "log", "meta", "projects", "persons", "order", "dids", "evdid", "uuids", "warnings", "hist",
-    "didhist", "limits",
+    "didhist", "limits", "settings", "buffer", "evname",
 ];
 
 /// Key of a log entry.
@@ -123,6 +126,46 @@ pub fn project_by_token(token: &str) -> Vec<u8> {
     let mut k = b"t".to_vec();
     k.extend_from_slice(token.as_bytes());
     k
+}
+
+/// Key of a project's settings.
+pub fn settings(p: ProjectId) -> Vec<u8> {
+    project(p)
+}
+
+/// Key of a waiting event: the seq of the entry that buffered it.
+pub fn buffered(seq: Seq) -> [u8; 8] {
+    seq.0.to_be_bytes()
+}
+
+/// A timestamp as bytes that sort like the number (sign bit flipped, big-endian).
+pub fn sortable_ms(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The timestamp of [`sortable_ms`] bytes.
+pub fn ms_of_sortable(b: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(b) ^ (1 << 63)) as i64
+}
+
+/// Prefix of the insights index of one event name (the name is length-prefixed like an ID).
+pub fn event_name(p: ProjectId, name: &str) -> Vec<u8> {
+    did(p, name)
+}
+
+/// Key of one stored event in the insights index.
+pub fn event_by_name(p: ProjectId, name: &str, timestamp_ms: i64, seq: Seq) -> Vec<u8> {
+    let mut k = event_name(p, name);
+    k.extend_from_slice(&sortable_ms(timestamp_ms));
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Timestamp and seq at the end of an insights index key.
+pub fn time_seq_suffix(key: &[u8]) -> Option<(i64, Seq)> {
+    let tail = key.get(key.len().checked_sub(16)?..)?;
+    let ms = ms_of_sortable(tail.get(..8)?.try_into().ok()?);
+    Some((ms, seq_suffix(key)?))
 }
 
 /// The smallest key greater than every key starting with `prefix`.

@@ -8,13 +8,17 @@ use rocksdb::WriteBatch;
 use super::codec;
 use super::db::{ProjectRecord, Store, StoreError};
 use super::keys;
-use crate::domain::{apply_entry, Change, Entry, Person, PersonUuid, ProjectId, Props, Seq, State};
+use crate::domain::buffer::BufferedEvent;
+use crate::domain::{
+    apply_entry, Change, Entry, Person, PersonUuid, ProjectId, ProjectSettings, Props, Seq, State,
+};
 
 /// Applies log entries to the derived column families, reading through its own pending writes.
 pub struct Materializer<'s> {
     store: &'s Store,
     batch: WriteBatch,
     persons: HashMap<(ProjectId, PersonUuid), Option<Person>>,
+    projects: HashMap<ProjectId, ProjectRecord>,
     seq: Seq,
     warning_index: u16,
     error: Option<StoreError>,
@@ -27,6 +31,7 @@ impl<'s> Materializer<'s> {
             store,
             batch: WriteBatch::default(),
             persons: HashMap::new(),
+            projects: HashMap::new(),
             seq: Seq(0),
             warning_index: 0,
             error: None,
@@ -94,6 +99,8 @@ impl<'s> Materializer<'s> {
                 if let Change::EventStored { event } = c {
                     if event.distinct_id == did {
                         event.properties = Props::new();
+                        let k = keys::event_by_name(project, &event.event, event.timestamp_ms, seq);
+                        self.batch.delete_cf(self.store.cf("evname"), k);
                     }
                 }
             }
@@ -104,6 +111,44 @@ impl<'s> Materializer<'s> {
     fn did_hist(&mut self, project: ProjectId, did: &str) {
         let k = keys::did_seq(project, did, self.seq);
         self.put("didhist", &k, &[]);
+    }
+
+    fn put_project(&mut self, rec: ProjectRecord) {
+        self.put(
+            "projects",
+            &keys::project_by_id(rec.id),
+            &codec::encode(&rec),
+        );
+        self.projects.insert(rec.id, rec);
+    }
+
+    /// Settings in force, and the project's name on its record (reading through this batch).
+    fn settings_changed(&mut self, project: ProjectId, settings: &ProjectSettings) {
+        self.put(
+            "settings",
+            &keys::settings(project),
+            &codec::encode(settings),
+        );
+        let rec = match self.projects.get(&project) {
+            Some(r) => Some(r.clone()),
+            None => self.store.project(project).unwrap_or_else(|e| {
+                self.error.get_or_insert(e);
+                None
+            }),
+        };
+        if let Some(mut rec) = rec {
+            rec.name = settings.name.clone();
+            self.put_project(rec);
+        }
+    }
+
+    /// An event waits in the conversion buffer; its uuid counts as accepted from now on.
+    fn buffered(&mut self, project: ProjectId, seq: Seq, event: &BufferedEvent, release_at: i64) {
+        let v = codec::encode(&(project, release_at, event));
+        self.put("buffer", &keys::buffered(seq), &v);
+        if let Some(u) = &event.uuid {
+            self.put("uuids", &keys::event_uuid(project, u), &seq.0.to_be_bytes());
+        }
     }
 }
 
@@ -159,7 +204,7 @@ impl State for Materializer<'_> {
                     name: name.clone(),
                     created_at_ms: at_ms,
                 };
-                self.put("projects", &keys::project_by_id(*id), &codec::encode(&rec));
+                self.put_project(rec);
                 self.put(
                     "projects",
                     &keys::project_by_token(token),
@@ -171,6 +216,11 @@ impl State for Materializer<'_> {
                     "evdid",
                     &keys::did_seq(project, &event.distinct_id, seq),
                     &[],
+                );
+                self.put(
+                    "evname",
+                    &keys::event_by_name(project, &event.event, event.timestamp_ms, seq),
+                    event.distinct_id.as_bytes(),
                 );
                 if let Some(u) = &event.uuid {
                     self.put("uuids", &keys::event_uuid(project, u), &seq.0.to_be_bytes());
@@ -250,6 +300,15 @@ impl State for Materializer<'_> {
                             .delete_range_cf(cf, prefix.clone(), keys::prefix_end(&prefix));
                     }
                 }
+            }
+            Change::ProjectSettingsChanged { settings } => self.settings_changed(project, settings),
+            Change::EventBuffered {
+                event,
+                release_at_ms,
+            } => self.buffered(project, seq, event, *release_at_ms),
+            Change::BufferReleased { buffered } => {
+                let cf = self.store.cf("buffer");
+                self.batch.delete_cf(cf, keys::buffered(*buffered));
             }
         }
     }

@@ -160,3 +160,92 @@ fn an_unknown_format_version_is_an_error_not_a_panic() {
     assert!(decode_entry(&[]).is_err());
     assert!(decode_entry(&[1, 200, 3]).is_err());
 }
+
+/// One entry per change kind appended after the first fixture: project settings and the
+/// conversion buffer.
+fn settings_entries() -> Vec<Entry> {
+    use idstitch::domain::buffer::BufferedEvent;
+    use idstitch::domain::filters::{FilterOperator, FilterType, JsonValue, PropertyFilter};
+    use idstitch::domain::settings::{ConversionBuffer, ProjectSettings};
+    use idstitch::domain::Seq;
+    let p = ProjectId(1);
+    let changes = vec![
+        Change::ProjectSettingsChanged {
+            settings: ProjectSettings {
+                name: "Shop".into(),
+                conversion_buffer: ConversionBuffer {
+                    enabled: true,
+                    window_secs: 60,
+                },
+                test_account_filters: vec![
+                    PropertyFilter {
+                        key: "email".into(),
+                        value: JsonValue(json!("@ourcompany.com")),
+                        operator: FilterOperator::NotIcontains,
+                        kind: FilterType::Person,
+                    },
+                    PropertyFilter {
+                        key: "plan".into(),
+                        value: JsonValue(json!(["free", 2])),
+                        operator: FilterOperator::IsNotSet,
+                        kind: FilterType::Person,
+                    },
+                ],
+                merge_limit: Some(7),
+            },
+        },
+        Change::EventBuffered {
+            event: BufferedEvent {
+                uuid: Some("0190a3b0-0000-7000-8000-000000000002".into()),
+                name: "signed_up".into(),
+                distinct_id: "user".into(),
+                properties: props(json!({"$lib": "posthog-python"})),
+                set: props(json!({"email": "max@hedgehogmail.com"})),
+                set_once: props(json!({"first": 1})),
+                unset: vec!["old".into()],
+                timestamp_ms: Some(1_700_000_000_003),
+                received_at_ms: 1_700_000_000_004,
+                personless: false,
+                warnings: vec![Warning::new(
+                    WarningKind::DistinctIdTruncated,
+                    1_700_000_000_005,
+                    "user",
+                    vec![("distinctId", json!("user"))],
+                )],
+            },
+            release_at_ms: 1_700_000_060_004,
+        },
+        Change::BufferReleased { buffered: Seq(2) },
+    ];
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Entry {
+            project: p,
+            at_ms: 1_700_000_100_000 + i as i64,
+            cause: None,
+            changes: vec![c],
+        })
+        .collect()
+}
+
+#[test]
+fn log_format_v1_settings_fixture_still_decodes_to_the_same_entries() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/log-format-v1-settings.bin");
+    let want = settings_entries();
+    if std::env::var_os("IDSTITCH_WRITE_SETTINGS_FIXTURE").is_some() {
+        std::fs::write(&path, frame(&want)).unwrap();
+    }
+    let bytes = std::fs::read(&path).expect("committed fixture log-format-v1-settings.bin");
+    let mut got = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        got.push(decode_entry(&tail[..len]).expect("v1 entry decodes"));
+        rest = &tail[len..];
+    }
+    assert_eq!(got, want);
+    assert_eq!(frame(&want), bytes, "encoding is stable byte for byte");
+}

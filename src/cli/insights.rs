@@ -1,0 +1,143 @@
+//! `idstitch insights unique|funnel`: insights counted per person, printed as a table.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::project::{call, enc};
+
+/// Insight subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum InsightsCmd {
+    /// How many distinct persons sent an event.
+    Unique {
+        /// Project token or id.
+        project: String,
+        /// The event name.
+        #[arg(long)]
+        event: String,
+        /// Count distinct IDs instead of persons (the naive count).
+        #[arg(long)]
+        by_distinct_id: bool,
+        #[command(flatten)]
+        range: Range,
+    },
+    /// An ordered funnel: persons who did each step after the previous one, within a window.
+    Funnel {
+        /// Project token or id.
+        project: String,
+        /// The steps' event names, comma-separated: `$pageview,signed_up,created_project`.
+        #[arg(long)]
+        steps: String,
+        /// Seconds from the first step by which the last must have happened [default: 14 days].
+        #[arg(long)]
+        window_secs: Option<u64>,
+        #[command(flatten)]
+        range: Range,
+    },
+}
+
+/// Options both insights take.
+#[derive(clap::Args, Debug)]
+pub struct Range {
+    /// Only events at or after this time: 2026-01-31, 2026-01-31T12:00:00Z, -7d, -24h.
+    #[arg(long)]
+    date_from: Option<String>,
+    /// Only events up to this time (a date means the end of that day).
+    #[arg(long)]
+    date_to: Option<String>,
+    /// Leave out the persons the project's test-account filters mark as internal.
+    #[arg(long)]
+    filter_test_accounts: bool,
+}
+
+impl Range {
+    fn query(&self) -> String {
+        let mut q = String::new();
+        for (k, v) in [("date_from", &self.date_from), ("date_to", &self.date_to)] {
+            if let Some(v) = v {
+                q.push_str(&format!("&{k}={}", enc(v)));
+            }
+        }
+        if self.filter_test_accounts {
+            q.push_str("&filter_test_accounts=true");
+        }
+        q
+    }
+}
+
+fn percent(v: &Value) -> String {
+    format!("{:.1}%", v.as_f64().unwrap_or(0.0) * 100.0)
+}
+
+/// A funnel answer as a table.
+pub fn funnel_table(answer: &Value) -> String {
+    let mut out = format!(
+        "{:<6}{:<32}{:>10}{:>14}{:>16}\n",
+        "STEP", "EVENT", "PERSONS", "CONVERSION", "FROM PREVIOUS"
+    );
+    for s in answer["results"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "{:<6}{:<32}{:>10}{:>14}{:>16}\n",
+            s["order"].as_u64().unwrap_or(0) + 1,
+            s["name"].as_str().unwrap_or(""),
+            s["count"],
+            percent(&s["conversion_rate"]),
+            percent(&s["conversion_rate_from_previous"]),
+        ));
+    }
+    out
+}
+
+/// Run an insight against the daemon on `socket`.
+pub fn run(socket: &Path, cmd: InsightsCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        InsightsCmd::Unique {
+            project,
+            event,
+            by_distinct_id,
+            range,
+        } => {
+            let count_by = if by_distinct_id {
+                "distinct_id"
+            } else {
+                "person"
+            };
+            let path = format!(
+                "/api/projects/{}/insights/unique_persons/?event={}&count_by={count_by}{}",
+                enc(&project),
+                enc(&event),
+                range.query()
+            );
+            let a = call(socket, "GET", &path, None)?;
+            let unit = if by_distinct_id {
+                "DISTINCT IDS"
+            } else {
+                "PERSONS"
+            };
+            print!(
+                "{:<32}{:>14}\n{:<32}{:>14}\n",
+                "EVENT", unit, event, a["count"]
+            );
+        }
+        InsightsCmd::Funnel {
+            project,
+            steps,
+            window_secs,
+            range,
+        } => {
+            let window = window_secs
+                .map(|w| format!("&window_secs={w}"))
+                .unwrap_or_default();
+            let path = format!(
+                "/api/projects/{}/insights/funnel/?steps={}{window}{}",
+                enc(&project),
+                enc(&steps),
+                range.query()
+            );
+            print!("{}", funnel_table(&call(socket, "GET", &path, None)?));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

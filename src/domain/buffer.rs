@@ -1,0 +1,152 @@
+//! The conversion buffer (spec §11): which events wait, and the form they wait in.
+//!
+//! A backend often sends its first event for a new user (its own ID) a moment before the
+//! frontend's `$identify` joins that ID to the visitor's anonymous one. Processed at once, the
+//! backend event would create a second person, and the `$identify` would then merge two persons
+//! instead of attaching an ID. Delaying such events for a window lets the merge come first.
+//!
+//! [`BufferedEvent`] is stored in the log (`Change::EventBuffered`): only append fields at the end.
+
+use serde::{Deserialize, Serialize};
+
+use super::normalize::{merge_trigger, Normalized};
+use super::props::{PropertyUpdates, Props};
+use super::warnings::Warning;
+
+/// SDKs whose events are never delayed: a mobile app is both frontend and backend.
+pub const MOBILE_LIBS: [&str; 4] = [
+    "posthog-ios",
+    "posthog-android",
+    "posthog-react-native",
+    "posthog-flutter",
+];
+
+/// Whether an event waits in the buffer (spec §11), given whether its distinct ID already has a
+/// person. Personless events never wait: they create no person, which is all the buffer guards.
+pub fn qualifies(ev: &Normalized, person_exists: bool) -> bool {
+    let merges =
+        matches!(ev.name.as_str(), "$identify" | "$create_alias") && merge_trigger(ev).is_some();
+    let device_id = ev.properties.get("$device_id").and_then(|v| v.as_str());
+    let lib = ev.properties.get("$lib").and_then(|v| v.as_str());
+    !person_exists
+        && !ev.personless
+        && !merges
+        && ev.name != "$groupidentify"
+        && device_id != Some(ev.distinct_id.as_str())
+        && !lib.is_some_and(|l| MOBILE_LIBS.contains(&l))
+}
+
+/// A normalised event as it waits in the log: everything [`Normalized`] holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BufferedEvent {
+    /// The SDK's event UUID.
+    pub uuid: Option<String>,
+    /// Event name.
+    pub name: String,
+    /// Distinct ID (as cut).
+    pub distinct_id: String,
+    /// Properties after normalisation.
+    pub properties: Props,
+    /// `$set`.
+    pub set: Props,
+    /// `$set_once`.
+    pub set_once: Props,
+    /// `$unset`.
+    pub unset: Vec<String>,
+    /// The event's own timestamp, when it had a readable one.
+    pub timestamp_ms: Option<i64>,
+    /// When it arrived (its timestamp when it had none).
+    pub received_at_ms: i64,
+    /// `$process_person_profile === false`.
+    pub personless: bool,
+    /// Warnings found while normalising.
+    pub warnings: Vec<Warning>,
+}
+
+impl BufferedEvent {
+    /// The waiting form of an event that arrived at `now_ms`.
+    pub fn new(ev: &Normalized, now_ms: i64) -> BufferedEvent {
+        BufferedEvent {
+            uuid: ev.uuid.clone(),
+            name: ev.name.clone(),
+            distinct_id: ev.distinct_id.clone(),
+            properties: Props(ev.properties.clone()),
+            set: Props(ev.updates.set.clone()),
+            set_once: Props(ev.updates.set_once.clone()),
+            unset: ev.updates.unset.clone(),
+            timestamp_ms: ev.timestamp_ms,
+            received_at_ms: now_ms,
+            personless: ev.personless,
+            warnings: ev.warnings.clone(),
+        }
+    }
+
+    /// The event to process on release: as it arrived, its time the arrival time when it had
+    /// none of its own.
+    pub fn to_normalized(&self) -> Normalized {
+        Normalized {
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            distinct_id: self.distinct_id.clone(),
+            properties: self.properties.0.clone(),
+            updates: PropertyUpdates {
+                set: self.set.0.clone(),
+                set_once: self.set_once.0.clone(),
+                unset: self.unset.clone(),
+            },
+            timestamp_ms: Some(self.timestamp_ms.unwrap_or(self.received_at_ms)),
+            personless: self.personless,
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::normalize;
+    use serde_json::json;
+
+    fn ev(v: serde_json::Value) -> Normalized {
+        normalize(&v, 1_000).unwrap()
+    }
+
+    #[test]
+    fn a_backend_event_for_a_new_id_waits() {
+        let e = ev(
+            json!({"event": "signed_up", "distinct_id": "user-1", "properties": {"$lib": "posthog-python"}}),
+        );
+        assert!(qualifies(&e, false));
+        assert!(!qualifies(&e, true), "an ID with a person does not wait");
+    }
+
+    #[test]
+    fn merges_device_ids_mobile_and_personless_events_do_not_wait() {
+        for v in [
+            json!({"event": "$identify", "distinct_id": "u", "properties": {"$anon_distinct_id": "a"}}),
+            json!({"event": "$create_alias", "distinct_id": "u", "properties": {"alias": "a"}}),
+            json!({"event": "$groupidentify", "distinct_id": "u"}),
+            json!({"event": "$pageview", "distinct_id": "d", "properties": {"$device_id": "d"}}),
+            json!({"event": "x", "distinct_id": "u", "properties": {"$lib": "posthog-ios"}}),
+            json!({"event": "x", "distinct_id": "u", "properties": {"$process_person_profile": false}}),
+        ] {
+            assert!(!qualifies(&ev(v.clone()), false), "{v}");
+        }
+        let plain_identify = ev(json!({"event": "$identify", "distinct_id": "u"}));
+        assert!(qualifies(&plain_identify, false));
+    }
+
+    #[test]
+    fn a_released_event_is_the_event_that_arrived() {
+        let e = ev(json!({"event": "x", "distinct_id": "u", "uuid": "e1", "$set": {"a": 1}}));
+        let back = BufferedEvent::new(&e, 5_000).to_normalized();
+        assert_eq!(back.timestamp_ms, Some(5_000));
+        assert_eq!(
+            Normalized {
+                timestamp_ms: None,
+                ..back
+            },
+            e
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The conversion buffer (spec §11): a backend event for a new ID waits, so that the frontend's
+//! `$identify` joins the IDs first and the anonymous person stays the one person.
+
+use std::time::{Duration, Instant};
+
+use idstitch::domain::{person_uuid, ProjectId};
+use serde_json::{json, Value};
+
+use crate::support::{dids, Daemon};
+
+const T: &str = "phc_buffer";
+
+/// Turn the buffer on (the project is created by a first event).
+pub fn enable_buffer(d: &Daemon, token: &str, window_secs: u64) {
+    d.capture(
+        token,
+        json!([{"event": "$pageview", "distinct_id": "setup", "properties": {"$device_id": "setup"}}]),
+    );
+    let body = json!({"conversion_buffer": {"enabled": true, "window_secs": window_secs}});
+    let r = d.request(
+        "PATCH",
+        &format!("/api/projects/{token}/"),
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// The events waiting in the buffer.
+pub fn waiting(d: &Daemon, token: &str) -> Vec<Value> {
+    let r = d.get(&format!("/api/projects/{token}/buffer/"));
+    assert_eq!(r.status, 200);
+    r.json()["results"].as_array().cloned().unwrap_or_default()
+}
+
+/// Wait (polling, with a timeout) until nothing waits in the buffer.
+pub fn wait_until_released(d: &Daemon, token: &str, timeout: Duration) {
+    let start = Instant::now();
+    while !waiting(d, token).is_empty() {
+        assert!(
+            start.elapsed() < timeout,
+            "buffered events not released after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn advance(d: &Daemon, secs: i64) {
+    let r = d.post("/api/_test/clock", &json!({"advance_secs": secs}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn anonymous_visit(d: &Daemon) {
+    d.capture(
+        T,
+        json!([{"event": "$pageview", "distinct_id": "anon-1", "properties": {"$device_id": "anon-1", "$lib": "web"}}]),
+    );
+}
+
+fn backend_signup(d: &Daemon) {
+    d.capture(
+        T,
+        json!([{"event": "signed_up", "distinct_id": "user-1", "uuid": "0190a3b0-0000-7000-8000-0000000000b1",
+                "properties": {"$lib": "posthog-python", "$set": {"email": "max@hedgehogmail.com"}}}]),
+    );
+}
+
+fn frontend_identify(d: &Daemon) {
+    d.capture(
+        T,
+        json!([{"event": "$identify", "distinct_id": "user-1", "properties": {"$anon_distinct_id": "anon-1", "$lib": "web"}}]),
+    );
+}
+
+/// After the window: one person, the anonymous visitor's, holding both IDs and the backend's
+/// properties, with the backend event among its events.
+fn assert_one_person_with_the_anonymous_uuid(d: &Daemon) {
+    let project = d.get(&format!("/api/projects/{T}/")).json()["id"]
+        .as_u64()
+        .unwrap();
+    let anon_uuid = person_uuid(ProjectId(project as u32), "anon-1").to_string();
+    let p = d.person(T, "user-1").expect("a person for user-1");
+    assert_eq!(p["uuid"], json!(anon_uuid));
+    assert_eq!(dids(&p), ["anon-1", "user-1"]);
+    assert_eq!(p["properties"]["email"], json!("max@hedgehogmail.com"));
+    let events = d.events_of_person(T, &anon_uuid);
+    assert!(events.iter().any(|e| e["event"] == json!("signed_up")));
+    assert_eq!(d.person(T, "anon-1").unwrap()["uuid"], json!(anon_uuid));
+}
+
+#[test]
+fn a_backend_event_waits_so_the_frontend_identify_keeps_the_anonymous_person() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 60);
+    anonymous_visit(&d);
+    backend_signup(&d);
+    assert_eq!(waiting(&d, T).len(), 1, "the backend event waits");
+    assert!(d.person(T, "user-1").is_none(), "and created no person yet");
+    frontend_identify(&d);
+    advance(&d, 61);
+    wait_until_released(&d, T, Duration::from_secs(10));
+    assert_one_person_with_the_anonymous_uuid(&d);
+    let metrics = String::from_utf8_lossy(&d.get("/metrics").body).into_owned();
+    assert!(metrics.contains("idstitch_buffer_events_released_total 1"));
+    assert!(metrics.contains("idstitch_buffer_events_waiting 0"));
+}
+
+#[test]
+fn without_the_buffer_the_backend_event_makes_a_person_that_the_identify_merges() {
+    let d = Daemon::start();
+    anonymous_visit(&d);
+    backend_signup(&d);
+    frontend_identify(&d);
+    let project = d.get(&format!("/api/projects/{T}/")).json()["id"]
+        .as_u64()
+        .unwrap();
+    let p = d.person(T, "anon-1").unwrap();
+    assert_eq!(
+        p["uuid"],
+        json!(person_uuid(ProjectId(project as u32), "user-1").to_string()),
+        "the backend's person survives the merge: what the buffer avoids"
+    );
+}
+
+#[test]
+fn a_buffered_event_survives_a_kill_in_the_middle_of_the_window() {
+    let mut d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 60);
+    anonymous_visit(&d);
+    backend_signup(&d);
+    d.kill();
+    d.start_again();
+    assert_eq!(waiting(&d, T).len(), 1, "still waiting after kill -9");
+    frontend_identify(&d);
+    advance(&d, 61);
+    wait_until_released(&d, T, Duration::from_secs(10));
+    assert_one_person_with_the_anonymous_uuid(&d);
+}
+
+#[test]
+fn a_redelivery_of_a_waiting_event_is_a_duplicate() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 60);
+    backend_signup(&d);
+    backend_signup(&d);
+    assert_eq!(waiting(&d, T).len(), 1);
+    advance(&d, 61);
+    wait_until_released(&d, T, Duration::from_secs(10));
+    backend_signup(&d);
+    let p = d.person(T, "user-1").unwrap();
+    let events = d.events_of_person(T, p["uuid"].as_str().unwrap());
+    assert_eq!(events.len(), 1, "{events:?}");
+}
+
+#[test]
+fn waiting_events_are_released_in_arrival_order_when_their_window_passes() {
+    // A real three-second window, no test clock: the release timer itself.
+    let d = Daemon::start();
+    enable_buffer(&d, T, 3);
+    d.capture(
+        T,
+        json!([
+            {"event": "plan_chosen", "distinct_id": "user-9", "$set": {"plan": "free"}},
+            {"event": "plan_chosen", "distinct_id": "user-9", "$set": {"plan": "pro"}},
+            {"event": "plan_chosen", "distinct_id": "mobile-1", "properties": {"$lib": "posthog-ios"}},
+        ]),
+    );
+    assert_eq!(waiting(&d, T).len(), 2, "mobile SDK events never wait");
+    assert!(d.person(T, "mobile-1").is_some());
+    wait_until_released(&d, T, Duration::from_secs(20));
+    let p = d.person(T, "user-9").unwrap();
+    assert_eq!(p["properties"]["plan"], json!("pro"));
+    let events = d.events_of_person(T, p["uuid"].as_str().unwrap());
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+}
+
+#[test]
+fn turning_the_buffer_off_releases_what_waits() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 3600);
+    backend_signup(&d);
+    let body = json!({"conversion_buffer": {"enabled": false}});
+    let r = d.request(
+        "PATCH",
+        &format!("/api/projects/{T}/"),
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(r.status, 200);
+    wait_until_released(&d, T, Duration::from_secs(10));
+    assert!(d.person(T, "user-1").is_some());
+}

@@ -1,0 +1,240 @@
+//! Insights counted per person after merges, on the seed's onboarding flow: anonymous visitors,
+//! some sign up (identify), some come back on a second device, and internal users who drop out
+//! with `filter_test_accounts`.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::{bin, Daemon};
+
+const T: &str = "phc_insights";
+
+/// 2026-01-01T00:00:00Z plus `min` minutes.
+fn at(min: i64) -> String {
+    let ms = 1_767_225_600_000 + min * 60_000;
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339()
+}
+
+fn ev(name: &str, did: &str, min: i64) -> Value {
+    json!({"event": name, "distinct_id": did, "timestamp": at(min)})
+}
+
+fn pageview(anon: &str, min: i64) -> Value {
+    json!({"event": "$pageview", "distinct_id": anon, "timestamp": at(min),
+           "properties": {"$device_id": anon, "$current_url": "https://shop.example/"}})
+}
+
+fn identify(user: &str, anon: &str, email: &str, min: i64) -> Value {
+    json!({"event": "$identify", "distinct_id": user, "timestamp": at(min),
+           "properties": {"$anon_distinct_id": anon, "$set": {"email": email}}})
+}
+
+/// The flow, with what each visitor should count as (hand-computed below).
+fn onboarding(d: &Daemon) {
+    let events = json!([
+        // A: converts fully on one device; the pageview is anonymous, the rest identified.
+        pageview("anon-a", 0), identify("user-a", "anon-a", "a@hedgehogmail.com", 1),
+        ev("signed_up", "user-a", 2), ev("created_project", "user-a", 3),
+        // B: signs up on a laptop, creates the project from a phone visited anonymously first.
+        pageview("anon-b", 0), identify("user-b", "anon-b", "b@hedgehogmail.com", 1),
+        ev("signed_up", "user-b", 2),
+        pageview("anon-b2", 30), identify("user-b", "anon-b2", "b@hedgehogmail.com", 31),
+        ev("created_project", "anon-b2", 32),
+        // C: only looks.
+        pageview("anon-c", 5),
+        // D: an internal user, gets to signed_up.
+        pageview("anon-d", 0), identify("user-d", "anon-d", "dev@ourcompany.com", 1),
+        ev("signed_up", "user-d", 2),
+        // E: an internal user who converts fully.
+        pageview("anon-e", 0), identify("user-e", "anon-e", "qa@OurCompany.com", 1),
+        ev("signed_up", "user-e", 2), ev("created_project", "user-e", 3),
+        // F: personless pageviews: counted under the distinct ID, twice from one ID.
+        {"event": "$pageview", "distinct_id": "cookie-f", "timestamp": at(7), "properties": {"$process_person_profile": false}},
+        {"event": "$pageview", "distinct_id": "cookie-f", "timestamp": at(8), "properties": {"$process_person_profile": false}},
+        // G: signs up before any pageview: out of order, reaches step 1 only.
+        ev("signed_up", "user-g", 0), pageview("user-g", 1),
+        // H: signs up two days after the pageview: outside a one-day window.
+        pageview("anon-h", 0), identify("user-h", "anon-h", "h@hedgehogmail.com", 1),
+        ev("signed_up", "user-h", 2 * 24 * 60),
+    ]);
+    d.capture(T, events);
+    let body = json!({"test_account_filters": [
+        {"key": "email", "value": "@ourcompany.com", "operator": "not_icontains", "type": "person"}
+    ]});
+    let r = d.request(
+        "PATCH",
+        &format!("/api/projects/{T}/"),
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(r.status, 200);
+}
+
+fn funnel(d: &Daemon, query: &str) -> Vec<u64> {
+    let r = d.get(&format!(
+        "/api/projects/{T}/insights/funnel/?steps=$pageview,signed_up,created_project&window_secs=86400{query}"
+    ));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .collect()
+}
+
+fn unique(d: &Daemon, query: &str) -> u64 {
+    let r = d.get(&format!(
+        "/api/projects/{T}/insights/unique_persons/?{query}"
+    ));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["count"].as_u64().unwrap()
+}
+
+#[test]
+fn the_onboarding_funnel_counts_persons_not_distinct_ids() {
+    let d = Daemon::start();
+    onboarding(&d);
+    // $pageview: A B C D E F G H (B's two devices are one person) = 8;
+    // signed_up after it within a day: A B D E = 4 (G out of order, H too late);
+    // created_project after that: A B E = 3 (B's from the second device).
+    assert_eq!(funnel(&d, ""), [8, 4, 3]);
+    // Internal users D and E drop out.
+    assert_eq!(funnel(&d, "&filter_test_accounts=true"), [6, 2, 2]);
+    // With a week's window H converts too.
+    let r = d.get(&format!(
+        "/api/projects/{T}/insights/funnel/?steps=$pageview,signed_up&window_secs=604800"
+    ));
+    let steps = r.json()["results"].clone();
+    assert_eq!(steps[1]["count"], json!(5));
+    assert_eq!(steps[1]["conversion_rate"], json!(5.0 / 8.0));
+}
+
+#[test]
+fn unique_persons_counts_each_person_once_after_merges() {
+    let d = Daemon::start();
+    onboarding(&d);
+    assert_eq!(unique(&d, "event=$pageview"), 8);
+    // The naive count: anon-a anon-b anon-b2 anon-c anon-d anon-e cookie-f user-g anon-h.
+    assert_eq!(unique(&d, "event=$pageview&count_by=distinct_id"), 9);
+    assert_eq!(unique(&d, "event=$pageview&filter_test_accounts=true"), 6);
+    assert_eq!(unique(&d, "event=created_project"), 3);
+    // Only the first ten minutes: H's late signed_up is out (A B D E G remain).
+    let to = crate::support::enc(&at(10));
+    assert_eq!(unique(&d, &format!("event=signed_up&date_to={to}")), 5);
+    assert_eq!(unique(&d, "event=signed_up&date_from=2026-01-02"), 1);
+    assert_eq!(unique(&d, "event=nothing_like_it"), 0);
+    let r = d.get(&format!(
+        "/api/projects/{T}/insights/unique_persons/?event=e&date_from=yesterday"
+    ));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["attr"], json!("date_from"));
+    let r = d.get(&format!(
+        "/api/projects/{T}/insights/funnel/?steps=only_one"
+    ));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["attr"], json!("steps"));
+}
+
+#[test]
+fn the_persons_list_leaves_out_test_accounts_with_the_filter_on() {
+    let d = Daemon::start();
+    onboarding(&d);
+    let emails = |query: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut path = format!("/api/projects/{T}/persons/?limit=2{query}");
+        loop {
+            let j = d.get(&path).json();
+            for p in j["results"].as_array().unwrap() {
+                out.push(p["properties"]["email"].as_str().unwrap_or("-").to_string());
+            }
+            match j["next"].as_str() {
+                Some(n) => path = n.to_string(),
+                None => return out,
+            }
+        }
+    };
+    let all = emails("");
+    let kept = emails("&filter_test_accounts=true");
+    assert_eq!(all.len(), 7, "{all:?}");
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    assert!(kept
+        .iter()
+        .all(|e| !e.to_lowercase().contains("@ourcompany.com")));
+    let r = d.get(&format!(
+        "/api/projects/{T}/persons/?distinct_id=user-d&filter_test_accounts=true"
+    ));
+    assert_eq!(r.json()["results"], json!([]));
+}
+
+#[test]
+fn deleting_a_person_with_its_events_removes_them_from_insights() {
+    let d = Daemon::start();
+    onboarding(&d);
+    let a = d.person(T, "user-a").unwrap();
+    let r = d.request(
+        "DELETE",
+        &format!(
+            "/api/projects/{T}/persons/{}/?delete_events=true",
+            a["uuid"].as_str().unwrap()
+        ),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(unique(&d, "event=created_project"), 2);
+    assert_eq!(funnel(&d, ""), [7, 3, 2]);
+}
+
+#[test]
+fn the_cli_prints_insights_and_settings_as_tables() {
+    let d = Daemon::start();
+    onboarding(&d);
+    let run = |args: &[&str]| {
+        let out = Command::new(bin())
+            .arg(args[0])
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run(&[
+        "insights",
+        "funnel",
+        T,
+        "--steps",
+        "$pageview,signed_up,created_project",
+        "--window-secs",
+        "86400",
+        "--filter-test-accounts",
+    ]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[1], ["1", "$pageview", "6", "100.0%", "100.0%"]);
+    assert_eq!(rows[3], ["3", "created_project", "2", "33.3%", "100.0%"]);
+    let table = run(&["insights", "unique", T, "--event", "$pageview"]);
+    assert!(table.lines().nth(1).unwrap().ends_with(" 8"), "{table}");
+    let table = run(&[
+        "project",
+        "set",
+        T,
+        "--buffer",
+        "on",
+        "--buffer-window-secs",
+        "90",
+        "--merge-limit",
+        "4",
+    ]);
+    assert!(table.contains("on, 90 s window"), "{table}");
+    assert!(table.contains("not_icontains"), "{table}");
+    let table = run(&["project", "show", T]);
+    assert!(table.contains("merge limit           4"), "{table}");
+}
