@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use idstitch::actors::WriterHandle;
 use idstitch::domain::memstate::MemState;
 use idstitch::domain::{
-    apply_entry, decide, lookups, normalize, Ctx, Entry, ProjectId, Seq, WarningLimiter,
+    apply_entry, decide_owned, lookups, normalize_owned, Ctx, Entry, ProjectId, Seq, WarningLimiter,
 };
 use idstitch::metrics::Metrics;
 use idstitch::store::{log::write_group, verify::replay, Store};
@@ -74,7 +74,8 @@ fn bench_decide(c: &mut Criterion) {
 /// One event through the engine's pure path: normalise, decide (the person borrowed, as the
 /// router's snapshot is), apply. Returns the log entry.
 fn step(state: &mut MemState, limiter: &mut WarningLimiter, seq: u64, raw: &Value) -> Entry {
-    let ev = normalize(raw, 0).expect("valid");
+    // The daemon's path: the parsed request owns the event (the clone stands in for parsing).
+    let ev = normalize_owned(raw.clone(), 0).expect("valid");
     let (into, _) = lookups(&ev);
     let ctx = Ctx {
         project: P,
@@ -84,7 +85,7 @@ fn step(state: &mut MemState, limiter: &mut WarningLimiter, seq: u64, raw: &Valu
         other: None,
         limiter,
     };
-    let changes = decide(&ev, ctx).changes;
+    let changes = decide_owned(ev, ctx).changes;
     let entry = Entry {
         project: P,
         at_ms: 0,

@@ -21,7 +21,7 @@ use crate::domain::admin::{decide_delete, decide_split, AdminError};
 use crate::domain::apply::{created_person, split_parts};
 use crate::domain::buffer::{qualifies, BufferedEvent};
 use crate::domain::{
-    decide, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId,
+    decide_owned, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId,
     ProjectSettings, Seq, SettingsPatch, WarningLimiter,
 };
 use crate::metrics::Metrics;
@@ -683,7 +683,8 @@ async fn process(
         other: other_person.as_deref(),
         limiter: &mut limiter,
     };
-    let decision = decide(&event, ctx);
+    let cause = event.uuid.clone();
+    let decision = decide_owned(event, ctx);
     s.limiter = limiter;
     let mut changes = decision.changes;
     if let Some(buffered) = released {
@@ -691,7 +692,7 @@ async fn process(
     }
     let mut seq = None;
     if !changes.is_empty() {
-        seq = Some(s.commit(project, event.uuid.clone(), changes, &[])?);
+        seq = Some(s.commit(project, cause, changes, &[])?);
     }
     match decision.dropped {
         Some(reason) => {

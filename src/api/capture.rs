@@ -8,7 +8,7 @@ use super::decode::{decode_capture, decode_capture_v1, CaptureBody, RawRequest};
 use super::{engine_error, error, AppState};
 use crate::actors::{IngestItem, ItemOutcome};
 use crate::domain::normalize::event_token;
-use crate::domain::{normalize, ProjectId};
+use crate::domain::{normalize_owned, ProjectId};
 use crate::metrics::Metrics;
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -46,8 +46,11 @@ async fn ingest(st: &AppState, body: CaptureBody, ok: Value) -> HttpResponse {
     let mut items = Vec::with_capacity(body.events.len());
     let mut index_of = Vec::with_capacity(body.events.len());
     let mut rejected = Vec::new();
-    for (i, ev) in body.events.iter().enumerate() {
-        let Some(token) = event_token(body.api_key.as_deref(), ev) else {
+    let CaptureBody {
+        api_key, events, ..
+    } = body;
+    for (i, ev) in events.into_iter().enumerate() {
+        let Some(token) = event_token(api_key.as_deref(), &ev) else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "no_token",
@@ -65,7 +68,7 @@ async fn ingest(st: &AppState, body: CaptureBody, ok: Value) -> HttpResponse {
             }
             Err(resp) => return resp,
         };
-        match normalize(ev, now) {
+        match normalize_owned(ev, now) {
             Ok(event) => {
                 items.push(IngestItem { project, event });
                 index_of.push(i);

@@ -64,11 +64,13 @@ impl Decider<'_, '_> {
         }
     }
 
-    fn updates(&self) -> PropertyUpdates {
+    fn updates(&self) -> &PropertyUpdates {
+        static NONE: std::sync::LazyLock<PropertyUpdates> =
+            std::sync::LazyLock::new(PropertyUpdates::default);
         if NO_PROPERTY_EVENTS.contains(&self.ev.name.as_str()) {
-            PropertyUpdates::default()
+            &NONE
         } else {
-            self.ev.updates.clone()
+            &self.ev.updates
         }
     }
 
@@ -289,13 +291,13 @@ impl Decider<'_, '_> {
         self.update_and_identify(p, &combined);
     }
 
-    fn stored_event(&self) -> Change {
+    fn stored_event(&self, properties: Props) -> Change {
         Change::EventStored {
             event: StoredEvent {
                 uuid: self.ev.uuid.clone(),
                 event: self.ev.name.clone(),
                 distinct_id: self.ev.distinct_id.clone(),
-                properties: Props(self.ev.properties.clone()),
+                properties,
                 timestamp_ms: self.ev.timestamp_ms.unwrap_or(self.ctx.now_ms),
                 personless: self.ev.personless,
             },
@@ -305,6 +307,32 @@ impl Decider<'_, '_> {
 
 /// Decide what one event does (the pure heart of idstitch).
 pub fn decide(ev: &Normalized, ctx: Ctx<'_>) -> Decision {
+    let trigger = if ev.personless {
+        None
+    } else {
+        merge_trigger(ev)
+    };
+    decide_with(ev, ctx, trigger, Props(ev.properties.clone()))
+}
+
+/// [`decide`], taking the event by value so that its properties move into the stored event
+/// instead of being copied (the daemon's path).
+pub fn decide_owned(mut ev: Normalized, ctx: Ctx<'_>) -> Decision {
+    let trigger = if ev.personless {
+        None
+    } else {
+        merge_trigger(&ev)
+    };
+    let properties = Props(std::mem::take(&mut ev.properties));
+    decide_with(&ev, ctx, trigger, properties)
+}
+
+fn decide_with(
+    ev: &Normalized,
+    ctx: Ctx<'_>,
+    trigger: Option<(MergeKind, String)>,
+    properties: Props,
+) -> Decision {
     let mut d = Decider {
         ev,
         ctx,
@@ -333,10 +361,10 @@ pub fn decide(ev: &Normalized, ctx: Ctx<'_>) -> Decision {
             )),
         };
     }
-    let stored = d.stored_event();
+    let stored = d.stored_event(properties);
     d.out.push(stored);
     if !ev.personless {
-        match merge_trigger(ev) {
+        match trigger {
             Some((kind, other)) => d.merge(kind, &other),
             None => d.ordinary(),
         }

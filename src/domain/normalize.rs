@@ -191,59 +191,78 @@ pub fn parse_timestamp_ms(v: Option<&Value>) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_millis())
 }
 
+/// Each promoted key with its `$initial_` name, built once.
+static PROMOTED: std::sync::LazyLock<Vec<(&'static str, String)>> =
+    std::sync::LazyLock::new(|| {
+        PROMOTED_KEYS
+            .iter()
+            .map(|k| (*k, format!("$initial_{}", k.strip_prefix('$').unwrap_or(k))))
+            .collect()
+    });
+
 fn promote(name: &str, properties: &Map<String, Value>, updates: &mut PropertyUpdates) {
     if name == "$snapshot" || name == "$performance_event" {
         return;
     }
-    for key in PROMOTED_KEYS {
-        let Some(v) = properties.get(key) else {
+    for (key, initial) in PROMOTED.iter() {
+        let Some(v) = properties.get(*key) else {
             continue;
         };
-        if !updates.set.contains_key(key) {
+        if !updates.set.contains_key(*key) {
             updates.set.insert(key.to_string(), v.clone());
         }
-        let initial = format!("$initial_{}", key.strip_prefix('$').unwrap_or(key));
-        if !updates.set_once.contains_key(&initial) {
-            updates.set_once.insert(initial, v.clone());
+        if !updates.set_once.contains_key(initial) {
+            updates.set_once.insert(initial.clone(), v.clone());
         }
+    }
+}
+
+fn take_object(v: Option<Value>) -> Map<String, Value> {
+    match v {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
     }
 }
 
 /// Normalise one event (spec §1, §2). `now_ms` stamps warnings.
 pub fn normalize(event: &Value, now_ms: i64) -> Result<Normalized, Rejection> {
-    let obj = event.as_object().ok_or(Rejection::NotAnObject)?;
+    normalize_owned(event.clone(), now_ms)
+}
+
+/// [`normalize`], taking the event by value so that its properties move instead of being
+/// copied (the daemon's path: the request body is not needed afterwards).
+pub fn normalize_owned(event: Value, now_ms: i64) -> Result<Normalized, Rejection> {
+    let Value::Object(mut obj) = event else {
+        return Err(Rejection::NotAnObject);
+    };
     let raw_name = obj
         .get("event")
         .and_then(Value::as_str)
         .ok_or(Rejection::BadEventName)?;
     let (name, _) = truncate_chars(raw_name, MAX_NAME_CHARS);
-    let raw_id = scrub_nul(&distinct_id_of(obj)?);
+    let raw_id = scrub_nul(&distinct_id_of(&obj)?);
     let (distinct_id, cut_from) = truncate_chars(&raw_id, MAX_NAME_CHARS);
 
-    let mut properties = {
-        let mut v = Value::Object(object_or_empty(obj.get("properties")));
-        scrub_value(&mut v);
-        match v {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
-    };
+    let mut properties = take_object(obj.remove("properties"));
+    properties.values_mut().for_each(scrub_value);
     let mut set = object_or_empty(properties.get("$set"));
     let mut set_once = object_or_empty(properties.get("$set_once"));
-    for (k, v) in object_or_empty(obj.get("$set")) {
-        let mut v = v;
+    let top_set = obj.remove("$set");
+    let top_set_once = obj.remove("$set_once");
+    let has_top_set = top_set.as_ref().is_some_and(Value::is_object);
+    let has_top_set_once = top_set_once.as_ref().is_some_and(Value::is_object);
+    for (k, mut v) in take_object(top_set) {
         scrub_value(&mut v);
         set.insert(k, v);
     }
-    for (k, v) in object_or_empty(obj.get("$set_once")) {
-        let mut v = v;
+    for (k, mut v) in take_object(top_set_once) {
         scrub_value(&mut v);
         set_once.insert(k, v);
     }
-    if obj.get("$set").is_some_and(Value::is_object) || properties.contains_key("$set") {
+    if has_top_set || properties.contains_key("$set") {
         properties.insert("$set".into(), Value::Object(set.clone()));
     }
-    if obj.get("$set_once").is_some_and(Value::is_object) || properties.contains_key("$set_once") {
+    if has_top_set_once || properties.contains_key("$set_once") {
         properties.insert("$set_once".into(), Value::Object(set_once.clone()));
     }
     let mut updates = PropertyUpdates {
