@@ -246,3 +246,112 @@ fn the_person_cli_shows_and_splits_over_the_socket() {
     );
     assert_eq!(d.all_persons(T).len(), 3);
 }
+
+/// Snapshot the stopped daemon's data dir, restore it elsewhere and return a daemon on it.
+fn snapshot_and_restore(d: &mut Daemon, tmp: &std::path::Path) -> Daemon {
+    d.terminate();
+    let snap = tmp.join("snap");
+    let out = Command::new(bin())
+        .args(["snapshot", "create"])
+        .arg(&snap)
+        .arg("--data-dir")
+        .arg(&d.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = tmp.join("restored");
+    let out = Command::new(bin())
+        .args(["snapshot", "restore"])
+        .arg(&snap)
+        .arg("--data-dir")
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Daemon::on(&restored, &[])
+}
+
+fn sorted_persons(d: &Daemon) -> Vec<Value> {
+    let mut v = d.all_persons(T);
+    v.sort_by_key(|p| p["uuid"].as_str().unwrap().to_string());
+    v
+}
+
+#[test]
+fn split_and_history_survive_snapshot_and_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    assert_eq!(
+        d.post(
+            &format!("/api/projects/{T}/persons/{uuid}/split/"),
+            &json!({})
+        )
+        .status,
+        200
+    );
+    let want = sorted_persons(&d);
+    let history = d
+        .get(&format!("/api/projects/{T}/persons/{uuid}/history/"))
+        .json();
+    let r = snapshot_and_restore(&mut d, tmp.path());
+    assert_eq!(sorted_persons(&r), want);
+    assert_eq!(
+        r.get(&format!("/api/projects/{T}/persons/{uuid}/history/"))
+            .json(),
+        history
+    );
+    assert!(history["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == json!("person_split"))));
+}
+
+#[test]
+fn a_deletion_survives_snapshot_and_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    assert_eq!(
+        d.request(
+            "DELETE",
+            &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
+            &[],
+            Vec::new()
+        )
+        .status,
+        204
+    );
+    let r = snapshot_and_restore(&mut d, tmp.path());
+    assert!(r.all_persons(T).is_empty());
+    assert!(r.person(T, "user").is_none());
+    assert!(r
+        .get(&format!("/api/projects/{T}/events/?distinct_id=user"))
+        .json()["results"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let h = r
+        .get(&format!("/api/projects/{T}/persons/{uuid}/history/"))
+        .json();
+    assert!(h["results"].as_array().unwrap().iter().any(|e| e["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == json!("person_deleted"))));
+}

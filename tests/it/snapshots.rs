@@ -158,6 +158,15 @@ fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&victim));
 
+    let truncated = tmp.path().join("truncated");
+    copy_tree(&snap, &truncated);
+    let path = truncated.join("db").join(&victim);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = idstitch(&["snapshot", "verify", s(&truncated)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&victim));
+
     let missing = tmp.path().join("missing");
     copy_tree(&snap, &missing);
     std::fs::remove_file(missing.join("db").join(&victim)).unwrap();
@@ -330,4 +339,43 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join("db").join(e.file_name())).unwrap();
     }
+}
+
+#[test]
+fn restore_as_of_a_time_cuts_the_log_at_that_moment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "early"}]));
+    let cut = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // Entries are stamped in milliseconds: make sure the next one is strictly later.
+    let later = chrono::Utc::now().timestamp_millis() + 5;
+    while chrono::Utc::now().timestamp_millis() < later {
+        std::thread::yield_now();
+    }
+    d.capture(T, json!([{"event": "e", "distinct_id": "late"}]));
+    d.terminate();
+    let snap = tmp.path().join("s");
+    assert!(
+        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
+            .status
+            .success()
+    );
+    let restored = tmp.path().join("r");
+    let out = idstitch(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&restored),
+        "--as-of",
+        &cut,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = Daemon::on(&restored, &[]);
+    assert!(r.person(T, "early").is_some());
+    assert!(r.person(T, "late").is_none());
 }
