@@ -435,11 +435,67 @@ impl Store {
         ro.set_iterate_lower_bound(lower);
         ro.set_iterate_upper_bound(upper);
         ro.fill_cache(false);
+        ro.set_readahead_size(4 << 20);
         let mut it = self.db.raw_iterator_cf_opt(self.cf("evname"), ro);
         it.seek_to_first();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let Some((ms, seq)) = keys::time_seq_suffix(k) {
                 f(ms, seq, v);
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// Visit every distinct ID of a project with its person, in key order: one sequential read,
+    /// cheaper than point reads when a query needs a large share of them.
+    pub fn for_each_did(
+        &self,
+        p: ProjectId,
+        mut f: impl FnMut(&[u8], PersonUuid),
+    ) -> Result<(), StoreError> {
+        let prefix = keys::project(p);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.clone());
+        ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        ro.fill_cache(false);
+        ro.set_readahead_size(4 << 20);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf("dids"), ro);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let (Some(did), Ok(u)) = (k.get(6..), uuid::Uuid::from_slice(v)) {
+                f(did, PersonUuid(u));
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// Visit every person of a project: one sequential read, cheaper than point reads when a
+    /// query needs a large share of them. Records that do not decode are an error.
+    pub fn for_each_person(
+        &self,
+        p: ProjectId,
+        mut wanted: impl FnMut(PersonUuid) -> bool,
+        mut f: impl FnMut(Person),
+    ) -> Result<(), StoreError> {
+        let prefix = keys::project(p);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.clone());
+        ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        ro.fill_cache(false);
+        ro.set_readahead_size(4 << 20);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf("persons"), ro);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if keys::uuid_suffix(k).is_some_and(&mut wanted) {
+                let person = codec::decode(v).map_err(|source| StoreError::Codec {
+                    cf: "persons",
+                    source,
+                })?;
+                f(person);
             }
             it.next();
         }
