@@ -32,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use daemon::{ProcStats, Spawned, Target};
-use report::{Groups, Latency, Process, Report};
+use report::{Groups, Latency, Machine, Process, RecordSize, Report};
 use runner::Pace;
 use workload::{ConnPlan, Knobs};
 
@@ -91,6 +92,9 @@ struct Args {
     /// Persons (and as many personless IDs) to look up by distinct ID after the run.
     #[arg(long, default_value_t = 500)]
     check_sample: usize,
+    /// Generate the workload, print its size and stop (nothing is sent).
+    #[arg(long)]
+    dry_run: bool,
     /// Skip the correctness checks.
     #[arg(long)]
     no_check: bool,
@@ -146,7 +150,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The whole run; `Ok(false)` when a request failed or a check found a mismatch.
+/// The whole run; `Ok(false)` when a request failed, a check found a mismatch or the daemon we
+/// started did not exit cleanly.
 async fn run(args: Args) -> anyhow::Result<bool> {
     anyhow::ensure!(
         args.connections > 0 && args.batch > 0,
@@ -173,64 +178,40 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut plans = generate(&args, events, &token);
     let generate_s = started.elapsed().as_secs_f64();
-    let total = |f: fn(&ConnPlan) -> u64| plans.iter().map(f).sum::<u64>();
-    let (users, sent_events, duplicates) = (
-        total(|p| p.users),
-        total(|p| p.events),
-        total(|p| p.duplicates),
-    );
-    let illegal = total(|p| p.illegal_identifies);
-    let avg_event_bytes = total(|p| p.event_bytes) as f64 / sent_events.max(1) as f64;
+    let totals = Totals::of(&plans);
     let requests: Vec<_> = plans
         .iter_mut()
         .map(|p| std::mem::take(&mut p.requests))
         .collect();
-    let request_count: usize = requests.iter().map(Vec::len).sum();
-    eprintln!("[load] {users} users, {sent_events} events in {request_count} requests, {avg_event_bytes:.0} bytes/event, in {generate_s:.1} s");
+    eprintln!(
+        "[load] {} users, {} persons expected, {} events ({} duplicates) in {} requests, \
+         {:.0} bytes/event, in {generate_s:.1} s",
+        totals.users,
+        totals.persons,
+        totals.events,
+        totals.duplicates,
+        requests.iter().map(Vec::len).sum::<usize>(),
+        totals.avg_event_bytes()
+    );
+    if args.dry_run {
+        return Ok(true);
+    }
 
     // 2. The daemon: given, or started here.
     let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new()
         .prefix("idstitch-load-")
         .tempdir_in(&parent)?;
-    let mut spawned = None;
-    let target = match (&args.socket, &args.tcp) {
-        (Some(socket), _) => Target::Unix(socket.clone()),
-        (None, Some(addr)) => Target::Tcp {
-            addr: addr.clone(),
-            admin_key: args.admin_key.clone(),
-        },
-        (None, None) => {
-            let s = Spawned::start(&args.bin, dir.path(), &args.daemon_args)?;
-            eprintln!(
-                "[load] started {} (pid {}) on {}",
-                args.bin.display(),
-                s.pid,
-                s.data_dir.display()
-            );
-            let target = Target::Unix(s.socket.clone());
-            spawned = Some(s);
-            target
-        }
-    };
-    let ready = daemon::wait_healthy(
-        &target,
-        spawned.as_mut(),
-        Duration::from_secs_f64(args.startup_timeout),
-    )
-    .await?;
-    eprintln!("[load] daemon healthy after {:.2} s", ready.as_secs_f64());
+    let (target, mut spawned) = start_target(&args, dir.path()).await?;
     let pid = spawned.as_ref().map(|s| s.pid).or(args.pid);
 
     // 3. The load.
-    let mut admin = target.connect().await?;
-    let before = daemon::metrics(&target, &mut admin).await.ok();
-    let proc_before = pid.map(daemon::proc_stats).transpose()?;
     let pace = match args.rate {
         Some(events_per_sec) => Pace::Open { events_per_sec },
         None => Pace::Closed,
     };
     let progress = (args.progress > 0.0).then(|| Duration::from_secs_f64(args.progress));
+    let before = Snapshot::take(&target, pid).await;
     eprintln!(
         "[load] sending ({})",
         args.rate.map_or("closed loop".to_string(), |r| format!(
@@ -238,128 +219,64 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ))
     );
     let outcome = runner::run(&target, requests, pace, progress).await?;
-    let after = daemon::metrics(&target, &mut admin).await.ok();
-    let proc_after = pid.map(daemon::proc_stats).transpose()?;
+    let after = Snapshot::take(&target, pid).await;
     let elapsed_s = outcome.elapsed.as_secs_f64();
-    let delta: Option<HashMap<String, f64>> = match (&before, &after) {
-        (Some(b), Some(a)) => Some(
-            a.iter()
-                .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0)))
-                .collect(),
-        ),
-        _ => None,
-    };
-    let groups = delta.as_ref().map(|d| {
-        let appends = d.get("idstitch_log_appends_total").copied().unwrap_or(0.0);
-        let fsyncs = d.get("idstitch_log_fsyncs_total").copied().unwrap_or(0.0);
-        Groups {
-            log_appends: appends as u64,
-            fsyncs: fsyncs as u64,
-            fsyncs_per_s: fsyncs / elapsed_s,
-            avg_group: if fsyncs > 0.0 { appends / fsyncs } else { 0.0 },
-        }
-    });
+    let delta = before.counters_until(&after);
+    let groups = delta.as_ref().map(|d| groups(d, elapsed_s));
 
-    // 4. Correctness.
+    // 4. Correctness. Counters only mean something when nothing else fed the daemon.
     let check = if args.no_check {
         None
     } else {
-        eprintln!("[load] checking persons");
-        let persons: Vec<_> = plans
-            .iter()
-            .flat_map(|p| p.persons.iter().cloned())
-            .collect();
-        let personless: Vec<_> = plans
-            .iter()
-            .flat_map(|p| p.personless_ids.iter().cloned())
-            .collect();
-        let exp = checker::Expectations {
-            token: &token,
-            persons: &persons,
-            personless_ids: &personless,
-            illegal_identifies: illegal,
-            events: sent_events,
-            duplicates,
-            sample: args.check_sample,
-            // Counters only mean something when nothing else fed the daemon.
-            counters: spawned.as_ref().and(delta.clone()),
-        };
-        Some(checker::check(&target, &exp).await?)
+        let counters = spawned.as_ref().and(delta.clone());
+        Some(
+            check(
+                &target,
+                &plans,
+                &token,
+                &totals,
+                args.check_sample,
+                counters,
+            )
+            .await,
+        )
     };
-    let proc_end = pid.map(daemon::proc_stats).transpose()?;
-    drop(admin);
+    let proc_end = pid.and_then(|p| daemon::proc_stats(p).ok());
 
     // 5. Stop the daemon we started, then measure its real log records.
-    let mut exit = None;
-    let mut daemon_ok = true;
-    let mut log_record_bytes = None;
-    if let Some(s) = spawned.as_mut() {
-        let status = s.stop(Duration::from_secs(120));
-        daemon_ok = status.as_ref().is_ok_and(|st| st.success());
-        exit = Some(match &status {
-            Ok(st) => st.to_string(),
-            Err(e) => format!("{e:#}"),
-        });
-        if daemon_ok {
-            match baseline::log_record_size(&s.data_dir) {
-                Ok((_, avg)) => {
-                    log_record_bytes = Some((avg, "measured in the daemon's log".to_string()))
-                }
-                Err(e) => {
-                    eprintln!("[load] cannot read the daemon's log ({e:#}); using the event size")
-                }
-            }
-        }
-    }
-    let log_record_bytes = log_record_bytes.unwrap_or((
-        avg_event_bytes,
-        "average event size in requests".to_string(),
-    ));
+    let (exit, daemon_ok, measured) = match spawned.as_mut() {
+        Some(s) => stop(s),
+        None => (None, true, None),
+    };
+    let log_record = measured.unwrap_or(RecordSize {
+        bytes: totals.avg_event_bytes(),
+        source: "average event size in requests",
+    });
 
     // 6. The raw RocksDB baseline, with the daemon stopped.
-    let events_per_s = outcome.events as f64 / elapsed_s;
     let baseline = if args.no_baseline {
         None
     } else {
         let records = groups
             .as_ref()
-            .map_or(sent_events - duplicates, |g| g.log_appends)
-            .max(1);
-        let group = groups
-            .as_ref()
-            .map_or(args.batch as f64, |g| g.avg_group)
-            .round()
-            .max(1.0) as usize;
-        eprintln!("[load] raw RocksDB baseline: {records} records of {:.0} bytes, {group} per synced batch", log_record_bytes.0);
-        let samples: Vec<Vec<u8>> = plans
-            .iter()
-            .flat_map(|p| p.samples.iter().cloned())
-            .collect();
-        Some(
-            baseline::run(
-                &parent,
-                records,
-                log_record_bytes.0.round() as usize,
-                group,
-                &samples,
-            )
-            .context("raw RocksDB baseline")?,
-        )
+            .map_or(totals.events - totals.duplicates, |g| g.log_appends);
+        let group = groups.as_ref().map_or(args.batch as f64, |g| g.avg_group);
+        Some(run_baseline(&parent, &plans, records, &log_record, group)?)
     };
 
     // 7. The report.
-    let process = match (pid, proc_before, proc_after, proc_end) {
-        (Some(pid), Some(b), Some(a), Some(e)) => Some(process_report(pid, b, a, e, exit.clone())),
-        _ => None,
-    };
-    let h = &outcome.latency_us;
-    let ms = |us: u64| us as f64 / 1000.0;
+    let events_per_s = outcome.events as f64 / elapsed_s;
     let ok = outcome.errors.is_empty()
         && check.as_ref().is_none_or(|c| c.mismatches.is_empty())
         && daemon_ok;
     let mut report = Report {
         options: serde_json::to_value(&args)?,
         target: target.describe(),
+        machine: Machine {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            loadavg_before: before.loadavg.clone(),
+            loadavg_after: after.loadavg.clone(),
+        },
         token,
         mode: if args.rate.is_some() {
             "open"
@@ -367,31 +284,19 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "closed"
         },
         rate: args.rate,
-        users,
-        events: sent_events,
-        duplicates,
+        users: totals.users,
+        events: totals.events,
+        duplicates: totals.duplicates,
         requests: outcome.requests,
-        avg_event_bytes,
+        avg_event_bytes: totals.avg_event_bytes(),
         generate_s,
         elapsed_s,
         events_per_s,
         requests_per_s: outcome.requests as f64 / elapsed_s,
-        latency: Latency {
-            from: if args.rate.is_some() {
-                "schedule"
-            } else {
-                "send"
-            },
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p90_ms: ms(h.value_at_quantile(0.9)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p999_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-            mean_ms: h.mean() / 1000.0,
-        },
-        process,
+        latency: latency(&outcome.latency_us, args.rate.is_some()),
+        process: process_report(pid, &before, &after, proc_end, exit),
         groups,
-        log_record_bytes: Some(log_record_bytes),
+        log_record,
         ratio: baseline.as_ref().map(|b| events_per_s / b.records_per_s),
         baseline,
         check,
@@ -415,6 +320,222 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// Sums over every connection's plan.
+struct Totals {
+    users: u64,
+    persons: u64,
+    events: u64,
+    duplicates: u64,
+    illegal_identifies: u64,
+    event_bytes: u64,
+}
+
+impl Totals {
+    fn of(plans: &[ConnPlan]) -> Totals {
+        let sum = |f: fn(&ConnPlan) -> u64| plans.iter().map(f).sum::<u64>();
+        Totals {
+            users: sum(|p| p.users),
+            persons: sum(|p| p.persons.len() as u64),
+            events: sum(|p| p.events),
+            duplicates: sum(|p| p.duplicates),
+            illegal_identifies: sum(|p| p.illegal_identifies),
+            event_bytes: sum(|p| p.event_bytes),
+        }
+    }
+
+    /// Average bytes of one event in a request body.
+    fn avg_event_bytes(&self) -> f64 {
+        self.event_bytes as f64 / self.events.max(1) as f64
+    }
+}
+
+/// The daemon to drive: `--socket`, `--tcp`, or one started here in `dir`; healthy.
+async fn start_target(
+    args: &Args,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Target, Option<Spawned>)> {
+    let (target, mut spawned) = match (&args.socket, &args.tcp) {
+        (Some(socket), _) => (Target::Unix(socket.clone()), None),
+        (None, Some(addr)) => {
+            let admin_key = args.admin_key.clone();
+            (
+                Target::Tcp {
+                    addr: addr.clone(),
+                    admin_key,
+                },
+                None,
+            )
+        }
+        (None, None) => {
+            let s = Spawned::start(&args.bin, dir, &args.daemon_args)?;
+            eprintln!(
+                "[load] started {} (pid {}) on {}",
+                args.bin.display(),
+                s.pid,
+                s.data_dir.display()
+            );
+            (Target::Unix(s.socket.clone()), Some(s))
+        }
+    };
+    let timeout = Duration::from_secs_f64(args.startup_timeout);
+    let ready = daemon::wait_healthy(&target, spawned.as_mut(), timeout).await?;
+    eprintln!("[load] daemon healthy after {:.2} s", ready.as_secs_f64());
+    Ok((target, spawned))
+}
+
+/// The daemon's counters and process, and the machine's load, at one moment.
+struct Snapshot {
+    metrics: anyhow::Result<HashMap<String, f64>>,
+    process: Option<ProcStats>,
+    loadavg: String,
+}
+
+impl Snapshot {
+    async fn take(target: &Target, pid: Option<u32>) -> Snapshot {
+        Snapshot {
+            metrics: daemon::metrics(target).await,
+            process: pid.and_then(|p| daemon::proc_stats(p).ok()),
+            loadavg: Machine::loadavg(),
+        }
+    }
+
+    /// How much each counter grew from this snapshot to `later`.
+    fn counters_until(&self, later: &Snapshot) -> Option<HashMap<String, f64>> {
+        match (&self.metrics, &later.metrics) {
+            (Ok(b), Ok(a)) => Some(
+                a.iter()
+                    .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0)))
+                    .collect(),
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!(
+                    "[load] no /metrics ({e:#}): no fsync numbers, baseline groups = --batch"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The daemon's group commit over the run, from counter deltas.
+fn groups(delta: &HashMap<String, f64>, elapsed_s: f64) -> Groups {
+    let appends = delta
+        .get("idstitch_log_appends_total")
+        .copied()
+        .unwrap_or(0.0);
+    let fsyncs = delta
+        .get("idstitch_log_fsyncs_total")
+        .copied()
+        .unwrap_or(0.0);
+    Groups {
+        log_appends: appends as u64,
+        fsyncs: fsyncs as u64,
+        fsyncs_per_s: fsyncs / elapsed_s,
+        avg_group: if fsyncs > 0.0 { appends / fsyncs } else { 0.0 },
+    }
+}
+
+/// Run the checker; a failure to ask the daemon is reported as a mismatch too.
+async fn check(
+    target: &Target,
+    plans: &[ConnPlan],
+    token: &str,
+    totals: &Totals,
+    sample: usize,
+    counters: Option<HashMap<String, f64>>,
+) -> checker::CheckOutcome {
+    eprintln!("[load] checking persons");
+    let persons: Vec<_> = plans
+        .iter()
+        .flat_map(|p| p.persons.iter().cloned())
+        .collect();
+    let personless: Vec<_> = plans
+        .iter()
+        .flat_map(|p| p.personless_ids.iter().cloned())
+        .collect();
+    let exp = checker::Expectations {
+        token,
+        persons: &persons,
+        personless_ids: &personless,
+        illegal_identifies: totals.illegal_identifies,
+        events: totals.events,
+        duplicates: totals.duplicates,
+        sample,
+        counters,
+    };
+    checker::check(target, &exp)
+        .await
+        .unwrap_or_else(|e| checker::CheckOutcome {
+            persons_expected: persons.len(),
+            mismatches: vec![checker::Mismatch {
+                what: "the checker's requests".into(),
+                expected: "answers".into(),
+                got: format!("{e:#}"),
+            }],
+            ..checker::CheckOutcome::default()
+        })
+}
+
+/// SIGTERM the daemon we started: (how it exited, whether cleanly, its average log record).
+fn stop(s: &mut Spawned) -> (Option<String>, bool, Option<RecordSize>) {
+    let status = s.stop(Duration::from_secs(120));
+    let clean = status.as_ref().is_ok_and(|st| st.success());
+    let exit = match &status {
+        Ok(st) => st.to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    let mut measured = None;
+    if clean {
+        match baseline::log_record_size(&s.data_dir) {
+            Ok((_, avg)) => {
+                measured = Some(RecordSize {
+                    bytes: avg,
+                    source: "measured in the daemon's log",
+                })
+            }
+            Err(e) => {
+                eprintln!("[load] cannot read the daemon's log ({e:#}); using the event size")
+            }
+        }
+    }
+    (Some(exit), clean, measured)
+}
+
+/// Raw RocksDB: `records` records like the daemon's, in synced batches of `group` (rounded).
+fn run_baseline(
+    parent: &std::path::Path,
+    plans: &[ConnPlan],
+    records: u64,
+    record: &RecordSize,
+    group: f64,
+) -> anyhow::Result<baseline::Baseline> {
+    let records = records.max(1);
+    let group = group.round().max(1.0) as usize;
+    let bytes = record.bytes.round() as usize;
+    eprintln!(
+        "[load] raw RocksDB baseline: {records} records of {bytes} bytes, {group} per synced batch"
+    );
+    let samples: Vec<Vec<u8>> = plans
+        .iter()
+        .flat_map(|p| p.samples.iter().cloned())
+        .collect();
+    baseline::run(parent, records, bytes, group, &samples).context("raw RocksDB baseline")
+}
+
+/// Latency percentiles of a histogram in microseconds.
+fn latency(h: &Histogram<u64>, open_loop: bool) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        from: if open_loop { "schedule" } else { "send" },
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p90_ms: ms(h.value_at_quantile(0.9)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+        mean_ms: h.mean() / 1000.0,
+    }
+}
+
 /// Generate every connection's plan, one thread per connection.
 fn generate(args: &Args, events: u64, token: &str) -> Vec<ConnPlan> {
     let n = args.connections as u64;
@@ -435,19 +556,20 @@ fn generate(args: &Args, events: u64, token: &str) -> Vec<ConnPlan> {
     })
 }
 
-/// The daemon's process numbers.
+/// The daemon's process numbers, when we know its pid.
 fn process_report(
-    pid: u32,
-    before: ProcStats,
-    after: ProcStats,
-    end: ProcStats,
+    pid: Option<u32>,
+    before: &Snapshot,
+    after: &Snapshot,
+    end: Option<ProcStats>,
     exit: Option<String>,
-) -> Process {
-    Process {
+) -> Option<Process> {
+    let (pid, b, a, e) = (pid?, before.process?, after.process?, end?);
+    Some(Process {
         pid,
-        peak_rss_mib: end.peak_rss_kib as f64 / 1024.0,
-        cpu_s_during_load: after.cpu_seconds - before.cpu_seconds,
-        cpu_s_total: end.cpu_seconds,
+        peak_rss_mib: e.peak_rss_kib as f64 / 1024.0,
+        cpu_s_during_load: a.cpu_seconds - b.cpu_seconds,
+        cpu_s_total: e.cpu_seconds,
         exit: exit.unwrap_or_else(|| "not stopped by this run".to_string()),
-    }
+    })
 }

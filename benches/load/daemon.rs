@@ -189,9 +189,11 @@ pub async fn wait_healthy(
     )
 }
 
-/// The daemon's counters, summed over labels: `idstitch_log_fsyncs_total` → value.
-pub async fn metrics(target: &Target, conn: &mut Conn) -> anyhow::Result<HashMap<String, f64>> {
-    let r = target.get(conn, "/metrics").await?;
+/// The daemon's counters, summed over labels: `idstitch_log_fsyncs_total` → value (on a new
+/// connection: an idle one may have been closed by the server).
+pub async fn metrics(target: &Target) -> anyhow::Result<HashMap<String, f64>> {
+    let mut conn = target.connect().await?;
+    let r = target.get(&mut conn, "/metrics").await?;
     if r.status != 200 {
         bail!("GET /metrics answered {}", r.status);
     }

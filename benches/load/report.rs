@@ -55,6 +55,35 @@ pub struct Groups {
     pub avg_group: f64,
 }
 
+/// Average bytes of one log record, and where that number comes from.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordSize {
+    /// Average bytes.
+    pub bytes: f64,
+    /// `measured in the daemon's log` or `average event size in requests`.
+    pub source: &'static str,
+}
+
+/// The machine the run was on.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    /// CPUs available to this process.
+    pub cpus: usize,
+    /// `/proc/loadavg` (1, 5, 15 minutes) just before the load.
+    pub loadavg_before: String,
+    /// `/proc/loadavg` just after the load.
+    pub loadavg_after: String,
+}
+
+impl Machine {
+    /// The first three fields of `/proc/loadavg`.
+    pub fn loadavg() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    }
+}
+
 /// Everything a run found.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -62,6 +91,8 @@ pub struct Report {
     pub options: serde_json::Value,
     /// Where the daemon was.
     pub target: String,
+    /// The machine.
+    pub machine: Machine,
     /// The project token the workload used.
     pub token: String,
     /// `closed` or `open`.
@@ -92,8 +123,8 @@ pub struct Report {
     pub process: Option<Process>,
     /// The daemon's groups, from `/metrics`.
     pub groups: Option<Groups>,
-    /// Average log record bytes used by the baseline, and where that number came from.
-    pub log_record_bytes: Option<(f64, String)>,
+    /// The average log record size the baseline writes.
+    pub log_record: RecordSize,
     /// The raw RocksDB baseline.
     pub baseline: Option<Baseline>,
     /// idstitch events per second / baseline records per second.
@@ -111,6 +142,10 @@ impl Report {
     pub fn print(&self) {
         println!();
         println!("idstitch load: {} loop against {}", self.mode, self.target);
+        println!(
+            "  machine             {} CPUs, load average {} before the load, {} after",
+            self.machine.cpus, self.machine.loadavg_before, self.machine.loadavg_after
+        );
         if let Some(rate) = self.rate {
             println!("  target rate         {rate:.0} events/s");
         }
@@ -141,13 +176,9 @@ impl Report {
             );
         }
         if let Some(b) = &self.baseline {
-            let (bytes, source) = self
-                .log_record_bytes
-                .clone()
-                .unwrap_or((b.record_bytes as f64, String::new()));
             println!(
-                "  raw RocksDB         {} records of {} bytes ({bytes:.0} avg, {source}), {} per synced batch: {:.0} records/s, {:.1} fsyncs/s, {:.2} s",
-                b.records, b.record_bytes, b.group, b.records_per_s, b.fsyncs_per_s, b.elapsed_s
+                "  raw RocksDB         {} records of {} bytes ({}), {} per synced batch: {:.0} records/s, {:.1} fsyncs/s, {:.2} s",
+                b.records, b.record_bytes, self.log_record.source, b.group, b.records_per_s, b.fsyncs_per_s, b.elapsed_s
             );
         }
         if let Some(r) = self.ratio {

@@ -57,6 +57,9 @@ pub struct RunOutcome {
     pub errors: Vec<RequestError>,
 }
 
+/// A connection idle this long is replaced before its next request.
+const IDLE_RECONNECT: Duration = Duration::from_secs(2);
+
 /// The largest latency the histogram holds: one hour, in microseconds.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -93,6 +96,7 @@ pub async fn run(
         let schedule = interval.map(|i| (i, i.mul_f64(c as f64 / n as f64)));
         tasks.push(tokio::spawn(drive(
             c,
+            target.clone(),
             conn,
             requests,
             start,
@@ -140,6 +144,7 @@ pub async fn run(
 /// One connection's loop.
 async fn drive(
     c: usize,
+    target: Target,
     mut conn: Conn,
     requests: Vec<Request>,
     start: Instant,
@@ -154,6 +159,7 @@ async fn drive(
         errors: Vec::new(),
     };
     let headers = [("content-type", "application/json")];
+    let mut last_answer = Instant::now();
     for (k, req) in requests.into_iter().enumerate() {
         let t0 = match schedule {
             Some((interval, offset)) => {
@@ -163,7 +169,24 @@ async fn drive(
             }
             None => Instant::now(),
         };
+        if last_answer.elapsed() > IDLE_RECONNECT {
+            // The server closes idle keep-alive connections (actix-web: after 5 s).
+            match target.connect().await {
+                Ok(fresh) => conn = fresh,
+                Err(e) => {
+                    out.errors.push(RequestError {
+                        conn: c,
+                        index: k,
+                        request: req.first.clone(),
+                        status: None,
+                        got: format!("cannot reconnect: {e:#}"),
+                    });
+                    break;
+                }
+            }
+        }
         let answer = conn.request("POST", "/batch/", &headers, req.body).await;
+        last_answer = Instant::now();
         let latency = t0.elapsed();
         let error = |status, got: String| RequestError {
             conn: c,
