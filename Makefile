@@ -41,5 +41,10 @@ test: lint unit sdk-test
 bench: build
 	$(CARGO) bench --locked --bench engine -- --quick
 
+# `make fuzz`: each fuzz target for FUZZ_SECONDS (default 60) seconds; see fuzz/README.md.
+.PHONY: fuzz
+fuzz: build
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) scripts/fuzz.sh
+
 clean:
 	$(CARGO) clean

@@ -1,17 +1,53 @@
-//! Routes, transports and the admin-key guard.
+//! Routes, transports, the admin-key guard and the connection limits.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::body::EitherBody;
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, Server, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpMessage, HttpServer};
+use futures_util::Stream;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::decode::DecodeError;
 use super::{admin, capture, error, insights, projects, read, AppState, Transport};
 use crate::metrics::Metrics;
+
+/// Limits on connections and on slow clients, per listener (`idstitch serve --help`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Connections served at once per worker thread; beyond it the listener stops accepting
+    /// (further clients wait in the kernel's backlog until a connection closes).
+    pub max_connections: usize,
+    /// Time a new connection has to send its first request's head; then 408 and close.
+    pub header_timeout: Duration,
+    /// Time a request's whole body has to arrive after its head; then 408 and close.
+    pub body_timeout: Duration,
+    /// Idle time after which a kept-alive connection is closed (zero: no keep-alive).
+    pub keep_alive: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            keep_alive: Duration::from_secs(5),
+        }
+    }
+}
 
 const CAPTURE_PATHS: [&str; 6] = ["/batch", "/capture", "/e", "/i/v0/e", "/track", "/engage"];
 
@@ -106,7 +142,7 @@ async fn admin_guard(
             .unwrap_or("");
         let denied = match key {
             None => Some((actix_web::http::StatusCode::FORBIDDEN, "no admin key is configured: /api/ is only on the Unix socket (see --admin-key-file)")),
-            Some(k) if !bool::from(k.as_bytes().ct_eq(given.trim().as_bytes())) => {
+            Some(k) if !admin_key_matches(&k, given.trim()) => {
                 Some((actix_web::http::StatusCode::UNAUTHORIZED, "send Authorization: Bearer <admin key>"))
             }
             Some(_) => None,
@@ -119,6 +155,96 @@ async fn admin_guard(
     next.call(req)
         .await
         .map(ServiceResponse::map_into_left_body)
+}
+
+/// Cuts off a body that has not fully arrived `body_timeout` after the request's head (actix
+/// itself only times the head): the handler's body read fails, and the client gets 408 and a
+/// closed connection. Also gives the body-size refusal of `web::PayloadConfig` the JSON shape of
+/// every other error answer.
+async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, actix_web::Error> {
+    let limits = req
+        .app_data::<web::Data<ConnLimits>>()
+        .map(|l| *l.get_ref());
+    let limits = limits.unwrap_or_default();
+    let expired = Rc::new(Cell::new(false));
+    let payload = Deadline {
+        inner: req.take_payload(),
+        sleep: Box::pin(actix_rt::time::sleep(limits.body_timeout)),
+        expired: expired.clone(),
+    };
+    req.set_payload(Payload::Stream {
+        payload: Box::pin(payload),
+    });
+    let resp = next.call(req).await?;
+    let overflow = resp
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<PayloadError>())
+        .is_some_and(|e| matches!(e, PayloadError::Overflow));
+    let replacement = if expired.get() {
+        let secs = limits.body_timeout.as_secs_f64();
+        tracing::info!(
+            timeout_s = secs,
+            "Cut off a request whose body was too slow."
+        );
+        let detail = format!("The request body did not arrive within {secs} s of its headers; send it faster, or in smaller batches.");
+        Some(error(StatusCode::REQUEST_TIMEOUT, "body_timeout", detail))
+    } else if overflow {
+        let limit = req_limit(&resp);
+        let detail = DecodeError::PayloadTooLarge { limit };
+        Some(error(StatusCode::PAYLOAD_TOO_LARGE, detail.code(), detail))
+    } else {
+        None
+    };
+    Ok(match replacement {
+        Some(mut answer) => {
+            answer
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            resp.into_response(answer).map_into_right_body()
+        }
+        None => resp.map_into_left_body(),
+    })
+}
+
+/// The body-size limit in force for a request.
+fn req_limit<B>(resp: &ServiceResponse<B>) -> usize {
+    let st = resp.request().app_data::<web::Data<AppState>>();
+    st.map_or(0, |s| s.config.limits.max_body_bytes)
+}
+
+/// A request body that fails once its deadline has passed, and says so in `expired`.
+struct Deadline {
+    inner: Payload,
+    sleep: Pin<Box<actix_rt::time::Sleep>>,
+    expired: Rc<Cell<bool>>,
+}
+
+impl Stream for Deadline {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.expired.set(true);
+        let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body too slow");
+        Poll::Ready(Some(Err(PayloadError::Io(e))))
+    }
+}
+
+/// Whether `given` is the admin key, in time that depends on neither: both are hashed first
+/// (so not even the length is compared early), then the digests are compared in constant time.
+/// Neither key is ever logged.
+fn admin_key_matches(expected: &str, given: &str) -> bool {
+    let (expected, given) = (Sha256::digest(expected), Sha256::digest(given));
+    bool::from(expected.as_slice().ct_eq(given.as_slice()))
 }
 
 /// Count every answer by status code.
@@ -136,23 +262,33 @@ async fn count_status(
 
 /// One server for one transport (a macro: `HttpServer`'s type cannot be named).
 macro_rules! server {
-    ($state:expr, $transport:expr, $workers:expr) => {{
+    ($state:expr, $transport:expr, $workers:expr, $limits:expr) => {{
         let state = $state;
         let max_body = state.config.limits.max_body_bytes;
         let metrics = web::Data::new(state.engine.metrics().clone());
         let transport = $transport;
+        let limits: ConnLimits = $limits;
         HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(transport))
+                .app_data(web::Data::new(limits))
                 .app_data(metrics.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::JsonConfig::default().limit(1 << 20))
+                .wrap(actix_web::middleware::from_fn(body_deadline))
                 .wrap(actix_web::middleware::from_fn(count_status))
                 .wrap(actix_cors::Cors::permissive())
                 .configure(routes)
         })
         .workers($workers)
+        .max_connections(limits.max_connections)
+        .client_request_timeout(limits.header_timeout)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(match limits.keep_alive.is_zero() {
+            true => actix_web::http::KeepAlive::Disabled,
+            false => actix_web::http::KeepAlive::Timeout(limits.keep_alive),
+        })
         .disable_signals()
         .shutdown_timeout(30)
     }};
@@ -165,12 +301,35 @@ pub fn start(
     socket_mode: u32,
     tcp: Option<&str>,
     workers: usize,
+    limits: ConnLimits,
 ) -> std::io::Result<Vec<Server>> {
-    let unix = server!(state.clone(), Transport::Unix, workers).bind_uds(socket)?;
+    let unix = server!(state.clone(), Transport::Unix, workers, limits).bind_uds(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(socket_mode))?;
     let mut servers = vec![unix.run()];
     if let Some(addr) = tcp {
-        servers.push(server!(state, Transport::Tcp, workers).bind(addr)?.run());
+        let tcp = server!(state, Transport::Tcp, workers, limits).bind(addr)?;
+        servers.push(tcp.run());
     }
     Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_admin_key_matches() {
+        let key = "s3cret-key";
+        assert!(admin_key_matches(key, "s3cret-key"));
+        for wrong in [
+            "",
+            "s3cret-ke",
+            "s3cret-key2",
+            "S3cret-key",
+            "s3cret-kez",
+            "x",
+        ] {
+            assert!(!admin_key_matches(key, wrong), "{wrong:?}");
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
+use std::time::Duration;
 
 use actix_web::web;
 use anyhow::Context;
@@ -12,7 +13,8 @@ use serde::Deserialize;
 
 use super::Failure;
 use crate::actors::{Engine, EngineConfig};
-use crate::api::{server, ApiConfig, AppState, DecodeLimits};
+use crate::api::server::{self, ConnLimits};
+use crate::api::{ApiConfig, AppState, DecodeLimits};
 use crate::domain::{SettingsError, SettingsPatch};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -64,6 +66,23 @@ pub struct ServeArgs {
     /// Directory `POST /api/snapshot` may write under [default: <data-dir>/../snapshots].
     #[arg(long, env = "IDSTITCH_SNAPSHOT_DIR")]
     pub snapshot_dir: Option<PathBuf>,
+    /// Connections served at once per worker thread and listener; further clients wait until
+    /// one closes [default: 1024].
+    #[arg(long, env = "IDSTITCH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection has to send its first request's headers, else 408 and the
+    /// connection is closed. Later requests on a kept-alive connection are not timed until
+    /// their body (see --keep-alive) [default: 10].
+    #[arg(long, env = "IDSTITCH_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
+    /// Seconds a request's whole body has to arrive after its headers, else 408 and the
+    /// connection is closed [default: 60].
+    #[arg(long, env = "IDSTITCH_BODY_TIMEOUT")]
+    pub body_timeout: Option<u64>,
+    /// Seconds an idle connection is kept open between requests; 0 closes it after every answer,
+    /// which also puts every request under --header-timeout [default: 5].
+    #[arg(long, env = "IDSTITCH_KEEP_ALIVE")]
+    pub keep_alive: Option<u64>,
     /// Let tests move the conversion buffer's clock forward with `POST /api/_test/clock`
     /// (for tests only).
     #[arg(long, hide = true)]
@@ -87,6 +106,10 @@ struct FileConfig {
     workers: Option<usize>,
     socket_mode: Option<String>,
     snapshot_dir: Option<PathBuf>,
+    max_connections: Option<usize>,
+    header_timeout: Option<u64>,
+    body_timeout: Option<u64>,
+    keep_alive: Option<u64>,
 }
 
 /// The projects file of strict mode.
@@ -139,6 +162,8 @@ pub struct Settings {
     pub socket_mode: u32,
     /// Workers per listener.
     pub workers: usize,
+    /// Connection limits and slow-client timeouts.
+    pub conn: ConnLimits,
     /// Engine settings.
     pub engine: EngineConfig,
     /// API settings.
@@ -152,8 +177,19 @@ pub struct Settings {
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::user(format!("cannot read {what} {}: {e}", path.display())))?;
-    toml::from_str(&text)
-        .map_err(|e| Failure::user(format!("{what} {} is not valid: {e}", path.display())))
+    toml::from_str(&text).map_err(|e| {
+        // One line: the reason, and where (toml's own rendering spans several lines).
+        let at = e.span().map(|s| {
+            let line = text[..s.start.min(text.len())].lines().count().max(1);
+            format!(" (line {line})")
+        });
+        let reason = e.message().replace('\n', " ");
+        Failure::user(format!(
+            "{what} {} is not valid{}: {reason}",
+            path.display(),
+            at.unwrap_or_default()
+        ))
+    })
 }
 
 /// Merge flags/env with the config file and apply defaults.
@@ -162,6 +198,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         Some(p) => read_toml(p, "config file")?,
         None => FileConfig::default(),
     };
+    let conn = conn_limits(&a, &f)?;
     let data_dir = a
         .data_dir
         .or(f.data_dir)
@@ -251,12 +288,41 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         },
         http: a.http.or(f.http),
         workers: a.workers.or(f.workers).unwrap_or(2).max(1),
+        conn,
         data_dir,
         socket,
         socket_mode,
         projects,
         project_settings,
     })
+}
+
+/// The connection limits: flags/env, then the file, then the defaults.
+fn conn_limits(a: &ServeArgs, f: &FileConfig) -> anyhow::Result<ConnLimits> {
+    let d = ConnLimits::default();
+    let secs = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+        flag.or(file).map_or(default, Duration::from_secs)
+    };
+    let limits = ConnLimits {
+        max_connections: a
+            .max_connections
+            .or(f.max_connections)
+            .unwrap_or(d.max_connections),
+        header_timeout: secs(a.header_timeout, f.header_timeout, d.header_timeout),
+        body_timeout: secs(a.body_timeout, f.body_timeout, d.body_timeout),
+        keep_alive: secs(a.keep_alive, f.keep_alive, d.keep_alive),
+    };
+    let zero = [
+        ("--max-connections", limits.max_connections == 0),
+        ("--header-timeout", limits.header_timeout.is_zero()),
+        ("--body-timeout", limits.body_timeout.is_zero()),
+    ];
+    if let Some((flag, _)) = zero.iter().find(|(_, z)| *z) {
+        return Err(Failure::user(format!(
+            "{flag} must be at least 1 (it cannot be turned off)"
+        )));
+    }
+    Ok(limits)
 }
 
 /// Refuse a live socket, replace a stale one.
@@ -330,6 +396,7 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
         s.socket_mode,
         s.http.as_deref(),
         s.workers,
+        s.conn,
     )
     .map_err(|e| {
         Failure::user(format!(
@@ -338,18 +405,19 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
             s.http
         ))
     })?;
+    let mut signals = Signals::new();
     let handles: Vec<_> = servers.iter().map(|srv| srv.handle()).collect();
     for srv in servers {
         actix_rt::spawn(srv);
     }
     tracing::info!(socket = %s.socket.display(), http = ?s.http, "Ready.");
-    wait_for_signal().await;
+    signals.next().await;
     tracing::info!(
         "Signal received: finishing in-flight requests (a second signal exits at once)."
     );
     state.ready.store(false, Ordering::Relaxed);
-    actix_rt::spawn(async {
-        wait_for_signal().await;
+    actix_rt::spawn(async move {
+        signals.next().await;
         eprintln!("idstitch: second signal, exiting now (the log is the truth: nothing acknowledged is lost)");
         std::process::exit(130);
     });
@@ -363,20 +431,33 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
-    use actix_rt::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
+/// SIGTERM and SIGINT, listened for from before the daemon is ready until it exits, so that
+/// no signal is missed between the first and the second.
+struct Signals {
+    term: Option<actix_rt::signal::unix::Signal>,
+    int: Option<actix_rt::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-        _ => {
-            let _ = actix_rt::signal::ctrl_c().await;
+    }
+
+    async fn next(&mut self) {
+        match (self.term.as_mut(), self.int.as_mut()) {
+            (Some(term), Some(int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = actix_rt::signal::ctrl_c().await;
+            }
         }
     }
 }

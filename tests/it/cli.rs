@@ -1,0 +1,278 @@
+//! The command line: ingest, configuration precedence, logs, help.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::support::{bin, dids, free_port, Daemon};
+
+#[test]
+fn ingest_sends_an_ndjson_file_in_order_and_summarises() {
+    let d = Daemon::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("events.ndjson");
+    let mut lines = String::new();
+    for i in 0..1200 {
+        lines.push_str(&json!({"event": "e", "distinct_id": format!("anon-{}", i % 10), "uuid": format!("n{i}")}).to_string());
+        lines.push('\n');
+    }
+    lines.push_str(&json!({"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "anon-3"}}).to_string());
+    std::fs::write(&file, lines).unwrap();
+    let out = Command::new(bin())
+        .args([
+            "ingest",
+            file.to_str().unwrap(),
+            "--token",
+            "phc_cli",
+            "--batch-size",
+            "250",
+            "--socket",
+        ])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("1201 accepted, 0 rejected"));
+    assert_eq!(
+        dids(&d.person("phc_cli", "user").unwrap()),
+        vec!["anon-3", "user"]
+    );
+}
+
+#[test]
+fn ingest_reads_stdin_and_exits_non_zero_when_events_are_rejected() {
+    let d = Daemon::start();
+    let mut child = Command::new(bin())
+        .args(["ingest", "-", "--socket"])
+        .arg(&d.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let body = json!({"api_key": "phc_cli", "batch": [{"event": "e", "distinct_id": "ok"}, {"event": "e"}]});
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("1 accepted, 1 rejected"));
+    assert!(d.person("phc_cli", "ok").is_some());
+}
+
+#[test]
+fn ingest_without_a_daemon_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("e.json");
+    std::fs::write(&file, "[]").unwrap();
+    let out = Command::new(bin())
+        .args(["ingest", file.to_str().unwrap(), "--socket"])
+        .arg(tmp.path().join("none.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `idstitch serve` running"));
+}
+
+#[test]
+fn flags_beat_environment_which_beats_the_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    let config = tmp.path().join("idstitch.toml");
+    std::fs::write(
+        &config,
+        format!("http = \"127.0.0.1:{file_port}\"\nmerge_limit = 5\n"),
+    )
+    .unwrap();
+    let dir = tmp.path().join("store");
+    let start = |env: Option<u16>, flag: Option<u16>| {
+        let mut c = Command::new(bin());
+        c.args(["serve", "--data-dir"])
+            .arg(&dir)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn");
+        if let Some(p) = env {
+            c.env("IDSTITCH_HTTP", format!("127.0.0.1:{p}"));
+        }
+        if let Some(p) = flag {
+            c.arg("--http").arg(format!("127.0.0.1:{p}"));
+        }
+        c.spawn().unwrap()
+    };
+    let answers = |port: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    };
+    for (env, flag, want) in [
+        (None, None, file_port),
+        (Some(env_port), None, env_port),
+        (Some(env_port), Some(flag_port), flag_port),
+    ] {
+        let mut child = start(env, flag);
+        assert!(answers(want), "expected a listener on {want}");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn a_bad_config_file_is_a_clear_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("bad.toml");
+    std::fs::write(&config, "no_such_option = 1\n").unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path().join("s"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no_such_option") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(bin())
+        .args(["--log-format", "json", "serve", "--data-dir"])
+        .arg(tmp.path().join("s"))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = tmp.path().join("s/idstitch.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.contains("Ready.")));
+    for l in lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "not JSON: {l}"
+        );
+    }
+}
+
+#[test]
+fn serve_help_documents_every_option() {
+    let out = Command::new(bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--data-dir",
+        "--socket",
+        "--http",
+        "--config",
+        "--admin-key-file",
+        "--projects",
+        "--merge-limit",
+        "--max-body-bytes",
+        "IDSTITCH_DATA_DIR",
+    ] {
+        assert!(help.contains(opt), "serve --help does not mention {opt}");
+    }
+}
+
+#[test]
+fn sigterm_finishes_in_flight_work_and_exits_0() {
+    let mut d = Daemon::start();
+    d.capture(
+        "phc_cli",
+        json!([{"event": "e", "distinct_id": "before-term", "uuid": "t1"}]),
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+    assert!(!d.socket.exists(), "a clean stop removes the socket");
+    d.start_again();
+    assert!(d.person("phc_cli", "before-term").is_some());
+}
+
+#[test]
+fn a_second_signal_exits_at_once_while_draining() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let mut child = Command::new(bin())
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Synchronise on the daemon's own log lines, never on time.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?}"),
+            }
+        }
+    };
+    wait_for("Ready.");
+    let mut conn = std::os::unix::net::UnixStream::connect(dir.join("idstitch.sock")).unwrap();
+    // An in-flight request: headers sent, body withheld, so a graceful stop has to wait for it.
+    conn.write_all(b"POST /batch/ HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{").unwrap();
+    let pid = child.id().to_string();
+    let term = || {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(&pid)
+            .status()
+            .unwrap()
+    };
+    term();
+    wait_for("Signal received");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal drains instead of exiting"
+    );
+    term();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "the second signal exits at once");
+}

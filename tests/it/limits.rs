@@ -1,0 +1,238 @@
+//! Limits: body size, events per request, nesting depth, connections, and slow clients (a client
+//! that sends one byte a second is cut off). Timeouts are configured at 1 s and the cut-off is
+//! only required within a generous 30 s, so a loaded machine cannot make these tests flake.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{bin, Daemon};
+
+const T: &str = "phc_limits";
+
+/// How long a cut-off may take at most (the timeouts under test are 1 s).
+const BOUND: Duration = Duration::from_secs(30);
+
+/// Sends `fast` at once, then `slow` one byte a second (each pause is a 1 s read that also
+/// watches for the answer), until the daemon closes the connection. Returns what it answered.
+fn trickle(d: &Daemon, fast: &[u8], slow: &[u8]) -> String {
+    let mut s = UnixStream::connect(&d.socket).expect("connect");
+    s.write_all(fast).expect("write the fast part");
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let (start, mut got, mut slow) = (Instant::now(), Vec::new(), slow.iter());
+    let mut buf = [0u8; 4096];
+    loop {
+        assert!(
+            start.elapsed() < BOUND,
+            "still connected after {BOUND:?}; answered so far: {}",
+            String::from_utf8_lossy(&got)
+        );
+        if let Some(b) = slow.next() {
+            if s.write_all(&[*b]).is_err() {
+                break; // Closed by the daemon: what it answered is still readable.
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return String::from_utf8_lossy(&got).into_owned(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn code(r: &idstitch::cli::client::Response) -> Value {
+    r.json()["code"].clone()
+}
+
+fn nothing_was_applied(d: &Daemon) {
+    let r = d.get(&format!("/api/projects/{T}/"));
+    assert_eq!(r.status, 404, "the project exists: something was applied");
+}
+
+#[test]
+fn a_body_over_max_body_bytes_is_a_413_with_a_json_error_as_sent_and_inflated() {
+    let d = Daemon::start_with(&["--max-body-bytes", "2000"]);
+    let big = json!({"api_key": T, "batch": [{"event": "e", "distinct_id": "x", "properties": {"p": "y".repeat(3000)}}]});
+    let r = d.post("/batch/", &big);
+    assert_eq!((r.status, code(&r)), (413, json!("payload_too_large")));
+    assert!(r.json()["detail"]
+        .as_str()
+        .is_some_and(|s| s.contains("2000")));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&serde_json::to_vec(&big).unwrap()).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 2000, "the gzip body itself is under the limit");
+    let r = d.request("POST", "/batch/", &[("content-encoding", "gzip")], gz);
+    assert_eq!((r.status, code(&r)), (413, json!("payload_too_large")));
+    nothing_was_applied(&d);
+}
+
+#[test]
+fn more_events_than_max_events_per_request_is_a_413_and_applies_nothing() {
+    let d = Daemon::start_with(&["--max-events-per-request", "3"]);
+    let ev = |i: usize| json!({"event": "e", "distinct_id": format!("u{i}")});
+    let four: Vec<Value> = (0..4).map(ev).collect();
+    let r = d.post("/batch/", &json!({"api_key": T, "batch": four}));
+    assert_eq!((r.status, code(&r)), (413, json!("too_many_events")));
+    nothing_was_applied(&d);
+    d.capture(T, json!([ev(0), ev(1), ev(2)]));
+    assert_eq!(d.all_persons(T).len(), 3);
+}
+
+#[test]
+fn an_event_nested_deeper_than_max_depth_is_a_400_and_applies_nothing() {
+    let d = Daemon::start_with(&["--max-depth", "4"]);
+    // Levels: the event object 1, properties 2, then one per object inside.
+    let ok = json!({"event": "e", "distinct_id": "ok", "properties": {"a": {"b": {"c": 1}}}});
+    let deep =
+        json!({"event": "e", "distinct_id": "deep", "properties": {"a": {"b": {"c": {"d": 1}}}}});
+    let r = d.post(
+        "/batch/",
+        &json!({"api_key": T, "batch": [ok.clone(), deep]}),
+    );
+    assert_eq!((r.status, code(&r)), (400, json!("too_deep")));
+    assert!(r.json()["detail"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("Event 1 is nested deeper than 4 levels")));
+    nothing_was_applied(&d);
+    d.capture(T, json!([ok]));
+    assert!(d.person(T, "ok").is_some());
+}
+
+#[test]
+fn a_client_sending_its_headers_one_byte_a_second_gets_408_and_is_cut_off() {
+    let d = Daemon::start_with(&["--header-timeout", "1"]);
+    let answer = trickle(
+        &d,
+        b"GET /_health HTTP/1.1\r\nHost: idstitch\r\n",
+        &[b'a'; 64],
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(d.get("/_health").status, 200, "the daemon keeps serving");
+}
+
+#[test]
+fn a_client_sending_its_body_one_byte_a_second_gets_408_and_is_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("idstitch.toml");
+    std::fs::write(&config, "body_timeout = 1\n").unwrap();
+    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    let head = b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+    let answer = trickle(&d, head, &[b' '; 64]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains(r#""code":"body_timeout""#), "{answer:?}");
+    nothing_was_applied(&d);
+    d.capture(T, json!([{"event": "e", "distinct_id": "after"}]));
+    assert!(d.person(T, "after").is_some(), "the daemon keeps serving");
+}
+
+#[test]
+fn a_fast_body_is_not_cut_off_by_the_body_timeout() {
+    let d = Daemon::start_with(&["--body-timeout", "1"]);
+    let big: Vec<Value> = (0..2000)
+        .map(|i| json!({"event": "e", "distinct_id": format!("user-{}", i % 50), "properties": {"i": i}}))
+        .collect();
+    d.capture(T, json!(big));
+    assert_eq!(d.all_persons(T).len(), 50);
+}
+
+#[test]
+fn with_keep_alive_0_every_answer_closes_its_connection() {
+    let d = Daemon::start_with(&["--keep-alive", "0"]);
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s.write_all(b"GET /_health HTTP/1.1\r\nHost: idstitch\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .expect("the daemon closes the connection after its answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
+
+#[test]
+fn past_max_connections_a_client_waits_until_a_connection_closes() {
+    let d = Daemon::start_with(&[
+        "--max-connections",
+        "1",
+        "--workers",
+        "1",
+        "--header-timeout",
+        "60",
+    ]);
+    // The first connection holds the only slot (its request head is never finished).
+    let mut holder = UnixStream::connect(&d.socket).unwrap();
+    holder.write_all(b"GET /_health HTTP/1.1\r\n").unwrap();
+    let mut waiting = UnixStream::connect(&d.socket).unwrap();
+    waiting
+        .write_all(b"GET /_health HTTP/1.1\r\nHost: idstitch\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let early = waiting.read(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "answered past the limit: {early:?}"
+    );
+    drop(holder);
+    waiting.set_read_timeout(Some(BOUND)).unwrap();
+    let mut answer = String::new();
+    waiting
+        .read_to_string(&mut answer)
+        .expect("answered once the slot is free");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
+
+#[test]
+fn the_limits_are_documented_in_help_with_their_environment_variables() {
+    let out = Command::new(bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "max-connections",
+        "header-timeout",
+        "body-timeout",
+        "keep-alive",
+        "max-body-bytes",
+        "max-events-per-request",
+        "max-depth",
+    ] {
+        let env = format!("IDSTITCH_{}", name.to_uppercase().replace('-', "_"));
+        assert!(help.contains(&format!("--{name}")), "--{name} in {help}");
+        assert!(help.contains(&env), "{env} in {help}");
+    }
+}
+
+#[test]
+fn a_zero_limit_from_the_environment_is_refused_with_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (var, flag) in [
+        ("IDSTITCH_MAX_CONNECTIONS", "--max-connections"),
+        ("IDSTITCH_HEADER_TIMEOUT", "--header-timeout"),
+        ("IDSTITCH_BODY_TIMEOUT", "--body-timeout"),
+    ] {
+        let out = Command::new(bin())
+            .args(["serve", "--data-dir"])
+            .arg(tmp.path().join("store"))
+            .env(var, "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} must be at least 1")),
+            "{stderr}"
+        );
+    }
+}
