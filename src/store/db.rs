@@ -431,13 +431,7 @@ impl Store {
             Some(t) => upper.extend_from_slice(&keys::sortable_ms(t)),
             None => upper = keys::prefix_end(&prefix),
         }
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(lower);
-        ro.set_iterate_upper_bound(upper);
-        ro.fill_cache(false);
-        ro.set_readahead_size(4 << 20);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf("evname"), ro);
-        it.seek_to_first();
+        let mut it = self.bulk_scan("evname", lower, upper);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let Some((ms, seq)) = keys::time_seq_suffix(k) {
                 f(ms, seq, v);
@@ -448,6 +442,19 @@ impl Store {
         Ok(())
     }
 
+    /// An iterator positioned at `lower` for one long sequential read up to `upper`: large
+    /// readahead, and no filling of the block cache that point reads rely on.
+    fn bulk_scan(&self, cf: &str, lower: Vec<u8>, upper: Vec<u8>) -> rocksdb::DBRawIterator<'_> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower);
+        ro.set_iterate_upper_bound(upper);
+        ro.fill_cache(false);
+        ro.set_readahead_size(4 << 20);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek_to_first();
+        it
+    }
+
     /// Visit every distinct ID of a project with its person, in key order: one sequential read,
     /// cheaper than point reads when a query needs a large share of them.
     pub fn for_each_did(
@@ -456,13 +463,7 @@ impl Store {
         mut f: impl FnMut(&[u8], PersonUuid),
     ) -> Result<(), StoreError> {
         let prefix = keys::project(p);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(prefix.clone());
-        ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
-        ro.fill_cache(false);
-        ro.set_readahead_size(4 << 20);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf("dids"), ro);
-        it.seek_to_first();
+        let mut it = self.bulk_scan("dids", prefix.clone(), keys::prefix_end(&prefix));
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let (Some(did), Ok(u)) = (k.get(6..), uuid::Uuid::from_slice(v)) {
                 f(did, PersonUuid(u));
@@ -482,13 +483,7 @@ impl Store {
         mut f: impl FnMut(Person),
     ) -> Result<(), StoreError> {
         let prefix = keys::project(p);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(prefix.clone());
-        ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
-        ro.fill_cache(false);
-        ro.set_readahead_size(4 << 20);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf("persons"), ro);
-        it.seek_to_first();
+        let mut it = self.bulk_scan("persons", prefix.clone(), keys::prefix_end(&prefix));
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if keys::uuid_suffix(k).is_some_and(&mut wanted) {
                 let person = codec::decode(v).map_err(|source| StoreError::Codec {
