@@ -18,6 +18,10 @@ use idstitch::metrics::Metrics;
 use idstitch::store::{log::write_group, verify::replay, Store};
 use serde_json::{json, Value};
 
+/// The daemon's allocator (src/main.rs), so these numbers are the daemon's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const P: ProjectId = ProjectId(1);
 
 /// A posthog-js-like pageview: about 40 properties, about 1 KB.
