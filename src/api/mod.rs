@@ -74,13 +74,18 @@ pub fn engine_error(e: &EngineError) -> HttpResponse {
     match e {
         EngineError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "person not found"),
         EngineError::Admin(a) => error(StatusCode::BAD_REQUEST, "invalid_input", a),
-        EngineError::Writer(_) | EngineError::Store(_) | EngineError::Stopped => {
+        // The writer logged its failure once, when it happened: not again per request.
+        EngineError::Writer(_) => unavailable(e),
+        EngineError::Store(_) | EngineError::Stopped => {
             tracing::warn!(error = %e, "Request failed on the engine.");
-            HttpResponse::ServiceUnavailable()
-                .insert_header(("Retry-After", "5"))
-                .json(
-                    json!({"type": "server_error", "code": "unavailable", "detail": e.to_string()}),
-                )
+            unavailable(e)
         }
     }
+}
+
+/// 503 with `Retry-After`: nothing of the request was acknowledged; send it again later.
+fn unavailable(e: &EngineError) -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header(("Retry-After", "5"))
+        .json(json!({"type": "server_error", "code": "unavailable", "detail": e.to_string()}))
 }

@@ -18,6 +18,8 @@ pub struct Conn {
 pub struct Response {
     /// HTTP status.
     pub status: u16,
+    /// Headers, names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Bytes,
 }
@@ -78,8 +80,22 @@ impl Conn {
             .send_request(req.body(Full::new(Bytes::from(body)))?)
             .await?;
         let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into(),
+                )
+            })
+            .collect();
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Response { status, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// GET a path.

@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// which also puts every request under --header-timeout [default: 5].
     #[arg(long, env = "IDSTITCH_KEEP_ALIVE")]
     pub keep_alive: Option<u64>,
+    /// What a failed log write (disk full, I/O error) does. `degrade`: stop all writes, answer
+    /// captures with 503 and `Retry-After`, keep serving reads, and exit with code 2 naming
+    /// the cause at the next SIGTERM; restart once the cause is fixed and the log recovers
+    /// everything that was acknowledged. `exit`: exit with code 2 at once [default: degrade].
+    #[arg(long, env = "IDSTITCH_ON_STORAGE_ERROR", value_enum)]
+    pub on_storage_error: Option<OnStorageError>,
     /// Let tests move the conversion buffer's clock forward with `POST /api/_test/clock`
     /// (for tests only).
     #[arg(long, hide = true)]
@@ -110,6 +116,18 @@ struct FileConfig {
     header_timeout: Option<u64>,
     body_timeout: Option<u64>,
     keep_alive: Option<u64>,
+    on_storage_error: Option<OnStorageError>,
+}
+
+/// What a failed log write does (`--on-storage-error`).
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStorageError {
+    /// Stop writing, answer 503 to captures, keep serving reads until restarted.
+    #[default]
+    Degrade,
+    /// Exit with code 2 at once.
+    Exit,
 }
 
 /// The projects file of strict mode.
@@ -166,6 +184,8 @@ pub struct Settings {
     pub conn: ConnLimits,
     /// Engine settings.
     pub engine: EngineConfig,
+    /// What a failed log write does.
+    pub on_storage_error: OnStorageError,
     /// API settings.
     pub api: ApiConfig,
     /// Strict-mode projects (token, name).
@@ -287,6 +307,10 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
             snapshot_dir,
         },
         http: a.http.or(f.http),
+        on_storage_error: a
+            .on_storage_error
+            .or(f.on_storage_error)
+            .unwrap_or_default(),
         workers: a.workers.or(f.workers).unwrap_or(2).max(1),
         conn,
         data_dir,
@@ -359,9 +383,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new();
-    let on_fatal = |msg: &str| {
-        eprintln!("idstitch: the log could not be written ({msg}); exiting so that nothing unwritten is acknowledged. Fix the cause (disk space, permissions) and restart.");
-        std::process::exit(2);
+    let policy = s.on_storage_error;
+    let on_fatal = move |msg: &str| match policy {
+        OnStorageError::Exit => {
+            eprintln!("idstitch: the log could not be written ({msg}); exiting so that nothing unwritten is acknowledged. Fix the cause (disk space, permissions) and restart.");
+            std::process::exit(2);
+        }
+        // The writer has just logged the cause; this says what happens now and what to do.
+        OnStorageError::Degrade => {
+            tracing::error!(
+                "Writes stopped: captures are answered 503 with Retry-After, reads go on. \
+                 Nothing unwritten was acknowledged. Fix the cause (disk space, permissions), \
+                 then restart idstitch: it recovers every acknowledged event from the log."
+            );
+        }
     };
     let started = std::time::Instant::now();
     let (engine, recovered, writer) =

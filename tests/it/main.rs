@@ -6,6 +6,7 @@ mod capture;
 mod cli;
 mod domain;
 mod durability;
+mod faults;
 mod flows;
 mod format;
 mod fuzz_corpus;

@@ -21,6 +21,8 @@ pub struct Daemon {
     /// `host:port` when started with TCP.
     pub http: Option<String>,
     extra: Vec<String>,
+    /// Where its stderr goes (the terminal when `None`).
+    log: Option<PathBuf>,
     child: Option<Child>,
     rt: tokio::runtime::Runtime,
     _tmp: Option<tempfile::TempDir>,
@@ -51,6 +53,11 @@ impl Daemon {
 
     /// A daemon on a given data dir (not removed afterwards).
     pub fn on(dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::on_logged(dir, extra, None)
+    }
+
+    /// [`Daemon::on`], with its stderr appended to `log` (info level) when given.
+    pub fn on_logged(dir: &Path, extra: &[&str], log: Option<&Path>) -> Daemon {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -60,6 +67,7 @@ impl Daemon {
             dir: dir.to_path_buf(),
             http: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: log.map(Path::to_path_buf),
             child: None,
             rt,
             _tmp: None,
@@ -72,6 +80,17 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
+        let (level, stderr) = match &self.log {
+            None => ("warn", Stdio::inherit()),
+            Some(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the daemon log");
+                ("info", Stdio::from(f))
+            }
+        };
         let child = Command::new(bin())
             .arg("serve")
             .arg("--data-dir")
@@ -79,9 +98,10 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start idstitch serve");
         self.child = Some(child);

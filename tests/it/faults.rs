@@ -1,0 +1,222 @@
+//! Storage faults against the real binary (issue 9): the data dir on a small tmpfs that fills
+//! up. Mounting needs root; CI runs as root, so there the test must run, and it fails rather
+//! than skips when it cannot mount.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::Daemon;
+
+const TOKEN: &str = "phc_disk_full";
+
+/// A tmpfs mounted for the length of a test.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `mib` MiB on `dir`; `None` when not root outside CI.
+    fn mount(dir: &Path, mib: u64) -> Option<Tmpfs> {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if !root {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run this test as root: it mounts a tmpfs"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(dir).expect("mount point");
+        let size = format!("size={mib}m");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "mount -t tmpfs failed on {}", dir.display());
+        Some(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn resize(&self, mib: u64) {
+        let opt = format!("remount,size={mib}m");
+        let ok = Command::new("mount")
+            .args(["-o", &opt])
+            .arg(&self.dir)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "remount failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// A batch of `n` new users' events, ~1 KB each, so that the disk fills quickly.
+fn batch(request: usize, n: usize) -> Value {
+    let pad = "p".repeat(1000);
+    let events: Vec<Value> = (0..n)
+        .map(|j| {
+            json!({"event": "e", "distinct_id": format!("u{request}-{j}"),
+                   "uuid": format!("00000000-0000-4000-8000-{:06}{:06}", request, j),
+                   "properties": {"pad": pad, "$set": {"n": j}}})
+        })
+        .collect();
+    json!({"api_key": TOKEN, "batch": events})
+}
+
+fn header<'a>(r: &'a idstitch::cli::client::Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_full_disk_answers_503_keeps_serving_reads_and_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("mnt"), 24) else {
+        return;
+    };
+    let log = tmp.path().join("daemon.log");
+    let mut d = Daemon::on_logged(&fs.dir.join("store"), &[], Some(&log));
+
+    // Fill the disk: every 200 is remembered; the first 503 ends the filling.
+    let mut acked: Vec<usize> = Vec::new();
+    let mut refused = None;
+    for request in 0..2_000 {
+        let r = d.post("/batch/", &batch(request, 50));
+        match r.status {
+            200 => acked.push(request),
+            503 => {
+                refused = Some(r);
+                break;
+            }
+            s => panic!(
+                "unexpected status {s}: {}",
+                String::from_utf8_lossy(&r.body)
+            ),
+        }
+    }
+    let refused = refused.expect("24 MiB filled up within 100 MB of events");
+    assert!(!acked.is_empty(), "some batches fit before the disk filled");
+    assert!(
+        header(&refused, "retry-after").is_some(),
+        "a 503 says when to retry"
+    );
+    let body = String::from_utf8_lossy(&refused.body).to_string();
+    assert!(body.contains("No space left"), "names the cause: {body}");
+
+    // Writes keep failing fast with 503, and the cause is not logged again per request.
+    for request in 5_000..5_010 {
+        let r = d.post("/batch/", &batch(request, 1));
+        assert_eq!(r.status, 503);
+        assert!(header(&r, "retry-after").is_some());
+    }
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("No space left on device"))
+            .count(),
+        1,
+        "the cause is logged once:\n{text}"
+    );
+
+    // Reads go on: persons, events, health (503, naming the cause).
+    let first = d
+        .person(TOKEN, "u0-0")
+        .expect("an acknowledged person is readable");
+    assert_eq!(first["properties"]["n"], 0);
+    let h = d.get("/_health");
+    assert_eq!(h.status, 503);
+    assert!(String::from_utf8_lossy(&h.body).contains("No space left"));
+
+    // SIGTERM now exits non-zero with the cause.
+    let status = d.terminate();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "a daemon that lost its writes exits 2"
+    );
+
+    // Space returns; a restart recovers every acknowledged event and person, and writes work.
+    fs.resize(256);
+    d.start_again();
+    let persons = d.all_persons(TOKEN);
+    let expected = acked.len() * 50;
+    assert!(
+        persons.len() >= expected,
+        "{} persons after the restart, {} acknowledged",
+        persons.len(),
+        expected
+    );
+    for request in [
+        acked[0],
+        acked[acked.len() / 2],
+        *acked.last().expect("one"),
+    ] {
+        for j in [0, 49] {
+            let did = format!("u{request}-{j}");
+            let p = d
+                .person(TOKEN, &did)
+                .unwrap_or_else(|| panic!("acknowledged {did} lost"));
+            assert_eq!(p["properties"]["n"], j);
+            let uuid = p["uuid"].as_str().expect("uuid");
+            assert_eq!(d.events_of_person(TOKEN, uuid).len(), 1, "{did}'s event");
+        }
+    }
+    d.capture(TOKEN, batch(9_999, 1)["batch"].clone());
+    assert!(d.person(TOKEN, "u9999-0").is_some());
+    // verify opens the store itself: stop the daemon first.
+    assert!(d.terminate().success());
+    let out = Command::new(crate::support::bin())
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(&d.dir)
+        .output()
+        .expect("run verify");
+    assert!(
+        out.status.success(),
+        "verify after the disk-full episode: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn on_storage_error_exit_stops_the_daemon_with_code_2() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("mnt"), 24) else {
+        return;
+    };
+    let mut d = Daemon::on(&fs.dir.join("store"), &["--on-storage-error", "exit"]);
+    let mut failed = false;
+    for request in 0..2_000 {
+        match d.try_request(
+            "POST",
+            "/batch/",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&batch(request, 50)).expect("json"),
+        ) {
+            Ok(r) if r.status == 200 => continue,
+            _ => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the disk filled up");
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(2));
+}
