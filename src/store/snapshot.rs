@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -196,6 +196,31 @@ pub fn create(
     Ok(manifest)
 }
 
+/// Whether a manifest file name stays inside the snapshot's `db/`: a relative path made only of
+/// normal components (no `..`, `.`, root or prefix, and no empty name or empty segment).
+pub fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains('\0')
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// The first manifest file name that would point outside the snapshot's `db/`, as an error.
+fn check_file_names(m: &Manifest) -> Result<(), SnapshotError> {
+    match m.files.iter().find(|f| !is_safe_file_name(&f.name)) {
+        Some(f) => Err(SnapshotError::Corrupt(format!(
+            "manifest entry {:?} is not a plain file name inside the snapshot's db/ \
+             (absolute, '..' or empty): the manifest is damaged or crafted, do not use it",
+            f.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Read a snapshot's manifest.
 pub fn read_manifest(snapshot: &Path) -> Result<Manifest, SnapshotError> {
     let path = snapshot.join(MANIFEST);
@@ -206,8 +231,9 @@ pub fn read_manifest(snapshot: &Path) -> Result<Manifest, SnapshotError> {
     })
 }
 
-/// Check a snapshot: every file's size and checksum, nothing missing or extra, the log replays
-/// to the derived state, and the manifest's seq and counts match. The first problem is named.
+/// Check a snapshot: every file name stays inside the snapshot, every file's size and
+/// checksum, nothing missing or extra, the log replays to the derived state, and the manifest's
+/// seq and counts match. The first problem is named.
 pub fn verify(
     snapshot: &Path,
     mut progress: impl FnMut(u64, u64),
@@ -219,14 +245,23 @@ pub fn verify(
             m.format
         )));
     }
+    // Before any file is opened: a crafted name (`../x`, `/etc/x`) would make us read outside.
+    check_file_names(&m)?;
     let db_dir = snapshot.join("db");
     let total: u64 = m.files.iter().map(|f| f.size).sum();
     let mut done = 0;
     for f in &m.files {
         let p = db_dir.join(&f.name);
+        // Not followed: a symlink planted in db/ would be another way to read outside it.
         let meta = p
-            .metadata()
+            .symlink_metadata()
             .map_err(|_| SnapshotError::Corrupt(format!("file {} is missing", p.display())))?;
+        if !meta.is_file() {
+            return Err(SnapshotError::Corrupt(format!(
+                "file {} is not a regular file",
+                p.display()
+            )));
+        }
         if meta.len() != f.size {
             return Err(SnapshotError::Corrupt(format!(
                 "file {} has {} bytes, the manifest says {}",
@@ -354,4 +389,39 @@ pub fn restore(
     }
     store.db().flush_wal(true).map_err(StoreError::from)?;
     Ok((m, aside, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_safe_file_name;
+
+    #[test]
+    fn manifest_file_names_must_stay_inside_db() {
+        for ok in [
+            "000012.sst",
+            "CURRENT",
+            "OPTIONS-000007",
+            "sub/000012.sst",
+            "..sst",
+        ] {
+            assert!(is_safe_file_name(ok), "{ok:?} refused");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "/etc/passwd",
+            "//x",
+            "./x",
+            "a/./x",
+            "a//x",
+            "x/",
+            "a\0b",
+        ] {
+            assert!(!is_safe_file_name(bad), "{bad:?} accepted");
+        }
+    }
 }
