@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::client::Conn;
 use super::Failure;
-use crate::store::snapshot::{self, AsOf, SnapshotError};
+use crate::store::snapshot::{self, AsOf, Phase, SnapshotError};
 use crate::store::Store;
 
 /// Snapshot subcommands.
@@ -55,6 +56,62 @@ fn bar(total: u64, what: &str) -> ProgressBar {
     b
 }
 
+/// Progress (on stderr, hidden when stderr is not a terminal) through the phases of `verify`
+/// and `restore`: bytes and bytes/s while checksumming and copying, log entries and entries/s
+/// while replaying. One bar per phase, so that each phase's throughput is its own.
+struct PhaseBar {
+    bar: Option<ProgressBar>,
+    phase: Option<Phase>,
+}
+
+impl PhaseBar {
+    fn new() -> PhaseBar {
+        PhaseBar {
+            bar: None,
+            phase: None,
+        }
+    }
+
+    fn update(&mut self, phase: Phase, done: u64, total: u64) {
+        if self.phase != Some(phase) {
+            self.phase = Some(phase);
+            self.finish();
+            let what = match phase {
+                Phase::Checksum => "checksum",
+                Phase::Replay => "verify log",
+                Phase::Copy => "copy",
+                Phase::AsOfReplay => "replay --as-of",
+            };
+            let template = if phase.in_bytes() {
+                format!(
+                    "{what:>14} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+                )
+            } else {
+                format!("{what:>14} {{bar:40}} {{pos}}/{{len}} entries {{rate}} eta {{eta}}")
+            };
+            let style = ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key(
+                    "rate",
+                    |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", st.per_sec());
+                    },
+                );
+            self.bar = Some(ProgressBar::new(total).with_style(style));
+        }
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 fn fail(e: SnapshotError) -> anyhow::Error {
     match e {
         SnapshotError::Refused(m) => Failure::user(m),
@@ -91,10 +148,9 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
             ),
         },
         SnapshotCmd::Verify { snapshot } => {
-            let m = snapshot::read_manifest(&snapshot).map_err(fail)?;
-            let b = bar(m.files.iter().map(|f| f.size).sum(), "verify");
-            let m = snapshot::verify(&snapshot, |d, _| b.set_position(d)).map_err(fail)?;
-            b.finish_and_clear();
+            let mut b = PhaseBar::new();
+            let m = snapshot::verify(&snapshot, |p, d, t| b.update(p, d, t)).map_err(fail)?;
+            b.finish();
             println!(
                 "ok: snapshot at seq {} with {} files; {:?}",
                 m.last_seq,
@@ -110,21 +166,26 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
             as_of,
         } => {
             let as_of = as_of.as_deref().map(parse_as_of).transpose()?;
-            let spinner = ProgressBar::new_spinner();
-            spinner.set_message("verifying and restoring");
-            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-            let (m, aside, last) =
-                snapshot::restore(&snapshot, &data_dir, force, as_of).map_err(fail)?;
-            spinner.finish_and_clear();
-            if let Some(old) = aside {
+            let started = Instant::now();
+            let mut b = PhaseBar::new();
+            let r = snapshot::restore(&snapshot, &data_dir, force, as_of, |p, d, t| {
+                b.update(p, d, t)
+            });
+            b.finish();
+            let r = r.map_err(fail)?;
+            let secs = started.elapsed().as_secs_f64();
+            if let Some(old) = &r.aside {
                 println!("moved the old data dir aside to {}", old.display());
             }
             println!(
-                "ok: restored {} into {} at seq {} (snapshot seq {})",
+                "ok: restored {} into {}: {} bytes in {} files, {secs:.2} s ({:.1} MB/s), at seq {} (snapshot seq {})",
                 snapshot.display(),
                 data_dir.display(),
-                last.0,
-                m.last_seq
+                r.bytes,
+                r.files,
+                r.bytes as f64 / 1e6 / secs.max(1e-9),
+                r.last.0,
+                r.manifest.last_seq
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -63,6 +63,26 @@ pub struct Manifest {
     pub counts: Counts,
     /// Every file with its checksum.
     pub files: Vec<FileSum>,
+}
+
+/// A phase of [`verify`] or [`restore`], as told to their `progress` callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Checking every file's size and SHA-256: `done`/`total` are bytes.
+    Checksum,
+    /// Replaying the snapshot's log and comparing it with its derived state: entries.
+    Replay,
+    /// Copying the files into the data dir: bytes.
+    Copy,
+    /// `--as-of`: rebuilding derived state from the cut log: entries.
+    AsOfReplay,
+}
+
+impl Phase {
+    /// Whether `done`/`total` count bytes (else log entries).
+    pub fn in_bytes(self) -> bool {
+        matches!(self, Phase::Checksum | Phase::Copy)
+    }
 }
 
 /// Errors of snapshot tooling.
@@ -196,6 +216,31 @@ pub fn create(
     Ok(manifest)
 }
 
+/// Whether a manifest file name stays inside the snapshot's `db/`: a relative path made only of
+/// normal components (no `..`, `.`, root or prefix, and no empty name or empty segment).
+pub fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains('\0')
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// The first manifest file name that would point outside the snapshot's `db/`, as an error.
+fn check_file_names(m: &Manifest) -> Result<(), SnapshotError> {
+    match m.files.iter().find(|f| !is_safe_file_name(&f.name)) {
+        Some(f) => Err(SnapshotError::Corrupt(format!(
+            "manifest entry {:?} is not a plain file name inside the snapshot's db/ \
+             (absolute, '..' or empty): the manifest is damaged or crafted, do not use it",
+            f.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Read a snapshot's manifest.
 pub fn read_manifest(snapshot: &Path) -> Result<Manifest, SnapshotError> {
     let path = snapshot.join(MANIFEST);
@@ -206,11 +251,13 @@ pub fn read_manifest(snapshot: &Path) -> Result<Manifest, SnapshotError> {
     })
 }
 
-/// Check a snapshot: every file's size and checksum, nothing missing or extra, the log replays
-/// to the derived state, and the manifest's seq and counts match. The first problem is named.
+/// Check a snapshot: every file name stays inside the snapshot, every file's size and
+/// checksum, nothing missing or extra, the log replays to the derived state, and the manifest's
+/// seq and counts match. The first problem is named. `progress(phase, done, total)` is told
+/// [`Phase::Checksum`] (bytes) and then [`Phase::Replay`] (log entries).
 pub fn verify(
     snapshot: &Path,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(Phase, u64, u64),
 ) -> Result<Manifest, SnapshotError> {
     let m = read_manifest(snapshot)?;
     if m.format != MANIFEST_FORMAT {
@@ -219,14 +266,24 @@ pub fn verify(
             m.format
         )));
     }
+    // Before any file is opened: a crafted name (`../x`, `/etc/x`) would make us read outside.
+    check_file_names(&m)?;
     let db_dir = snapshot.join("db");
     let total: u64 = m.files.iter().map(|f| f.size).sum();
     let mut done = 0;
+    progress(Phase::Checksum, 0, total);
     for f in &m.files {
         let p = db_dir.join(&f.name);
+        // Not followed: a symlink planted in db/ would be another way to read outside it.
         let meta = p
-            .metadata()
+            .symlink_metadata()
             .map_err(|_| SnapshotError::Corrupt(format!("file {} is missing", p.display())))?;
+        if !meta.is_file() {
+            return Err(SnapshotError::Corrupt(format!(
+                "file {} is not a regular file",
+                p.display()
+            )));
+        }
         if meta.len() != f.size {
             return Err(SnapshotError::Corrupt(format!(
                 "file {} has {} bytes, the manifest says {}",
@@ -242,7 +299,7 @@ pub fn verify(
             )));
         }
         done += f.size;
-        progress(done, total);
+        progress(Phase::Checksum, done, total);
     }
     for p in list_files(&db_dir)? {
         let name = p
@@ -272,8 +329,11 @@ pub fn verify(
             m.counts
         )));
     }
+    progress(Phase::Replay, 0, m.last_seq);
     let (_, diffs) =
-        replay_and_compare(&store, |_| {}, 1).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        replay_and_compare(&store, |seq| progress(Phase::Replay, seq.0, m.last_seq), 1)
+            .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+    progress(Phase::Replay, m.last_seq, m.last_seq);
     if let Some(d) = diffs.first() {
         return Err(SnapshotError::Corrupt(format!(
             "derived state disagrees with the log: {d}"
@@ -291,24 +351,55 @@ pub enum AsOf {
     Time(i64),
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+fn copy_dir(
+    from: &Path,
+    to: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(), SnapshotError> {
     fs::create_dir_all(to).map_err(|e| io("cannot create", to, e))?;
-    for p in list_files(from)? {
+    let paths = list_files(from)?;
+    let total: u64 = paths
+        .iter()
+        .filter_map(|p| p.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let mut done = 0;
+    progress(0, total);
+    for p in paths {
         let dest = to.join(p.file_name().unwrap_or_default());
-        fs::copy(&p, &dest).map_err(|e| io("cannot copy", &p, e))?;
+        done += fs::copy(&p, &dest).map_err(|e| io("cannot copy", &p, e))?;
+        progress(done, total);
     }
     Ok(())
 }
 
+/// What [`restore`] did.
+#[derive(Debug)]
+pub struct Restored {
+    /// The snapshot's manifest.
+    pub manifest: Manifest,
+    /// Where a non-empty data dir was moved (with `force`).
+    pub aside: Option<PathBuf>,
+    /// The last seq of the restored log.
+    pub last: Seq,
+    /// Bytes copied into the data dir.
+    pub bytes: u64,
+    /// Files copied into the data dir.
+    pub files: u64,
+}
+
 /// Restore `snapshot` into `data_dir`. A non-empty `data_dir` is refused unless `force`, which
-/// moves it aside (returned). With `as_of`, the log is cut there and derived state rebuilt.
+/// moves it aside. With `as_of`, the log is cut there and derived state rebuilt.
+/// `progress(phase, done, total)` is told every [`Phase`] in order (`AsOfReplay` with `as_of`
+/// only).
 pub fn restore(
     snapshot: &Path,
     data_dir: &Path,
     force: bool,
     as_of: Option<AsOf>,
-) -> Result<(Manifest, Option<PathBuf>, Seq), SnapshotError> {
-    let m = verify(snapshot, |_, _| {})?;
+    mut progress: impl FnMut(Phase, u64, u64),
+) -> Result<Restored, SnapshotError> {
+    let m = verify(snapshot, &mut progress)?;
     let mut aside = None;
     let non_empty = data_dir.exists()
         && fs::read_dir(data_dir)
@@ -326,7 +417,12 @@ pub fn restore(
         fs::rename(data_dir, &old).map_err(|e| io("cannot move aside", data_dir, e))?;
         aside = Some(old);
     }
-    copy_dir(&snapshot.join("db"), data_dir)?;
+    let mut bytes = 0;
+    copy_dir(&snapshot.join("db"), data_dir, |d, t| {
+        bytes = d;
+        progress(Phase::Copy, d, t)
+    })?;
+    let files = m.files.len() as u64;
     let store = Store::open(data_dir)?;
     let mut last = Seq(m.last_seq);
     if let Some(cut) = as_of {
@@ -349,9 +445,55 @@ pub fn restore(
             .db()
             .delete_range_cf(cf, &Seq(keep + 1).0.to_be_bytes()[..], &[0xFFu8; 9][..])
             .map_err(StoreError::from)?;
-        recover(&store, true, |_, _| {})?;
-        last = Seq(keep.min(m.last_seq));
+        let kept = keep.min(m.last_seq);
+        progress(Phase::AsOfReplay, 0, kept);
+        recover(&store, true, |seq, _| {
+            progress(Phase::AsOfReplay, seq.0, kept)
+        })?;
+        progress(Phase::AsOfReplay, kept, kept);
+        last = Seq(kept);
     }
     store.db().flush_wal(true).map_err(StoreError::from)?;
-    Ok((m, aside, last))
+    Ok(Restored {
+        manifest: m,
+        aside,
+        last,
+        bytes,
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_safe_file_name;
+
+    #[test]
+    fn manifest_file_names_must_stay_inside_db() {
+        for ok in [
+            "000012.sst",
+            "CURRENT",
+            "OPTIONS-000007",
+            "sub/000012.sst",
+            "..sst",
+        ] {
+            assert!(is_safe_file_name(ok), "{ok:?} refused");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "/etc/passwd",
+            "//x",
+            "./x",
+            "a/./x",
+            "a//x",
+            "x/",
+            "a\0b",
+        ] {
+            assert!(!is_safe_file_name(bad), "{bad:?} accepted");
+        }
+    }
 }

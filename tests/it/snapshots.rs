@@ -379,3 +379,79 @@ fn restore_as_of_a_time_cuts_the_log_at_that_moment() {
     assert!(r.person(T, "early").is_some());
     assert!(r.person(T, "late").is_none());
 }
+
+/// A snapshot of a small store, and the manifest as JSON, for tampering with.
+fn small_snapshot(tmp: &std::path::Path) -> (std::path::PathBuf, Value) {
+    let mut d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
+    d.terminate();
+    let snap = tmp.join("s");
+    assert!(
+        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
+            .status
+            .success()
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
+    (snap, manifest)
+}
+
+/// Add a manifest entry named `name` for a file that exists outside the snapshot's `db/`, with
+/// its true size and checksum: only the name check stands between it and being read.
+fn add_outside_entry(snap: &std::path::Path, manifest: &Value, name: &str, target: &[u8]) {
+    use sha2::Digest;
+    let mut m = manifest.clone();
+    let sum: String = sha2::Sha256::digest(target)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    m["files"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": name, "size": target.len(), "sha256": sum}));
+    std::fs::write(
+        snap.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+}
+
+fn assert_refused_naming(snap: &std::path::Path, name: &str) {
+    let out = idstitch(&["snapshot", "verify", s(snap)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "verify accepted {name:?}: {err}"
+    );
+    assert!(
+        err.contains(name),
+        "the error does not name {name:?}: {err}"
+    );
+    let restored = snap.with_file_name("restored");
+    let out = idstitch(&["snapshot", "restore", s(snap), "--data-dir", s(&restored)]);
+    assert_eq!(out.status.code(), Some(3), "restore accepted {name:?}");
+    assert!(!restored.exists(), "restore wrote something");
+}
+
+#[test]
+fn verify_refuses_a_manifest_entry_that_climbs_out_of_the_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, manifest) = small_snapshot(tmp.path());
+    // `s/outside.txt` sits next to `s/db/`: `db/../outside.txt` would read it.
+    let secret = b"not part of any snapshot";
+    std::fs::write(snap.join("outside.txt"), secret).unwrap();
+    add_outside_entry(&snap, &manifest, "../outside.txt", secret);
+    assert_refused_naming(&snap, "../outside.txt");
+}
+
+#[test]
+fn verify_refuses_a_manifest_entry_with_an_absolute_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, manifest) = small_snapshot(tmp.path());
+    let secret = b"a file anywhere on the machine";
+    let outside = tmp.path().join("elsewhere.txt");
+    std::fs::write(&outside, secret).unwrap();
+    add_outside_entry(&snap, &manifest, s(&outside), secret);
+    assert_refused_naming(&snap, s(&outside));
+}
