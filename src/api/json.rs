@@ -1,6 +1,6 @@
 //! How persons, events, warnings and log entries look in JSON (PostHog's REST shapes).
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::domain::{
     person_uuid, Change, Entry, Person, ProjectId, ProjectSettings, Seq, StoredEvent, Warning,
@@ -46,7 +46,10 @@ pub fn event(
         "event": e.event,
         "distinct_id": e.distinct_id,
         "person_id": person_id.to_string(),
-        "properties": e.properties.0,
+        "properties": e.properties.to_map().unwrap_or_else(|err| {
+            tracing::error!(seq = seq.0, error = %err, "A stored event's properties are not a JSON object.");
+            Map::new()
+        }),
         "timestamp": time(e.timestamp_ms),
         "seq": seq.0,
     })

@@ -12,8 +12,13 @@ use super::props::{apply_diff, Props};
 pub trait State {
     /// The person with this uuid, if it exists.
     fn load(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person>;
+    /// The person, to be changed and handed back to [`State::save`] at once. A state that
+    /// owns its persons moves it out instead of cloning it.
+    fn take(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        self.load(project, uuid)
+    }
     /// Create or overwrite a person.
-    fn save(&mut self, person: &Person);
+    fn save(&mut self, person: Person);
     /// Remove a person (merged away, split or deleted).
     fn remove(&mut self, project: ProjectId, uuid: PersonUuid);
     /// Point a distinct ID at a person, or at nobody.
@@ -136,7 +141,7 @@ pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
                     for did in &p.distinct_ids {
                         state.map_id(project, did, Some(p.uuid));
                     }
-                    state.save(&p);
+                    state.save(p);
                 }
             }
             Change::DistinctIdAttached {
@@ -166,7 +171,7 @@ pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
                     state.remove(project, *person);
                     for part in split_parts(&original, seq, main, parts) {
                         state.map_id(project, &part.distinct_ids[0], Some(part.uuid));
-                        state.save(&part);
+                        state.save(part);
                     }
                 }
             }
@@ -185,9 +190,9 @@ pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
         state.record(project, seq, entry.at_ms, change);
     }
     for uuid in touched {
-        if let Some(mut p) = state.load(project, uuid) {
+        if let Some(mut p) = state.take(project, uuid) {
             apply_entry_to_person(&mut p, entry);
-            state.save(&p);
+            state.save(p);
         }
     }
 }

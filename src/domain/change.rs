@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::buffer::BufferedEvent;
 use super::ids::{PersonUuid, ProjectId, Seq};
 use super::normalize::MergeKind;
-use super::props::Props;
+use super::props::{Props, RawProps};
 use super::settings::ProjectSettings;
 use super::warnings::Warning;
 
@@ -57,7 +57,7 @@ pub struct StoredEvent {
     /// The distinct ID it was sent under (as cut).
     pub distinct_id: String,
     /// The event's properties after normalisation.
-    pub properties: Props,
+    pub properties: RawProps,
     /// Event time (or ingestion time), ms since the epoch.
     pub timestamp_ms: i64,
     /// Whether it was personless.

@@ -9,7 +9,9 @@ use super::normalize::{
     merge_trigger, MergeKind, Normalized, NO_PERSONLESS_EVENTS, NO_PROPERTY_EVENTS,
 };
 use super::person::Person;
-use super::props::{serialized_size, PropertyUpdates, Props, MAX_PERSON_PROPERTIES_BYTES};
+use super::props::{
+    serialized_size, PropertyUpdates, Props, RawProps, MAX_PERSON_PROPERTIES_BYTES,
+};
 use super::warnings::{Warning, WarningKind, WarningLimiter};
 
 /// What `decide` may look at besides the event.
@@ -291,7 +293,7 @@ impl Decider<'_, '_> {
         self.update_and_identify(p, &combined);
     }
 
-    fn stored_event(&self, properties: Props) -> Change {
+    fn stored_event(&self, properties: RawProps) -> Change {
         Change::EventStored {
             event: StoredEvent {
                 uuid: self.ev.uuid.clone(),
@@ -312,26 +314,20 @@ pub fn decide(ev: &Normalized, ctx: Ctx<'_>) -> Decision {
     } else {
         merge_trigger(ev)
     };
-    decide_with(ev, ctx, trigger, Props(ev.properties.clone()))
+    decide_with(ev, ctx, trigger, RawProps::from_map(&ev.properties))
 }
 
-/// [`decide`], taking the event by value so that its properties move into the stored event
-/// instead of being copied (the daemon's path).
-pub fn decide_owned(mut ev: Normalized, ctx: Ctx<'_>) -> Decision {
-    let trigger = if ev.personless {
-        None
-    } else {
-        merge_trigger(&ev)
-    };
-    let properties = Props(std::mem::take(&mut ev.properties));
-    decide_with(&ev, ctx, trigger, properties)
+/// [`decide`], for callers that own the event (the daemon's path). The stored event's
+/// properties are serialised once here, to the JSON text the log keeps.
+pub fn decide_owned(ev: Normalized, ctx: Ctx<'_>) -> Decision {
+    decide(&ev, ctx)
 }
 
 fn decide_with(
     ev: &Normalized,
     ctx: Ctx<'_>,
     trigger: Option<(MergeKind, String)>,
-    properties: Props,
+    properties: RawProps,
 ) -> Decision {
     let mut d = Decider {
         ev,

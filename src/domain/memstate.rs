@@ -31,9 +31,12 @@ impl State for MemState {
         self.persons.get(&(project, uuid)).cloned()
     }
 
-    fn save(&mut self, person: &Person) {
-        self.persons
-            .insert((person.project, person.uuid), person.clone());
+    fn take(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        self.persons.remove(&(project, uuid))
+    }
+
+    fn save(&mut self, person: Person) {
+        self.persons.insert((person.project, person.uuid), person);
     }
 
     fn remove(&mut self, project: ProjectId, uuid: PersonUuid) {

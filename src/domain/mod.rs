@@ -23,6 +23,6 @@ pub use decide::{decide, decide_owned, lookups, Ctx, Decision};
 pub use ids::{is_illegal_distinct_id, person_uuid, PersonUuid, ProjectId, Seq};
 pub use normalize::{normalize, normalize_owned, MergeKind, Normalized, Rejection};
 pub use person::Person;
-pub use props::Props;
+pub use props::{Props, RawProps};
 pub use settings::{ProjectSettings, SettingsError, SettingsPatch};
 pub use warnings::{Warning, WarningKind, WarningLimiter};

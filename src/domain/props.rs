@@ -26,10 +26,87 @@ impl<'de> Deserialize<'de> for Props {
         if d.is_human_readable() {
             Map::deserialize(d).map(Props)
         } else {
-            let text = String::deserialize(d)?;
-            serde_json::from_str(&text)
-                .map(Props)
-                .map_err(serde::de::Error::custom)
+            d.deserialize_str(JsonText(|text: &str| serde_json::from_str(text).map(Props)))
+        }
+    }
+}
+
+/// A visitor of one string holding JSON text: parses a borrowed string in place instead of
+/// copying it into a `String` first.
+struct JsonText<F>(F);
+
+impl<T, F: FnOnce(&str) -> Result<T, serde_json::Error>> serde::de::Visitor<'_> for JsonText<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string of JSON text")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+        (self.0)(text).map_err(E::custom)
+    }
+}
+
+/// The properties of a stored event, kept as the compact JSON text of an object.
+///
+/// An event's properties are written once and read rarely (the events API), while replay,
+/// verify, snapshots and the log writer handle every one of them: as text they cost a copy
+/// there instead of a parse into a map and a serialisation back. Encoded exactly like
+/// [`Props`] (one JSON string in bincode), so the log format is unchanged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawProps(Box<str>);
+
+impl RawProps {
+    /// The JSON text of `props`.
+    pub fn from_map(props: &Map<String, Value>) -> RawProps {
+        // Serialising a map of JSON values cannot fail (string keys, finite numbers).
+        RawProps(
+            serde_json::to_string(props)
+                .unwrap_or_else(|_| "{}".into())
+                .into(),
+        )
+    }
+
+    /// No properties (a redacted event).
+    pub fn empty() -> RawProps {
+        RawProps("{}".into())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parsed. Text that is not a JSON object (only a damaged log holds such) gives an error.
+    pub fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl Default for RawProps {
+    fn default() -> Self {
+        RawProps::empty()
+    }
+}
+
+impl Serialize for RawProps {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.to_map()
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s)
+        } else {
+            s.serialize_str(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawProps {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Map::deserialize(d).map(|m| RawProps::from_map(&m))
+        } else {
+            Box::<str>::deserialize(d).map(RawProps)
         }
     }
 }

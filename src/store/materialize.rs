@@ -10,7 +10,8 @@ use super::db::{ProjectRecord, Store, StoreError};
 use super::keys;
 use crate::domain::buffer::BufferedEvent;
 use crate::domain::{
-    apply_entry, Change, Entry, Person, PersonUuid, ProjectId, ProjectSettings, Props, Seq, State,
+    apply_entry, Change, Entry, Person, PersonUuid, ProjectId, ProjectSettings, RawProps, Seq,
+    State,
 };
 
 /// Applies log entries to the derived column families, reading through its own pending writes.
@@ -98,7 +99,7 @@ impl<'s> Materializer<'s> {
             for c in &mut entry.changes {
                 if let Change::EventStored { event } = c {
                     if event.distinct_id == did {
-                        event.properties = Props::new();
+                        event.properties = RawProps::empty();
                         let k = keys::event_by_name(project, &event.event, event.timestamp_ms, seq);
                         self.batch.delete_cf(self.store.cf("evname"), k);
                     }
@@ -166,15 +167,22 @@ impl State for Materializer<'_> {
         }
     }
 
-    fn save(&mut self, person: &Person) {
+    fn take(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        match self.persons.remove(&(project, uuid)) {
+            Some(cached) => cached,
+            None => self.load(project, uuid),
+        }
+    }
+
+    fn save(&mut self, person: Person) {
         // Idempotent: also restores the order key of a split part that keeps its uuid.
         let k = keys::order(person.project, person.created_seq, person.uuid);
         self.put("order", &k, &[]);
         let k = keys::person(person.project, person.uuid);
-        let v = codec::encode(person);
+        let v = codec::encode(&person);
         self.put("persons", &k, &v);
         self.persons
-            .insert((person.project, person.uuid), Some(person.clone()));
+            .insert((person.project, person.uuid), Some(person));
     }
 
     fn remove(&mut self, project: ProjectId, uuid: PersonUuid) {

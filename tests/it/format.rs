@@ -4,7 +4,9 @@
 
 use idstitch::domain::change::{AttachRule, StoredEvent};
 use idstitch::domain::warnings::{Warning, WarningKind};
-use idstitch::domain::{person_uuid, Change, Entry, MergeKind, ProjectId, Props, RefusalReason};
+use idstitch::domain::{
+    person_uuid, Change, Entry, MergeKind, ProjectId, Props, RawProps, RefusalReason,
+};
 use idstitch::store::codec::{decode_entry, encode_entry};
 use serde_json::json;
 
@@ -89,7 +91,7 @@ fn entries() -> Vec<Entry> {
                 uuid: Some("0190a3b0-0000-7000-8000-000000000001".into()),
                 event: "$pageview".into(),
                 distinct_id: "anon".into(),
-                properties: props(json!({"$browser": "Firefox"})),
+                properties: RawProps::from_map(&props(json!({"$browser": "Firefox"})).0),
                 timestamp_ms: 1_700_000_000_002,
                 personless: true,
             },
