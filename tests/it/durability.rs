@@ -248,3 +248,113 @@ fn the_socket_is_created_with_mode_0600() {
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// Tamper with the derived state of a stopped store, then run `idstitch verify` on it.
+fn verify_after(d: &Daemon, tamper: impl FnOnce(&idstitch::store::Store)) -> (i32, String) {
+    {
+        let store = idstitch::store::Store::open(&d.dir).expect("open");
+        tamper(&store);
+        // Into SST files, so that a read-only open sees it whatever it does with the WAL.
+        for cf in ["persons", "dids"] {
+            store.db().flush_cf(store.cf(cf)).expect("flush");
+        }
+    }
+    let out = Command::new(bin())
+        .args(["verify", "--data-dir"])
+        .arg(&d.dir)
+        .output()
+        .expect("run verify");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn verify_names_each_kind_of_difference_and_exits_1() {
+    use idstitch::domain::{person_uuid, ProjectId};
+    use idstitch::store::keys;
+    let mut d = Daemon::start();
+    d.capture(
+        T,
+        json!([
+            {"event": "e", "distinct_id": "alice", "properties": {"$set": {"plan": "free"}}},
+            {"event": "e", "distinct_id": "bob"},
+        ]),
+    );
+    d.terminate();
+    let p = ProjectId(1);
+    let alice = person_uuid(p, "alice");
+    let bob = person_uuid(p, "bob");
+
+    // A person's properties changed behind the log's back.
+    let (code, out) = verify_after(&d, |s| {
+        let mut person = s.person(p, alice).expect("read").expect("alice");
+        person.properties.0.insert("plan".into(), json!("paid"));
+        s.db()
+            .put_cf(
+                s.cf("persons"),
+                keys::person(p, alice),
+                idstitch::store::codec::encode(&person),
+            )
+            .expect("put");
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("person {alice}")) && out.contains("differs"),
+        "{out}"
+    );
+
+    // Put it back: verify agrees again (the check above was about that one change).
+    let (code, out) = verify_after(&d, |s| {
+        let mut person = s.person(p, alice).expect("read").expect("alice");
+        person.properties.0.insert("plan".into(), json!("free"));
+        s.db()
+            .put_cf(
+                s.cf("persons"),
+                keys::person(p, alice),
+                idstitch::store::codec::encode(&person),
+            )
+            .expect("put");
+    });
+    assert_eq!(code, 0, "{out}");
+
+    // A distinct ID re-pointed at another person.
+    let (code, out) = verify_after(&d, |s| {
+        s.db()
+            .put_cf(s.cf("dids"), keys::did(p, "alice"), bob.0.as_bytes())
+            .expect("put");
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("distinct id \"alice\""), "{out}");
+
+    // A distinct ID missing from the live state.
+    let (code, out) = verify_after(&d, |s| {
+        s.db()
+            .put_cf(s.cf("dids"), keys::did(p, "alice"), alice.0.as_bytes())
+            .expect("put");
+        s.db()
+            .delete_cf(s.cf("dids"), keys::did(p, "bob"))
+            .expect("delete");
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("distinct id \"bob\"") && out.contains("live none"),
+        "{out}"
+    );
+
+    // An extra live distinct ID that the log never attached.
+    let (code, out) = verify_after(&d, |s| {
+        s.db()
+            .put_cf(s.cf("dids"), keys::did(p, "bob"), bob.0.as_bytes())
+            .expect("put");
+        s.db()
+            .put_cf(s.cf("dids"), keys::did(p, "mallory"), bob.0.as_bytes())
+            .expect("put");
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("distinct id \"mallory\"") && out.contains("replayed none"),
+        "{out}"
+    );
+}
