@@ -257,8 +257,10 @@ fn slices<'a>(
     Ok(out)
 }
 
-/// Longest distinct ID kept inside a [`Key`] (a UUID's 36 characters fit).
-const INLINE: usize = 46;
+/// Longest distinct ID kept inside a [`Key`]: a key takes 24 bytes, as a `Vec` would without its
+/// separate allocation. Longer IDs (a UUID's 36 characters) are boxed, which costs what every
+/// key cost before.
+const INLINE: usize = 22;
 
 /// A distinct ID as a map key: inline when short, which is most of them, so a probe compares
 /// bytes in the table instead of following a pointer to them, and a query makes no allocation
