@@ -11,6 +11,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -33,6 +34,8 @@ const LOOKUP_CHUNK: usize = 8192;
 /// From this many distinct IDs (or persons) on, and a sixteenth of all the stored ones, one
 /// sequential read of all the project's beats point reads.
 const SCAN_FROM: usize = 20_000;
+/// Parts each scan is cut into per core, so that a core that finishes early takes more.
+const SLICES_PER_SCAN: usize = 2;
 
 /// Who an event counts for: its distinct ID's current person, or the distinct ID itself (by
 /// its index in the query's list of distinct IDs).
@@ -170,101 +173,309 @@ fn filters_of(
     Ok((!f.is_empty()).then_some(f))
 }
 
-/// Maps distinct IDs to units, and units to "is a test account", with batched reads and caches.
-struct Resolver<'s> {
-    store: &'s Store,
-    project: ProjectId,
-    filters: Option<CompiledFilters>,
-    tested: FastMap<PersonUuid, bool>,
+/// Threads a query spreads its reads over (this one included).
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
-impl Resolver<'_> {
-    /// The unit of each distinct ID, in order.
-    fn units(&self, dids: &[Vec<u8>]) -> Result<Vec<Unit>, StoreError> {
-        let all = self.store.estimate_keys("dids") as usize;
-        if dids.len() >= SCAN_FROM && dids.len().saturating_mul(16) >= all {
-            return self.units_by_scan(dids);
-        }
-        let mut out = Vec::with_capacity(dids.len());
-        for chunk in dids.chunks(LOOKUP_CHUNK) {
-            let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-            let persons = self.store.persons_of(self.project, &refs)?;
-            for person in persons {
-                out.push(match person {
-                    Some(p) => Unit::Person(p),
-                    None => Unit::DistinctId(out.len() as u32),
-                });
+/// Each worker's accumulator after `f` ran on every item: up to [`workers`] threads (this one
+/// included) take the next item as they finish one, so uneven items still keep every core busy.
+/// The first error wins; the others' work is dropped with it.
+fn on_all_cores<I: Sync, A: Send>(
+    items: &[I],
+    init: impl Fn() -> A + Sync,
+    f: impl Fn(&mut A, &I) -> Result<(), StoreError> + Sync,
+) -> Result<Vec<A>, StoreError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let work = || -> Result<A, StoreError> {
+        let mut acc = init();
+        while !failed.load(Ordering::Relaxed) {
+            let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            if let Err(e) = f(&mut acc, item) {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
             }
         }
-        Ok(out)
-    }
+        Ok(acc)
+    };
+    let n = workers().min(items.len()).max(1);
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..n).map(|_| s.spawn(work)).collect();
+        let mut out = vec![work()];
+        for h in others {
+            out.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        out.into_iter().collect()
+    })
+}
 
-    /// [`Self::units`] for many distinct IDs: one sequential read of the project's IDs.
-    fn units_by_scan(&self, dids: &[Vec<u8>]) -> Result<Vec<Unit>, StoreError> {
-        let mut index: FastMap<&[u8], usize> = HashMap::with_hasher(Fast::new());
-        index.extend(dids.iter().enumerate().map(|(i, d)| (d.as_slice(), i)));
-        let mut persons: Vec<Option<PersonUuid>> = vec![None; dids.len()];
-        self.store.for_each_did(self.project, |did, person| {
-            if let Some(i) = index.get(did) {
-                persons[*i] = Some(person);
-            }
-        })?;
-        Ok(persons
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| match p {
-                Some(p) => Unit::Person(p),
-                None => Unit::DistinctId(i as u32),
-            })
-            .collect())
-    }
+/// One piece of an event scan: events named `name` from `from` to `to` (ms, inclusive), that
+/// match the steps of `mask`.
+struct Slice<'a> {
+    name: &'a str,
+    mask: u32,
+    from: i64,
+    to: i64,
+}
 
-    /// Decide the test-account status of many units at once: one sequential read of the
-    /// project's persons when they are many, point reads in [`Self::excluded`] otherwise.
-    fn test_all(&mut self, units: &[Unit]) -> Result<(), StoreError> {
-        let Some(filters) = &self.filters else {
-            return Ok(());
+/// Cut the scans of `names` (with their step masks) into time slices for [`on_all_cores`]:
+/// each name's span of stored events in `[from, to]` in equal parts.
+fn slices<'a>(
+    store: &Store,
+    project: ProjectId,
+    names: &[(&'a str, u32)],
+    from: i64,
+    to: i64,
+) -> Result<Vec<Slice<'a>>, StoreError> {
+    let parts = if workers() > 1 {
+        SLICES_PER_SCAN * workers()
+    } else {
+        1
+    };
+    let mut out = Vec::new();
+    for &(name, mask) in names {
+        let Some((first, last)) = store.event_time_span(project, name, from, to)? else {
+            continue;
         };
+        let width = (i128::from(last) - i128::from(first)) / parts as i128 + 1;
+        let mut start = i128::from(first);
+        while start <= i128::from(last) {
+            let end = (start + width - 1).min(i128::from(last));
+            // Both within [first, last], so they fit an i64.
+            out.push(Slice {
+                name,
+                mask,
+                from: start as i64,
+                to: end as i64,
+            });
+            start = end + 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Longest distinct ID kept inside a [`Key`]: a key takes 24 bytes, as a `Vec` would without its
+/// separate allocation. Longer IDs (a UUID's 36 characters) are boxed, which costs what every
+/// key cost before.
+const INLINE: usize = 22;
+
+/// A distinct ID as a map key: inline when short, which is most of them, so a probe compares
+/// bytes in the table instead of following a pointer to them, and a query makes no allocation
+/// per distinct ID. Hashes and compares as its bytes, so a map of them is looked up by `&[u8]`.
+enum Key {
+    Inline(u8, [u8; INLINE]),
+    Boxed(Box<[u8]>),
+}
+
+impl Key {
+    fn new(did: &[u8]) -> Key {
+        match did.len() {
+            n if n <= INLINE => {
+                let mut b = [0u8; INLINE];
+                b[..n].copy_from_slice(did);
+                Key::Inline(n as u8, b)
+            }
+            _ => Key::Boxed(did.into()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline(n, b) => &b[..*n as usize],
+            Key::Boxed(b) => b,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.bytes().hash(h)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Key {}
+
+/// The distinct IDs a scan met, numbered `0..len` in the values.
+type Dids = FastMap<Key, u32>;
+
+/// Merge the workers' maps of distinct IDs into the largest: the new number of each worker's
+/// local numbers (the largest keeps its own).
+fn merge_dids(mut maps: Vec<Dids>) -> (Dids, Vec<Vec<u32>>) {
+    let big = (0..maps.len())
+        .max_by_key(|i| maps[*i].len())
+        .unwrap_or_default();
+    if maps.is_empty() {
+        return (HashMap::with_hasher(Fast::new()), Vec::new());
+    }
+    let mut all = std::mem::replace(&mut maps[big], HashMap::with_hasher(Fast::new()));
+    let mut renumber = Vec::with_capacity(maps.len());
+    for (w, map) in maps.into_iter().enumerate() {
+        if w == big {
+            renumber.push(Vec::new());
+            continue;
+        }
+        let mut to = vec![0u32; map.len()];
+        for (did, local) in map {
+            let next = all.len() as u32;
+            to[local as usize] = *all.entry(did).or_insert(next);
+        }
+        renumber.push(to);
+    }
+    (all, renumber)
+}
+
+/// The query's distinct IDs by number.
+fn by_number(ids: &Dids) -> Vec<&[u8]> {
+    let mut dids: Vec<&[u8]> = vec![&[]; ids.len()];
+    for (did, n) in ids {
+        dids[*n as usize] = did.bytes();
+    }
+    dids
+}
+
+/// Which persons are test accounts: those whose verdict differs from that of a person without
+/// properties (a missing person, or a personless distinct ID) are listed in `odd`.
+struct Verdicts {
+    empty: bool,
+    odd: FastSet<PersonUuid>,
+}
+
+impl Verdicts {
+    fn excluded(&self, unit: &Unit) -> bool {
+        match unit {
+            Unit::DistinctId(_) => self.empty,
+            Unit::Person(p) => self.empty != self.odd.contains(p),
+        }
+    }
+}
+
+/// The unit of each distinct ID (by number): batched point reads of `dids`, or, for a large
+/// share of the project's IDs, one sequential read of them; both spread over the cores.
+fn units_of(store: &Store, project: ProjectId, ids: &Dids) -> Result<Vec<Unit>, StoreError> {
+    let dids = by_number(ids);
+    let all = store.estimate_keys("dids") as usize;
+    let found: Vec<Vec<(u32, PersonUuid)>> =
+        if dids.len() >= SCAN_FROM && dids.len().saturating_mul(16) >= all {
+            // Cut the project's IDs at quantiles of a sample of the query's, in key order
+            // (shorter first, then bytewise), so the parts are about even.
+            let step = (dids.len() / 64).max(1);
+            let mut sample: Vec<&[u8]> = dids.iter().step_by(step).copied().collect();
+            sample.sort_unstable_by_key(|d| (d.len(), *d));
+            let parts = SLICES_PER_SCAN * workers();
+            let mut cuts: Vec<Option<&[u8]>> = vec![None];
+            cuts.extend((1..parts).map(|i| Some(sample[i * sample.len() / parts])));
+            cuts.dedup();
+            cuts.push(None);
+            let ranges: Vec<&[Option<&[u8]>]> = cuts.windows(2).collect();
+            on_all_cores(&ranges, Vec::new, |found, range| {
+                store.for_each_did_between(project, range[0], range[1], |did, person| {
+                    if let Some(n) = ids.get(did) {
+                        found.push((*n, person));
+                    }
+                })
+            })?
+        } else {
+            let chunks: Vec<(usize, &[&[u8]])> = dids
+                .chunks(LOOKUP_CHUNK)
+                .enumerate()
+                .map(|(i, c)| (i * LOOKUP_CHUNK, c))
+                .collect();
+            on_all_cores(&chunks, Vec::new, |found, (start, chunk)| {
+                let persons = store.persons_of(project, chunk)?;
+                found.extend(
+                    persons
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(i, p)| Some(((start + i) as u32, p?))),
+                );
+                Ok(())
+            })?
+        };
+    let mut units: Vec<Unit> = (0..dids.len() as u32).map(Unit::DistinctId).collect();
+    for (n, person) in found.into_iter().flatten() {
+        units[n as usize] = Unit::Person(person);
+    }
+    Ok(units)
+}
+
+/// The test-account verdicts of the persons among `units`, when the query filters them:
+/// point reads, or, for a large share of the project's persons, one sequential read of them;
+/// both spread over the cores, and both read only the properties the filters name.
+fn verdicts_of(
+    store: &Store,
+    project: ProjectId,
+    filters: &CompiledFilters,
+    units: &[Unit],
+) -> Result<Verdicts, StoreError> {
+    let empty = filters.is_test_account(&Map::new());
+    let verdict = |json: &str| {
+        filters
+            .is_test_account_json(json)
+            .map_err(|e| StoreError::Corrupt(format!("person properties do not parse: {e}")))
+    };
+    // At most this many persons (a person with several distinct IDs may be counted more than
+    // once): enough to choose between the two ways to read them.
+    let persons = units
+        .iter()
+        .filter(|u| matches!(u, Unit::Person(_)))
+        .count();
+    let all = store.estimate_keys("persons") as usize;
+    let odd: Vec<Vec<PersonUuid>> = if persons >= SCAN_FROM && persons.saturating_mul(16) >= all {
+        // Every person of the project: asking whether each is wanted costs more (a random
+        // probe of a large set) than deciding it, and an unwanted verdict is never asked
+        // for. v5 uuids spread evenly over their first byte.
+        let parts = (SLICES_PER_SCAN * workers()).clamp(1, 256);
+        let ranges: Vec<(u8, Option<u8>)> = (0..parts)
+            .map(|i| {
+                let at = |i: usize| (i * 256 / parts) as u8;
+                (at(i), (i + 1 < parts).then(|| at(i + 1)))
+            })
+            .collect();
+        on_all_cores(&ranges, Vec::new, |odd, (from, to)| {
+            store.for_each_person_properties(project, *from, *to, |uuid, json| {
+                if verdict(json)? != empty {
+                    odd.push(uuid);
+                }
+                Ok(())
+            })
+        })?
+    } else {
         let mut wanted: FastSet<PersonUuid> = HashSet::with_hasher(Fast::new());
         wanted.extend(units.iter().filter_map(|u| match u {
             Unit::Person(p) => Some(*p),
             Unit::DistinctId(_) => None,
         }));
-        let all = self.store.estimate_keys("persons") as usize;
-        if wanted.len() < SCAN_FROM || wanted.len().saturating_mul(16) < all {
-            return Ok(());
-        }
-        let tested = &mut self.tested;
-        self.store.for_each_person(
-            self.project,
-            |u| wanted.contains(&u),
-            |p| {
-                tested.insert(p.uuid, filters.is_test_account(&p.properties.0));
-            },
-        )
-    }
-
-    /// Whether the unit is left out by the test-account filters.
-    fn excluded(&mut self, unit: &Unit) -> Result<bool, StoreError> {
-        let Some(filters) = &self.filters else {
-            return Ok(false);
-        };
-        let uuid = match unit {
-            Unit::DistinctId(_) => return Ok(filters.is_test_account(&Map::new())),
-            Unit::Person(u) => *u,
-        };
-        if let Some(t) = self.tested.get(&uuid) {
-            return Ok(*t);
-        }
-        let props = self
-            .store
-            .person(self.project, uuid)?
-            .map(|p| p.properties.0)
-            .unwrap_or_default();
-        let t = filters.is_test_account(&props);
-        self.tested.insert(uuid, t);
-        Ok(t)
-    }
+        let wanted: Vec<PersonUuid> = wanted.into_iter().collect();
+        let chunks: Vec<&[PersonUuid]> = wanted.chunks(LOOKUP_CHUNK).collect();
+        on_all_cores(&chunks, Vec::new, |odd, chunk| {
+            for uuid in chunk.iter() {
+                if let Some(v) = store.person_properties(project, *uuid, verdict)? {
+                    if v? != empty {
+                        odd.push(*uuid);
+                    }
+                }
+            }
+            Ok(())
+        })?
+    };
+    let mut set: FastSet<PersonUuid> = HashSet::with_hasher(Fast::new());
+    set.extend(odd.into_iter().flatten());
+    Ok(Verdicts { empty, odd: set })
 }
 
 /// Query of `unique_persons`.
@@ -300,13 +511,7 @@ pub async fn unique_persons(
     let filters = tri!(filters_of(&store, &p, filter));
     let (project, name) = (p.id, event.clone());
     let counted = web::block(move || {
-        let mut r = Resolver {
-            store: &store,
-            project,
-            filters,
-            tested: HashMap::with_hasher(Fast::new()),
-        };
-        count_unique(&mut r, &name, from, to, by_did)
+        count_unique(&store, project, filters.as_ref(), &name, (from, to), by_did)
     })
     .await;
     let count = match counted {
@@ -328,48 +533,64 @@ fn bound(ms: i64) -> Value {
 }
 
 fn count_unique(
-    r: &mut Resolver<'_>,
+    store: &Store,
+    project: ProjectId,
+    filters: Option<&CompiledFilters>,
     event: &str,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
     by_did: bool,
 ) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
-    let mut dids: FastSet<Vec<u8>> = HashSet::with_hasher(Fast::new());
-    r.store
-        .for_each_event_named(r.project, event, from, to, |_, _, did| {
-            if !dids.contains(did) {
-                dids.insert(did.to_vec());
-            }
-        })?;
-    let dids: Vec<Vec<u8>> = dids.into_iter().collect();
+    let slices = slices(store, project, &[(event, 1)], from, to)?;
+    let maps = on_all_cores(
+        &slices,
+        || Dids::with_hasher(Fast::new()),
+        |seen, s| {
+            store.for_each_event_named(project, s.name, s.from, s.to, |_, _, did| {
+                if !seen.contains_key(did) {
+                    seen.insert(Key::new(did), 0);
+                }
+            })
+        },
+    )?;
+    let (mut ids, _) = merge_dids(maps);
+    ids.values_mut()
+        .enumerate()
+        .for_each(|(i, n)| *n = i as u32);
     tracing::debug!(
         phase = "scan",
         elapsed_ms = started.elapsed().as_millis() as u64,
-        dids = dids.len(),
+        dids = ids.len(),
         "Insight phase."
     );
-    if by_did && r.filters.is_none() {
-        return Ok(dids.len() as u64);
-    }
-    let units = r.units(&dids)?;
-    r.test_all(&units)?;
+    let Some(filters) = filters else {
+        if by_did {
+            return Ok(ids.len() as u64);
+        }
+        let units = units_of(store, project, &ids)?;
+        let mut counted: FastSet<Unit> = HashSet::with_hasher(Fast::new());
+        counted.extend(units);
+        return Ok(counted.len() as u64);
+    };
+    let units = units_of(store, project, &ids)?;
     tracing::debug!(
         phase = "units",
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Insight phase."
     );
-    let mut counted: FastSet<Unit> = HashSet::with_hasher(Fast::new());
-    let mut n = 0u64;
-    for unit in units {
-        if r.excluded(&unit)? {
-            continue;
-        }
-        if by_did || counted.insert(unit) {
-            n += 1;
-        }
+    let verdicts = verdicts_of(store, project, filters, &units)?;
+    tracing::debug!(
+        phase = "filters",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Insight phase."
+    );
+    let kept = units.into_iter().filter(|u| !verdicts.excluded(u));
+    if by_did {
+        return Ok(kept.count() as u64);
     }
-    Ok(n)
+    let mut counted: FastSet<Unit> = HashSet::with_hasher(Fast::new());
+    counted.extend(kept);
+    Ok(counted.len() as u64)
 }
 
 /// Query of `funnel`.
@@ -416,13 +637,14 @@ pub async fn funnel(
     let filters = tri!(filters_of(&store, &p, filter));
     let (project, names) = (p.id, steps.clone());
     let counted = web::block(move || {
-        let mut r = Resolver {
-            store: &store,
+        count_funnel(
+            &store,
             project,
-            filters,
-            tested: HashMap::with_hasher(Fast::new()),
-        };
-        count_funnel(&mut r, &names, from, to, window.saturating_mul(1000))
+            filters.as_ref(),
+            &names,
+            (from, to),
+            window.saturating_mul(1000),
+        )
     })
     .await;
     let counts = match counted {
@@ -449,88 +671,142 @@ pub async fn funnel(
     }))
 }
 
+/// One event met by a funnel's scan: a [`StepEvent`] with the number of its distinct ID, in
+/// 24 bytes (a tuple of the two takes 32).
+struct Hit {
+    timestamp_ms: i64,
+    seq: u64,
+    did: u32,
+    steps: u32,
+}
+
 /// Persons (units) that reached each step.
 fn count_funnel(
-    r: &mut Resolver<'_>,
+    store: &Store,
+    project: ProjectId,
+    filters: Option<&CompiledFilters>,
     steps: &[String],
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
     window_ms: i64,
 ) -> Result<Vec<u64>, StoreError> {
     let started = std::time::Instant::now();
-    let mut ids: FastMap<Vec<u8>, u32> = HashMap::with_hasher(Fast::new());
-    let mut events: Vec<(u32, StepEvent)> = Vec::new();
-    let mut seen_names: HashSet<&str> = HashSet::new();
-    for name in steps {
-        if !seen_names.insert(name) {
-            continue;
+    // Each name once, with every step it stands for.
+    let mut names: Vec<(&str, u32)> = Vec::new();
+    for (k, name) in steps.iter().enumerate() {
+        match names.iter_mut().find(|(n, _)| n == name) {
+            Some((_, mask)) => *mask |= 1 << k,
+            None => names.push((name, 1 << k)),
         }
-        let mask = steps
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| *s == name)
-            .fold(0u32, |m, (k, _)| m | (1 << k));
-        r.store
-            .for_each_event_named(r.project, name, from, to, |ms, seq, did| {
-                let next = ids.len() as u32;
+    }
+    let slices = slices(store, project, &names, from, to)?;
+    // Per worker: its distinct IDs (numbered locally) and its events by local number.
+    let scanned = on_all_cores(
+        &slices,
+        || (Dids::with_hasher(Fast::new()), Vec::<Hit>::new()),
+        |(ids, events), s| {
+            store.for_each_event_named(project, s.name, s.from, s.to, |ms, seq, did| {
                 let id = match ids.get(did) {
                     Some(id) => *id,
-                    None => *ids.entry(did.to_vec()).or_insert(next),
+                    None => {
+                        let next = ids.len() as u32;
+                        ids.insert(Key::new(did), next);
+                        next
+                    }
                 };
-                let e = StepEvent {
+                events.push(Hit {
                     timestamp_ms: ms,
                     seq: seq.0,
-                    steps: mask,
-                };
-                events.push((id, e));
-            })?;
-    }
+                    did: id,
+                    steps: s.mask,
+                });
+            })
+        },
+    )?;
+    let (maps, events): (Vec<Dids>, Vec<Vec<Hit>>) = scanned.into_iter().unzip();
+    let (ids, renumber) = merge_dids(maps);
     tracing::debug!(
         phase = "scan",
         elapsed_ms = started.elapsed().as_millis() as u64,
-        events = events.len(),
+        events = events.iter().map(Vec::len).sum::<usize>(),
         "Insight phase."
     );
-    let mut dids: Vec<Vec<u8>> = vec![Vec::new(); ids.len()];
-    for (did, id) in ids {
-        dids[id as usize] = did;
-    }
     // Each distinct ID's unit, as a dense number.
-    let mut unit_no: FastMap<Unit, u32> = HashMap::with_hasher(Fast::new());
+    let mut person_no: FastMap<PersonUuid, u32> = HashMap::with_hasher(Fast::new());
     let mut units: Vec<Unit> = Vec::new();
-    let mut did_unit: Vec<u32> = Vec::with_capacity(dids.len());
-    for u in r.units(&dids)? {
+    let mut did_unit: Vec<u32> = Vec::with_capacity(ids.len());
+    for u in units_of(store, project, &ids)? {
         let next = units.len() as u32;
-        let n = *unit_no.entry(u).or_insert(next);
+        let n = match u {
+            Unit::DistinctId(_) => next,
+            Unit::Person(p) => *person_no.entry(p).or_insert(next),
+        };
         if n == next {
             units.push(u);
         }
         did_unit.push(n);
     }
-    r.test_all(&units)?;
-    let mut by_unit: Vec<(u32, StepEvent)> = events
-        .into_iter()
-        .map(|(d, e)| (did_unit[d as usize], e))
-        .collect();
+    drop(ids);
     tracing::debug!(
         phase = "units",
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Insight phase."
     );
-    by_unit.sort_unstable_by_key(|(u, e)| (*u, e.timestamp_ms, e.seq));
+    let verdicts = filters
+        .map(|f| verdicts_of(store, project, f, &units))
+        .transpose()?;
     tracing::debug!(
-        phase = "sort",
+        phase = "filters",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Insight phase."
+    );
+    // Group the events by unit (a counting sort: linear, where sorting them all was not);
+    // `furthest_step` orders each unit's own.
+    let unit_of = |w: usize, local: u32| match renumber[w].get(local as usize) {
+        Some(global) => did_unit[*global as usize],
+        None => did_unit[local as usize],
+    };
+    let mut start = vec![0u32; units.len() + 1];
+    for (w, evs) in events.iter().enumerate() {
+        for e in evs {
+            start[unit_of(w, e.did) as usize + 1] += 1;
+        }
+    }
+    for i in 1..start.len() {
+        start[i] += start[i - 1];
+    }
+    let total = start[units.len()] as usize;
+    let mut fill = start.clone();
+    let mut grouped = vec![
+        StepEvent {
+            timestamp_ms: 0,
+            seq: 0,
+            steps: 0,
+        };
+        total
+    ];
+    for (w, evs) in events.into_iter().enumerate() {
+        for e in evs {
+            let at = &mut fill[unit_of(w, e.did) as usize];
+            grouped[*at as usize] = StepEvent {
+                timestamp_ms: e.timestamp_ms,
+                seq: e.seq,
+                steps: e.steps,
+            };
+            *at += 1;
+        }
+    }
+    tracing::debug!(
+        phase = "group",
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Insight phase."
     );
     let mut counts = vec![0u64; steps.len()];
-    for group in by_unit.chunk_by(|a, b| a.0 == b.0) {
-        let unit = group[0].0;
-        let mut evs: Vec<StepEvent> = group.iter().map(|(_, e)| *e).collect();
-        let Some(reached) = furthest_step(&mut evs, steps.len(), window_ms) else {
+    for (unit, w) in units.iter().zip(start.windows(2)) {
+        let evs = &mut grouped[w[0] as usize..w[1] as usize];
+        let Some(reached) = furthest_step(evs, steps.len(), window_ms) else {
             continue;
         };
-        if r.excluded(&units[unit as usize])? {
+        if verdicts.as_ref().is_some_and(|v| v.excluded(unit)) {
             continue;
         }
         counts.iter_mut().take(reached + 1).for_each(|c| *c += 1);

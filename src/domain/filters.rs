@@ -124,6 +124,8 @@ fn wanted(value: &Value) -> Vec<String> {
 /// Filters prepared for evaluating many persons (regular expressions compiled once).
 pub struct CompiledFilters {
     filters: Vec<(PropertyFilter, Option<regex::Regex>, Vec<String>)>,
+    /// Each filter's key as it appears in JSON text that has no escapes (`"key"`).
+    quoted_keys: Vec<String>,
 }
 
 impl CompiledFilters {
@@ -150,8 +152,15 @@ impl CompiledFilters {
                     .collect();
                 (f.clone(), re, wanted)
             })
+            .collect::<Vec<_>>();
+        let quoted_keys = filters
+            .iter()
+            .map(|(f, _, _)| format!("\"{}\"", f.key))
             .collect();
-        CompiledFilters { filters }
+        CompiledFilters {
+            filters,
+            quoted_keys,
+        }
     }
 
     /// Whether there are no filters (then nobody is a test account).
@@ -165,6 +174,87 @@ impl CompiledFilters {
             .filters
             .iter()
             .all(|(f, re, wanted)| passes(f, re.as_ref(), wanted, props))
+    }
+
+    /// [`Self::is_test_account`] of properties given as JSON text (a person record's stored
+    /// form), reading only the keys the filters name: the other values are skipped, not built.
+    /// Same answer as parsing the whole map (a repeated key keeps its last value there too).
+    pub fn is_test_account_json(&self, json: &str) -> Result<bool, serde_json::Error> {
+        // Text without a backslash writes every key as itself between quotes, so when no
+        // filter's key appears so, the person has none of them (most persons of a project
+        // with an `email` filter never gave one) and the rest need not be parsed. That rest is
+        // then not validated: the text comes from a record that decoded, written by serde_json.
+        if !json.contains('\\')
+            && json.trim_start().starts_with('{')
+            && !self.quoted_keys.iter().any(|k| json.contains(k.as_str()))
+        {
+            return Ok(self.is_test_account(&Map::new()));
+        }
+        let picked = serde::Deserializer::deserialize_map(
+            &mut serde_json::Deserializer::from_str(json),
+            Pick { filters: self },
+        )?;
+        Ok(self.is_test_account(&picked))
+    }
+}
+
+/// Deserialises a JSON object into the map of only the keys some filter names.
+struct Pick<'f> {
+    filters: &'f CompiledFilters,
+}
+
+impl<'de> serde::de::Visitor<'de> for Pick<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object of properties")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = m.next_key_seed(KeyOf {
+            filters: self.filters,
+        })? {
+            match key {
+                Some(k) => {
+                    out.insert(k, m.next_value::<Value>()?);
+                }
+                None => {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A map key: `Some` when a filter names it, without allocating for the keys no filter names.
+struct KeyOf<'f> {
+    filters: &'f CompiledFilters,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyOf<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyOf<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a property name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Self::Value, E> {
+        Ok(self
+            .filters
+            .filters
+            .iter()
+            .any(|(f, _, _)| f.key == k)
+            .then(|| k.to_string()))
     }
 }
 
@@ -278,5 +368,66 @@ mod tests {
         );
         assert!(test_account(f.clone(), json!({"host": "localhost:8000"})));
         assert!(!test_account(f, json!({"host": "app.example.com"})));
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn filter(key: &str, op: FilterOperator, value: Value) -> PropertyFilter {
+        PropertyFilter {
+            key: key.into(),
+            value: JsonValue(value),
+            operator: op,
+            kind: FilterType::Person,
+        }
+    }
+
+    #[test]
+    fn reading_only_the_filtered_keys_gives_the_same_verdict_as_the_whole_map() {
+        let sets = [
+            vec![filter(
+                "email",
+                FilterOperator::NotIcontains,
+                json!("@ourcompany.com"),
+            )],
+            vec![
+                filter("email", FilterOperator::IsSet, Value::Null),
+                filter("plan", FilterOperator::Exact, json!(["free", 1])),
+            ],
+            vec![filter("na\"me\u{e9}", FilterOperator::Regex, json!("^x"))],
+            vec![filter("obj", FilterOperator::Icontains, json!("\"a\":1"))],
+        ];
+        let people = [
+            json!({}),
+            json!({"email": "max@OurCompany.com", "other": {"deep": [1, 2, {"x": null}]}}),
+            json!({"email": "max@hedgehogmail.com", "plan": 1.0}),
+            json!({"email": null, "plan": "free"}),
+            json!({"plan": "free", "email": "e", "na\"me\u{e9}": "xyz"}),
+            json!({"obj": {"a": 1}, "na\"me\u{e9}": "yx"}),
+        ];
+        for filters in &sets {
+            let c = CompiledFilters::new(filters);
+            for p in &people {
+                let text = serde_json::to_string(p).unwrap();
+                let map = p.as_object().unwrap();
+                assert_eq!(
+                    c.is_test_account_json(&text).unwrap(),
+                    c.is_test_account(map),
+                    "{filters:?} {p}"
+                );
+            }
+        }
+        // A repeated key keeps its last value, as a parsed map does.
+        let c = CompiledFilters::new(&sets[0]);
+        let text = r#"{"email":"a@ourcompany.com","email":"a@hedgehogmail.com"}"#;
+        let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            c.is_test_account_json(text).unwrap(),
+            c.is_test_account(&map)
+        );
+        assert!(c.is_test_account_json("[1]").is_err());
     }
 }

@@ -572,3 +572,191 @@ impl Store {
             .unwrap_or(0)
     }
 }
+
+/// The head of a `persons` record, borrowed from the stored bytes: the fields of
+/// [`Person`] up to its properties, which stay JSON text. Reading a person's properties this way
+/// skips building its property map and its list of distinct IDs.
+#[derive(Deserialize)]
+struct PersonHead<'a> {
+    _project: ProjectId,
+    _uuid: PersonUuid,
+    _distinct_ids: SkipStrs,
+    properties: &'a str,
+}
+
+/// A sequence of strings read and dropped without allocating.
+struct SkipStrs;
+
+impl<'de> Deserialize<'de> for SkipStrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SkipStrs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of strings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<SkipStrs, A::Error> {
+                while s.next_element::<&'de str>()?.is_some() {}
+                Ok(SkipStrs)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The properties (JSON text) of an encoded person record.
+fn person_properties_json(bytes: &[u8]) -> Result<&str, StoreError> {
+    let codec_error = |source| StoreError::Codec {
+        cf: "persons",
+        source,
+    };
+    let (&version, body) = bytes.split_first().ok_or(codec_error(CodecError::Empty))?;
+    if version != codec::FORMAT_VERSION {
+        return Err(codec_error(CodecError::UnknownVersion(version)));
+    }
+    let head: PersonHead<'_> =
+        bincode::deserialize(body).map_err(|e| codec_error(CodecError::Bincode(e)))?;
+    Ok(head.properties)
+}
+
+impl Store {
+    /// The first and last timestamps of the events named `name` within `[from_ms, to_ms]`, or
+    /// `None` when there are none: the span to cut into slices that threads scan side by side.
+    pub fn event_time_span(
+        &self,
+        p: ProjectId,
+        name: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let prefix = keys::event_name(p, name);
+        let mut lower = prefix.clone();
+        lower.extend_from_slice(&keys::sortable_ms(from_ms));
+        let mut upper = prefix.clone();
+        match to_ms.checked_add(1) {
+            Some(t) => upper.extend_from_slice(&keys::sortable_ms(t)),
+            None => upper = keys::prefix_end(&prefix),
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower);
+        ro.set_iterate_upper_bound(upper);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf("evname"), ro);
+        it.seek_to_first();
+        let first = it.key().and_then(keys::time_seq_suffix).map(|(ms, _)| ms);
+        it.seek_to_last();
+        let last = it.key().and_then(keys::time_seq_suffix).map(|(ms, _)| ms);
+        it.status()?;
+        Ok(first.zip(last))
+    }
+
+    /// [`Self::for_each_did`] over the distinct IDs from `from` (included) to `to` (excluded), in
+    /// key order (shorter IDs first, then bytewise); `None` is the project's first or last. Lets
+    /// threads share one sequential read.
+    pub fn for_each_did_between(
+        &self,
+        p: ProjectId,
+        from: Option<&[u8]>,
+        to: Option<&[u8]>,
+        mut f: impl FnMut(&[u8], PersonUuid),
+    ) -> Result<(), StoreError> {
+        let prefix = keys::project(p);
+        let key = |d: &[u8]| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&(d.len().min(u16::MAX as usize) as u16).to_be_bytes());
+            k.extend_from_slice(d);
+            k
+        };
+        let lower = from.map_or_else(|| prefix.clone(), key);
+        let upper = to.map_or_else(|| keys::prefix_end(&prefix), key);
+        let mut it = self.bulk_scan("dids", lower, upper);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let (Some(did), Ok(u)) = (k.get(6..), uuid::Uuid::from_slice(v)) {
+                f(did, PersonUuid(u));
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// Visit the persons of a project whose uuid's first byte is in `[from, to)` (`to = None`:
+    /// through 0xff) with their properties as stored JSON text, without decoding the rest of
+    /// the record: `f(uuid, properties)`. One sequential read; the uuids (v5) spread evenly over
+    /// first bytes, so threads can split the project by them.
+    pub fn for_each_person_properties(
+        &self,
+        p: ProjectId,
+        from: u8,
+        to: Option<u8>,
+        mut f: impl FnMut(PersonUuid, &str) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let prefix = keys::project(p);
+        let mut lower = prefix.clone();
+        lower.push(from);
+        let upper = match to {
+            Some(t) => {
+                let mut u = prefix.clone();
+                u.push(t);
+                u
+            }
+            None => keys::prefix_end(&prefix),
+        };
+        let mut it = self.bulk_scan("persons", lower, upper);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Some(u) = keys::uuid_suffix(k) {
+                f(u, person_properties_json(v)?)?;
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// One person's properties as stored JSON text, without decoding the rest of the record.
+    pub fn person_properties<R>(
+        &self,
+        p: ProjectId,
+        uuid: PersonUuid,
+        f: impl FnOnce(&str) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf("persons"), keys::person(p, uuid))?
+        {
+            None => Ok(None),
+            Some(b) => Ok(Some(f(person_properties_json(&b)?))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod person_head_tests {
+    use super::*;
+    use crate::domain::Props;
+
+    #[test]
+    fn the_head_of_a_person_record_holds_its_properties_text() {
+        let mut props = serde_json::Map::new();
+        props.insert("email".into(), serde_json::json!("a\"b@x.com"));
+        props.insert("n".into(), serde_json::json!(1.5));
+        let person = Person {
+            project: ProjectId(7),
+            uuid: PersonUuid(uuid::Uuid::from_bytes([9; 16])),
+            distinct_ids: vec!["a".into(), "bé".into(), String::new()],
+            properties: Props(props.clone()),
+            is_identified: true,
+            created_at_ms: -5,
+            version: 3,
+            created_seq: Seq(11),
+        };
+        let bytes = codec::encode(&person);
+        let text = person_properties_json(&bytes).unwrap();
+        let back: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(back, props);
+        assert!(person_properties_json(&[2, 0]).is_err());
+        assert!(person_properties_json(&bytes[..bytes.len() / 2]).is_err());
+    }
+}
