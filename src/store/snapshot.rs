@@ -401,6 +401,10 @@ pub enum AsOf {
 /// Copy buffer of [`restore`]: large reads and writes, few system calls.
 const COPY_BUF: usize = 4 << 20;
 
+/// Threads fsyncing [`restore`]'s finished files while the next ones are copied. They wait on
+/// the disk, not the CPU: several fsyncs in flight keep the disk's queue fuller than one.
+const SYNCERS: usize = 4;
+
 /// The checks of a snapshot that need no reading of its files: manifest format, safe names,
 /// every listed file present as a regular file of its listed size, nothing unlisted in `db/`.
 fn check_layout(snapshot: &Path) -> Result<Manifest, SnapshotError> {
@@ -460,9 +464,9 @@ fn fsync_dir(dir: &Path) -> Result<(), SnapshotError> {
 }
 
 /// Copy every manifest file from `db_dir` into `to`, reading each byte once: it is hashed and
-/// written in the same loop, and the hash compared with the manifest's at the file's end. A
-/// second thread fsyncs each finished file while the next one is copied; the directories are
-/// fsynced last. Returns the bytes copied.
+/// written in the same loop, and the hash compared with the manifest's at the file's end.
+/// [`SYNCERS`] threads fsync the finished files while the next ones are copied; the
+/// directories are fsynced last. Returns the bytes copied.
 fn copy_checked(
     m: &Manifest,
     db_dir: &Path,
@@ -473,13 +477,24 @@ fn copy_checked(
     let total: u64 = m.files.iter().map(|f| f.size).sum();
     progress(Phase::Copy, 0, total);
     let (tx, rx) = std::sync::mpsc::channel::<(fs::File, PathBuf)>();
+    let rx = std::sync::Mutex::new(rx);
     std::thread::scope(|s| {
-        let syncer = s.spawn(move || -> Result<(), SnapshotError> {
-            for (f, p) in rx {
-                f.sync_all().map_err(|e| io("cannot sync", &p, e))?;
-            }
-            Ok(())
-        });
+        let syncers: Vec<_> = (0..SYNCERS)
+            .map(|_| {
+                s.spawn(|| -> Result<(), SnapshotError> {
+                    loop {
+                        let next = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => {
+                                return Err(SnapshotError::Io("an fsync thread panicked".into()))
+                            }
+                        };
+                        let Ok((f, p)) = next else { return Ok(()) };
+                        f.sync_all().map_err(|e| io("cannot sync", &p, e))?;
+                    }
+                })
+            })
+            .collect();
         let copied = (|| {
             let mut buf = vec![0u8; COPY_BUF];
             let mut done = 0;
@@ -534,11 +549,15 @@ fn copy_checked(
             Ok((done, dirs))
         })();
         drop(tx);
-        let synced = syncer
-            .join()
-            .unwrap_or_else(|_| Err(SnapshotError::Io("the fsync thread panicked".into())));
+        let synced: Vec<_> = syncers
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(SnapshotError::Io("an fsync thread panicked".into())))
+            })
+            .collect();
         let (done, mut dirs) = copied?;
-        synced?;
+        synced.into_iter().collect::<Result<Vec<()>, _>>()?;
         dirs.sort();
         dirs.dedup();
         for d in dirs.iter().rev() {
