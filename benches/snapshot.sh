@@ -13,7 +13,8 @@
 #   3. stops the daemon and times `idstitch snapshot verify` (log entries/s = the manifest's
 #      log_entries / wall time, checksums included);
 #   4. times `idstitch snapshot restore` into a new data dir (MB/s = snapshot bytes / wall
-#      time, verification included: restore verifies first).
+#      time; restore checks every file's SHA-256 while copying it and fsyncs what it wrote,
+#      but does not replay the log: that is `verify`'s, or `restore --full-verify`'s).
 # It ends with the targets of issue 5 and whether each was met:
 #   create <= 5 s under load, capture p99 delay (during - before) <= 50 ms,
 #   restore >= 200 MB/s, verify >= 1,000,000 log entries/s.

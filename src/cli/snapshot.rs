@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::client::Conn;
 use super::Failure;
-use crate::store::snapshot::{self, AsOf, Phase, SnapshotError};
+use crate::store::snapshot::{self, AsOf, Phase, RestoreOptions, SnapshotError};
 use crate::store::Store;
 
 /// Snapshot subcommands.
@@ -27,6 +27,13 @@ pub enum SnapshotCmd {
         data_dir: Option<PathBuf>,
     },
     /// Restore into an empty data dir (use `--force` to move a non-empty one aside).
+    ///
+    /// Restore reads each file of the snapshot once: it hashes it while copying it and stops
+    /// (exit 3, naming the file, removing what it wrote) if a SHA-256 or size differs from the
+    /// manifest, a file is missing or extra, or the restored log does not end at the
+    /// manifest's seq. That catches damage in storage or transit. It does not replay the log:
+    /// run `idstitch snapshot verify` once when a snapshot is made or received (it also
+    /// replays the whole log and compares it with the derived state), or pass `--full-verify`.
     Restore {
         /// The snapshot directory.
         snapshot: PathBuf,
@@ -39,6 +46,14 @@ pub enum SnapshotCmd {
         /// Rebuild the state as of a log seq (a number) or a time (RFC 3339).
         #[arg(long)]
         as_of: Option<String>,
+        /// Run the whole `snapshot verify` first: also replay the snapshot's log and compare
+        /// it with its derived state (as slow as `snapshot verify`: every entry is replayed, far
+        /// slower than the copy). Use it for a snapshot
+        /// that was never verified, or one you have reason to doubt beyond its checksums (for
+        /// example written by another build); the checksums alone are enough for one that
+        /// `snapshot verify` already passed.
+        #[arg(long)]
+        full_verify: bool,
     },
     /// Check a snapshot's integrity without restoring it.
     Verify {
@@ -164,13 +179,17 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
             data_dir,
             force,
             as_of,
+            full_verify,
         } => {
             let as_of = as_of.as_deref().map(parse_as_of).transpose()?;
             let started = Instant::now();
             let mut b = PhaseBar::new();
-            let r = snapshot::restore(&snapshot, &data_dir, force, as_of, |p, d, t| {
-                b.update(p, d, t)
-            });
+            let opts = RestoreOptions {
+                force,
+                as_of,
+                full_verify,
+            };
+            let r = snapshot::restore(&snapshot, &data_dir, opts, |p, d, t| b.update(p, d, t));
             b.finish();
             let r = r.map_err(fail)?;
             let secs = started.elapsed().as_secs_f64();

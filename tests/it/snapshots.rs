@@ -157,6 +157,7 @@ fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
     let out = idstitch(&["snapshot", "verify", s(&flipped)]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&victim));
+    assert_restore_refused(&flipped, &victim);
 
     let truncated = tmp.path().join("truncated");
     copy_tree(&snap, &truncated);
@@ -166,6 +167,7 @@ fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
     let out = idstitch(&["snapshot", "verify", s(&truncated)]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&victim));
+    assert_restore_refused(&truncated, &victim);
 
     let missing = tmp.path().join("missing");
     copy_tree(&snap, &missing);
@@ -173,6 +175,7 @@ fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
     let out = idstitch(&["snapshot", "verify", s(&missing)]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    assert_restore_refused(&missing, "missing");
 
     d.start_again();
     d.capture(T, json!([{"event": "e", "distinct_id": "y"}]));
@@ -187,6 +190,127 @@ fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
     assert_eq!(
         idstitch(&["snapshot", "verify", s(&snap)]).status.code(),
         Some(3)
+    );
+    assert_restore_refused(&snap, "");
+}
+
+/// `snapshot restore` of `snap` into a new dir exits 3 naming `name`, and leaves no data dir.
+fn assert_restore_refused(snap: &std::path::Path, name: &str) {
+    let target = snap.with_extension("restored");
+    let out = idstitch(&["snapshot", "restore", s(snap), "--data-dir", s(&target)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "restore accepted it: {err}");
+    assert!(
+        err.contains(name),
+        "the error does not name {name:?}: {err}"
+    );
+    assert!(!target.exists(), "restore left a partial data dir");
+}
+
+#[test]
+fn restore_refuses_a_flipped_byte_and_leaves_the_data_dir_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, manifest) = small_snapshot(tmp.path());
+    // The last file in manifest order: every other file is copied before the mismatch shows.
+    let files = manifest["files"].as_array().unwrap();
+    let victim = files
+        .iter()
+        .rfind(|f| f["size"].as_u64().unwrap() > 0)
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = snap.join("db").join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    // No data dir before: none after.
+    assert_restore_refused(&snap, &victim);
+
+    // An empty data dir before: still there, still empty.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = idstitch(&["snapshot", "restore", s(&snap), "--data-dir", s(&empty)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&victim));
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+
+    // A non-empty data dir and --force: moved aside, then moved back with its contents.
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("keep.txt"), "old").unwrap();
+    let out = idstitch(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&busy),
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&victim));
+    let names: Vec<_> = std::fs::read_dir(&busy)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("keep.txt")]);
+    assert_eq!(
+        std::fs::read_to_string(busy.join("keep.txt")).unwrap(),
+        "old"
+    );
+    let leftovers = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("before-restore")
+        })
+        .count();
+    assert_eq!(leftovers, 0, "the aside dir was not moved back");
+
+    // --full-verify refuses it too (at its checksum phase, before writing anything).
+    let target = tmp.path().join("full");
+    let out = idstitch(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&target),
+        "--full-verify",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!target.exists());
+}
+
+#[test]
+fn restore_with_full_verify_restores_a_good_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, manifest) = small_snapshot(tmp.path());
+    let restored = tmp.path().join("r");
+    let out = idstitch(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&restored),
+        "--full-verify",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(idstitch(&["verify", "--data-dir", s(&restored)])
+        .status
+        .success());
+    let r = Daemon::on(&restored, &[]);
+    assert_eq!(
+        r.all_persons(T).len() as u64,
+        manifest["counts"]["persons"].as_u64().unwrap()
     );
 }
 
