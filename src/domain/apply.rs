@@ -19,6 +19,11 @@ pub trait State {
     }
     /// Create or overwrite a person.
     fn save(&mut self, person: Person);
+    /// Hand back a person from [`State::take`], changed but not new: a state with indexes
+    /// that only depend on the person's existence can skip them.
+    fn update(&mut self, person: Person) {
+        self.save(person)
+    }
     /// Remove a person (merged away, split or deleted).
     fn remove(&mut self, project: ProjectId, uuid: PersonUuid);
     /// Point a distinct ID at a person, or at nobody.
@@ -192,7 +197,7 @@ pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
     for uuid in touched {
         if let Some(mut p) = state.take(project, uuid) {
             apply_entry_to_person(&mut p, entry);
-            state.save(p);
+            state.update(p);
         }
     }
 }

@@ -178,6 +178,11 @@ impl State for Materializer<'_> {
         // Idempotent: also restores the order key of a split part that keeps its uuid.
         let k = keys::order(person.project, person.created_seq, person.uuid);
         self.put("order", &k, &[]);
+        self.update(person);
+    }
+
+    fn update(&mut self, person: Person) {
+        // The order key (project, created seq, uuid) cannot change for an existing person.
         let k = keys::person(person.project, person.uuid);
         let v = codec::encode(&person);
         self.put("persons", &k, &v);
