@@ -98,6 +98,10 @@ curl -sf --unix-socket "$SOCK" http://localhost/_health >/dev/null
 "$BIN" ingest "$WORK/events.ndjson" --socket "$SOCK" --token "$TOKEN" --batch-size 1000 2>/dev/null
 rm -f "$WORK/events.ndjson"
 echo "store size: $(du -sh "$STORE" | cut -f1)"
+# Issue 2: with 1M persons, resident person actors stay under the cap (--max-resident-persons,
+# default 100000) and the daemon's RSS is reported.
+RESIDENT=$(curl -sf --unix-socket "$SOCK" http://localhost/metrics | awk '/^idstitch_resident_actors /{print $2}')
+echo "after ingest: resident person actors ${RESIDENT} (cap 100000), daemon RSS $(( $(ps -o rss= -p "$DAEMON_PID") / 1024 )) MiB, peak $(( $(awk '/VmHWM/{print $2}' /proc/$DAEMON_PID/status) / 1024 )) MiB"
 
 echo "== 2. snapshot create online, under a capture load of $LOAD_CONNS clients"
 cat >"$WORK/load.py" <<'EOF'

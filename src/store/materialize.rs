@@ -28,9 +28,15 @@ pub struct Materializer<'s> {
 impl<'s> Materializer<'s> {
     /// An empty batch over `store`.
     pub fn new(store: &'s Store) -> Self {
+        Materializer::with_capacity(store, 0)
+    }
+
+    /// A materializer whose batch starts with room for `bytes`, so that a large group does not
+    /// grow (and copy) its batch again and again.
+    pub fn with_capacity(store: &'s Store, bytes: usize) -> Self {
         Materializer {
             store,
-            batch: WriteBatch::default(),
+            batch: WriteBatch::with_capacity_bytes(bytes),
             persons: HashMap::new(),
             projects: HashMap::new(),
             seq: Seq(0),
