@@ -8,7 +8,7 @@ DATA_DIR ?= data/store
 SOCKET   ?= $(DATA_DIR)/idstitch.sock
 BIN      := target/release/idstitch
 
-.PHONY: deps build run test lint unit sdk-test bench clean
+.PHONY: deps build run test lint unit sdk-test bench bench-engine clean
 
 deps:
 	@scripts/ensure-deps.sh
@@ -38,7 +38,13 @@ sdk-test: build
 
 test: lint unit sdk-test
 
+# `make bench`: the short load-generator run (issue 6, under 2 minutes). The other benches:
+# `make bench-engine` (criterion, issue 2), benches/snapshot.sh, benches/insights.sh,
+# benches/soak.sh; numbers and commands in benches/README.md.
 bench: build
+	$(CARGO) bench --locked --bench load -- --quick
+
+bench-engine: build
 	$(CARGO) bench --locked --bench engine -- --quick
 
 # `make fuzz`: each fuzz target for FUZZ_SECONDS (default 60) seconds; see fuzz/README.md.
