@@ -8,6 +8,7 @@ pub mod json;
 pub mod projects;
 pub mod read;
 pub mod server;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

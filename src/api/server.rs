@@ -277,9 +277,13 @@ macro_rules! server {
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::JsonConfig::default().limit(1 << 20))
                 .wrap(actix_web::middleware::from_fn(body_deadline))
+                .wrap(actix_web::middleware::from_fn(super::watchdog::track))
                 .wrap(actix_web::middleware::from_fn(count_status))
                 .wrap(actix_cors::Cors::permissive())
                 .configure(routes)
+        })
+        .on_connect(move |conn, ext| {
+            super::watchdog::on_connect(conn, ext, limits.keep_alive + limits.header_timeout)
         })
         .workers($workers)
         .max_connections(limits.max_connections)
@@ -303,7 +307,10 @@ pub fn start(
     workers: usize,
     limits: ConnLimits,
 ) -> std::io::Result<Vec<Server>> {
-    let unix = server!(state.clone(), Transport::Unix, workers, limits).bind_uds(socket)?;
+    // Bound here and handed over with `listen_uds`: actix's `bind_uds` skips `on_connect`, which
+    // the connection watchdog needs.
+    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    let unix = server!(state.clone(), Transport::Unix, workers, limits).listen_uds(listener)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(socket_mode))?;
     let mut servers = vec![unix.run()];
     if let Some(addr) = tcp {

@@ -71,8 +71,9 @@ pub struct ServeArgs {
     #[arg(long, env = "IDSTITCH_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Seconds a new connection has to send its first request's headers, else 408 and the
-    /// connection is closed. Later requests on a kept-alive connection are not timed until
-    /// their body (see --keep-alive) [default: 10].
+    /// connection is closed. On a kept-alive connection, a connection with no request in
+    /// progress for --keep-alive plus this many seconds is trickling its next request's
+    /// headers, and is closed [default: 10].
     #[arg(long, env = "IDSTITCH_HEADER_TIMEOUT")]
     pub header_timeout: Option<u64>,
     /// Seconds a request's whole body has to arrive after its headers, else 408 and the

@@ -236,3 +236,50 @@ fn a_zero_limit_from_the_environment_is_refused_with_exit_1() {
         );
     }
 }
+
+#[test]
+fn a_kept_alive_client_trickling_its_second_requests_headers_is_cut_off() {
+    // actix times only the first request's head; the watchdog times the next ones.
+    let d = Daemon::start_with(&["--header-timeout", "1", "--keep-alive", "1"]);
+    let started = Instant::now();
+    let answer = trickle(
+        &d,
+        b"GET /_health HTTP/1.1\r\nHost: idstitch\r\n\r\nGET /_health HTTP/1.1\r\n",
+        &[b'a'; 64],
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the first request is answered: {answer:?}"
+    );
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "the trickled one is not: {answer:?}"
+    );
+    assert!(started.elapsed() < BOUND);
+    assert_eq!(d.get("/_health").status, 200, "the daemon keeps serving");
+}
+
+#[test]
+fn a_kept_alive_connection_that_keeps_sending_whole_requests_stays_open() {
+    let d = Daemon::start_with(&["--header-timeout", "1", "--keep-alive", "2"]);
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    // Requests 0.5 s apart (well inside keep-alive) for 5 s: longer than keep-alive + header
+    // timeout, after which the watchdog would cut a connection with no request in progress.
+    for i in 0..10 {
+        s.write_all(b"GET /_health HTTP/1.1\r\nHost: idstitch\r\n\r\n")
+            .unwrap_or_else(|e| panic!("request {i} at {:?}: {e}", t0.elapsed()));
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("answer {i} at {:?}: {e}", t0.elapsed()));
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "answer {i}: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
