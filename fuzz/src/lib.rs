@@ -33,6 +33,7 @@ pub const LIMITS: DecodeLimits = DecodeLimits {
     max_body_bytes: 1 << 16,
     max_events: 100,
     max_depth: 16,
+    max_properties: 64,
 };
 
 /// Ingestion time of the normalisation harness (2026-01-01T00:00:00Z).

@@ -30,6 +30,9 @@ pub struct DecodeLimits {
     pub max_events: usize,
     /// Deepest JSON nesting of one event, the event object counting as 1 (default 64).
     pub max_depth: usize,
+    /// Most properties of one event: its `properties`, `$set` and `$set_once` objects (top
+    /// level or nested in `properties`) and `$unset` entries, counted together (default 10,000).
+    pub max_properties: usize,
 }
 
 impl Default for DecodeLimits {
@@ -39,6 +42,7 @@ impl Default for DecodeLimits {
             max_body_bytes,
             max_events: 10_000,
             max_depth: 64,
+            max_properties: 10_000,
         }
     }
 }
@@ -96,6 +100,13 @@ pub enum DecodeError {
     /// An event nested deeper than `max_depth`, or (`index: None`) a body deeper than serde_json's 128.
     #[error("{} nested deeper than {limit} levels; flatten its properties.", deep_subject(*.index))]
     TooDeep { index: Option<usize>, limit: usize },
+    /// An event with more than `max_properties` properties.
+    #[error("Event {index} has {count} properties, over the limit of {limit}; send fewer properties per event.")]
+    TooManyProperties {
+        index: usize,
+        count: usize,
+        limit: usize,
+    },
 }
 
 fn deep_subject(index: Option<usize>) -> String {
@@ -121,6 +132,7 @@ impl DecodeError {
             Self::EmptyBatch => "empty_batch",
             Self::TooManyEvents { .. } => "too_many_events",
             Self::TooDeep { .. } => "too_deep",
+            Self::TooManyProperties { .. } => "too_many_properties",
         }
     }
 }
@@ -305,13 +317,42 @@ fn check_events(events: &[Value], limits: &DecodeLimits) -> Result<(), DecodeErr
         return Err(DecodeError::TooManyEvents { count, limit });
     }
     let limit = limits.max_depth;
-    match events.iter().position(|e| depth(e) > limit) {
-        Some(i) => Err(DecodeError::TooDeep {
+    if let Some(i) = events.iter().position(|e| depth(e) > limit) {
+        return Err(DecodeError::TooDeep {
             index: Some(i),
             limit,
-        }),
-        None => Ok(()),
+        });
     }
+    let limit = limits.max_properties;
+    for (index, e) in events.iter().enumerate() {
+        let count = property_count(e);
+        if count > limit {
+            return Err(DecodeError::TooManyProperties {
+                index,
+                count,
+                limit,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The properties an event carries: the entries of `properties` and of the `$set`,
+/// `$set_once` and `$unset` found at the top level or inside `properties`.
+fn property_count(event: &Value) -> usize {
+    let size = |v: Option<&Value>| match v {
+        Some(Value::Object(m)) => m.len(),
+        Some(Value::Array(a)) => a.len(),
+        _ => 0,
+    };
+    let ops = |v: Option<&Value>| {
+        ["$set", "$set_once", "$unset"]
+            .iter()
+            .map(|k| size(v.and_then(|o| o.get(*k))))
+            .sum::<usize>()
+    };
+    let props = event.get("properties");
+    size(props) + ops(props) + ops(Some(event))
 }
 
 /// Nesting depth: 0 for a scalar, 1 + the deepest child for a container. The recursion is
@@ -550,11 +591,37 @@ mod tests {
     }
 
     #[test]
+    fn more_properties_than_max_properties_is_a_400_naming_the_event() {
+        let limits = DecodeLimits {
+            max_properties: 3,
+            ..DecodeLimits::default()
+        };
+        let run = |body: &str| decode_capture(&raw(body.as_bytes(), None, None), &limits);
+        // properties 1 + $set 1 + top-level $set_once 1 = 3: at the limit.
+        assert!(run(
+            r#"[{"event":"e","distinct_id":"a","properties":{"$set":{"x":1}},"$set_once":{"y":2}}]"#
+        )
+        .is_ok());
+        let err = run(r#"[{"event":"e","distinct_id":"a"},{"event":"e","distinct_id":"b","properties":{"a":1,"b":2},"$unset":["c","d"]}]"#)
+            .expect_err("4 properties");
+        assert_eq!(
+            err,
+            DecodeError::TooManyProperties {
+                index: 1,
+                count: 4,
+                limit: 3
+            }
+        );
+        assert_eq!((err.status(), err.code()), (400, "too_many_properties"));
+    }
+
+    #[test]
     fn too_many_events_and_oversized_bodies_are_413() {
         let limits = DecodeLimits {
             max_events: 3,
             max_body_bytes: 64,
             max_depth: 8,
+            max_properties: 100,
         };
         let run = |body: &[u8]| decode_capture(&raw(body, None, None), &limits);
         refused(run(b"[{},{},{},{}]"), 413, "too_many_events");
@@ -663,6 +730,7 @@ mod tests {
             max_body_bytes: 4096,
             max_events: 4,
             max_depth: 3,
+            max_properties: 8,
         };
         for round in 0..6000 {
             let mut r = seeds[next() % 5];

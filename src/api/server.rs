@@ -36,6 +36,9 @@ pub struct ConnLimits {
     pub body_timeout: Duration,
     /// Idle time after which a kept-alive connection is closed (zero: no keep-alive).
     pub keep_alive: Duration,
+    /// Request body bytes held at once across all connections and both listeners; a request
+    /// whose declared body does not fit waits until others finish.
+    pub max_inflight_body_bytes: usize,
 }
 
 impl Default for ConnLimits {
@@ -45,6 +48,7 @@ impl Default for ConnLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             keep_alive: Duration::from_secs(5),
+            max_inflight_body_bytes: 256 << 20,
         }
     }
 }
@@ -260,9 +264,60 @@ async fn count_status(
     Ok(resp)
 }
 
+/// Request body bytes held at once, in KiB permits (a `Semaphore` counts in `u32`).
+#[derive(Clone)]
+pub struct InflightBodies {
+    permits: Arc<tokio::sync::Semaphore>,
+    max_kib: u32,
+    /// What a body of unknown length (chunked) may grow to: `--max-body-bytes`.
+    max_body: usize,
+}
+
+impl InflightBodies {
+    /// Room for `max_bytes` of request bodies at once, each at most `max_body`.
+    pub fn new(max_bytes: usize, max_body: usize) -> Self {
+        let max_kib = u32::try_from(max_bytes.div_ceil(1024)).unwrap_or(u32::MAX >> 4);
+        InflightBodies {
+            permits: Arc::new(tokio::sync::Semaphore::new(max_kib as usize)),
+            max_kib,
+            max_body,
+        }
+    }
+}
+
+/// Bounds the memory of concurrent large requests: before its body is read, a request takes
+/// permits for its declared length (`Content-Length`, else the largest body allowed) and holds
+/// them until it is answered; a request that does not fit waits. Requests without a body pass.
+async fn bound_inflight_bodies(
+    req: ServiceRequest,
+    next: Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let bodies = req.app_data::<web::Data<InflightBodies>>().cloned();
+    let has_body = !matches!(
+        *req.method(),
+        actix_web::http::Method::GET | actix_web::http::Method::HEAD
+    );
+    let _permit = match bodies {
+        Some(b) if has_body => {
+            let declared = req
+                .headers()
+                .get(actix_web::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .unwrap_or(b.max_body);
+            let kib = u32::try_from(declared.div_ceil(1024).max(1))
+                .unwrap_or(u32::MAX)
+                .min(b.max_kib);
+            b.permits.clone().acquire_many_owned(kib).await.ok()
+        }
+        _ => None,
+    };
+    next.call(req).await
+}
+
 /// One server for one transport (a macro: `HttpServer`'s type cannot be named).
 macro_rules! server {
-    ($state:expr, $transport:expr, $workers:expr, $limits:expr) => {{
+    ($state:expr, $transport:expr, $workers:expr, $limits:expr, $bodies:expr) => {{
+        let bodies = web::Data::new($bodies);
         let state = $state;
         let max_body = state.config.limits.max_body_bytes;
         let metrics = web::Data::new(state.engine.metrics().clone());
@@ -274,9 +329,11 @@ macro_rules! server {
                 .app_data(web::Data::new(transport))
                 .app_data(web::Data::new(limits))
                 .app_data(metrics.clone())
+                .app_data(bodies.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::JsonConfig::default().limit(1 << 20))
                 .wrap(actix_web::middleware::from_fn(body_deadline))
+                .wrap(actix_web::middleware::from_fn(bound_inflight_bodies))
                 .wrap(actix_web::middleware::from_fn(super::watchdog::track))
                 .wrap(actix_web::middleware::from_fn(count_status))
                 .wrap(actix_cors::Cors::permissive())
@@ -310,11 +367,23 @@ pub fn start(
     // Bound here and handed over with `listen_uds`: actix's `bind_uds` skips `on_connect`, which
     // the connection watchdog needs.
     let listener = std::os::unix::net::UnixListener::bind(socket)?;
-    let unix = server!(state.clone(), Transport::Unix, workers, limits).listen_uds(listener)?;
+    // One bound for both listeners and all their workers.
+    let bodies = InflightBodies::new(
+        limits.max_inflight_body_bytes,
+        state.config.limits.max_body_bytes,
+    );
+    let unix = server!(
+        state.clone(),
+        Transport::Unix,
+        workers,
+        limits,
+        bodies.clone()
+    )
+    .listen_uds(listener)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(socket_mode))?;
     let mut servers = vec![unix.run()];
     if let Some(addr) = tcp {
-        let tcp = server!(state, Transport::Tcp, workers, limits).bind(addr)?;
+        let tcp = server!(state, Transport::Tcp, workers, limits, bodies).bind(addr)?;
         servers.push(tcp.run());
     }
     Ok(servers)

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Deepest JSON nesting of one event [default: 64].
     #[arg(long, env = "IDSTITCH_MAX_DEPTH")]
     pub max_depth: Option<usize>,
+    /// Most properties of one event (its `properties`, `$set`, `$set_once` and `$unset`
+    /// entries together); more is a 400 `too_many_properties` [default: 10000].
+    #[arg(long, env = "IDSTITCH_MAX_PROPERTIES")]
+    pub max_properties: Option<usize>,
     /// Person actors kept in memory at most [default: 100000].
     #[arg(long, env = "IDSTITCH_MAX_RESIDENT_PERSONS")]
     pub max_resident_persons: Option<usize>,
@@ -80,6 +84,11 @@ pub struct ServeArgs {
     /// connection is closed [default: 60].
     #[arg(long, env = "IDSTITCH_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
+    /// Request body bytes held in memory at once, over all connections; a request whose
+    /// Content-Length does not fit waits for others to finish (a body without a length counts
+    /// as --max-body-bytes; one larger than this limit runs alone) [default: 268435456].
+    #[arg(long, env = "IDSTITCH_MAX_INFLIGHT_BODY_BYTES")]
+    pub max_inflight_body_bytes: Option<usize>,
     /// Seconds an idle connection is kept open between requests; 0 closes it after every answer,
     /// which also puts every request under --header-timeout [default: 5].
     #[arg(long, env = "IDSTITCH_KEEP_ALIVE")]
@@ -109,6 +118,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_events_per_request: Option<usize>,
     max_depth: Option<usize>,
+    max_properties: Option<usize>,
     max_resident_persons: Option<usize>,
     workers: Option<usize>,
     socket_mode: Option<String>,
@@ -117,6 +127,7 @@ struct FileConfig {
     header_timeout: Option<u64>,
     body_timeout: Option<u64>,
     keep_alive: Option<u64>,
+    max_inflight_body_bytes: Option<usize>,
     on_storage_error: Option<OnStorageError>,
 }
 
@@ -286,6 +297,10 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
             .or(f.max_events_per_request)
             .unwrap_or(defaults.max_events),
         max_depth: a.max_depth.or(f.max_depth).unwrap_or(defaults.max_depth),
+        max_properties: a
+            .max_properties
+            .or(f.max_properties)
+            .unwrap_or(defaults.max_properties),
     };
     let snapshot_dir = a
         .snapshot_dir
@@ -336,6 +351,10 @@ fn conn_limits(a: &ServeArgs, f: &FileConfig) -> anyhow::Result<ConnLimits> {
         header_timeout: secs(a.header_timeout, f.header_timeout, d.header_timeout),
         body_timeout: secs(a.body_timeout, f.body_timeout, d.body_timeout),
         keep_alive: secs(a.keep_alive, f.keep_alive, d.keep_alive),
+        max_inflight_body_bytes: a
+            .max_inflight_body_bytes
+            .or(f.max_inflight_body_bytes)
+            .unwrap_or(d.max_inflight_body_bytes),
     };
     let zero = [
         ("--max-connections", limits.max_connections == 0),

@@ -108,6 +108,52 @@ fn an_event_nested_deeper_than_max_depth_is_a_400_and_applies_nothing() {
 }
 
 #[test]
+fn an_event_with_more_than_max_properties_is_a_400_and_applies_nothing() {
+    let d = Daemon::start_with(&["--max-properties", "5"]);
+    let props = |n: usize| -> Value { (0..n).map(|i| (format!("p{i}"), json!(i))).collect() };
+    let ok = json!({"event": "e", "distinct_id": "ok", "properties": props(4), "$set": {"x": 1}});
+    let many = json!({"event": "e", "distinct_id": "many", "properties": props(6)});
+    let r = d.post(
+        "/batch/",
+        &json!({"api_key": T, "batch": [ok.clone(), many]}),
+    );
+    assert_eq!((r.status, code(&r)), (400, json!("too_many_properties")));
+    assert!(r.json()["detail"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("Event 1 has 6 properties, over the limit of 5")));
+    nothing_was_applied(&d);
+    d.capture(T, json!([ok]));
+    assert_eq!(d.person(T, "ok").expect("ok")["properties"]["x"], 1);
+}
+
+#[test]
+fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_waits() {
+    // Room for 64 KiB of bodies at once. A slow client declares 60 KiB and trickles it, holding
+    // that room until the body timeout (1 s) cuts it off; a 10 KiB request sent meanwhile has to
+    // wait for it, then succeeds.
+    let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "1"]);
+    let mut slow = UnixStream::connect(&d.socket).expect("connect");
+    slow.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 61440\r\n\r\n[")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let pad = "x".repeat(10_000);
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "waited", "properties": {"pad": pad}}]),
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the second request did not wait for the first one's room: {waited:?}"
+    );
+    assert!(d.person(T, "waited").is_some());
+    drop(slow);
+    // Without a slow neighbour, the same request does not wait for anything.
+    d.capture(T, json!([{"event": "e", "distinct_id": "next"}]));
+}
+
+#[test]
 fn a_client_sending_its_headers_one_byte_a_second_gets_408_and_is_cut_off() {
     let d = Daemon::start_with(&["--header-timeout", "1"]);
     let answer = trickle(
@@ -204,6 +250,8 @@ fn the_limits_are_documented_in_help_with_their_environment_variables() {
         "header-timeout",
         "body-timeout",
         "keep-alive",
+        "max-properties",
+        "max-inflight-body-bytes",
         "max-body-bytes",
         "max-events-per-request",
         "max-depth",
