@@ -68,7 +68,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Send an NDJSON or JSON file of events to a running daemon.
     Ingest(ingest::IngestArgs),
     /// Replay the whole log into scratch state and compare it with the live state.
@@ -144,7 +144,7 @@ pub fn init_logging(format: &str) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     init_logging(&cli.log_format);
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Ingest(args) => ingest::run(args),
         Command::Verify { data_dir } => verify::run(&data_dir),
         Command::Snapshot(cmd) => snapshot::run(cmd),
