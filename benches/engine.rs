@@ -85,6 +85,7 @@ fn step(state: &mut MemState, limiter: &mut WarningLimiter, seq: u64, raw: &Valu
         project: P,
         now_ms: 0,
         merge_limit: None,
+        max_ids: None,
         into: state.person_of(P, &into),
         other: None,
         limiter,

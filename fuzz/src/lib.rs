@@ -166,6 +166,7 @@ pub fn normalize_decide(data: &[u8]) {
             project,
             now_ms: NOW_MS,
             merge_limit: None,
+            max_ids: None,
             into: into.as_ref(),
             other: other.as_ref(),
             limiter: &mut limiter,

@@ -32,6 +32,8 @@ use crate::store::{Store, StoreError};
 pub struct EngineConfig {
     /// `--merge-limit`.
     pub merge_limit: Option<u64>,
+    /// `--max-distinct-ids-per-person`.
+    pub max_ids_per_person: Option<u64>,
     /// Person actors kept resident at most.
     pub max_resident_persons: usize,
     /// Distinct-ID map entries cached at most.
@@ -44,6 +46,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             merge_limit: None,
+            max_ids_per_person: None,
             max_resident_persons: 100_000,
             max_cached_ids: 1_000_000,
             test_clock: false,
@@ -679,6 +682,7 @@ async fn process(
         project,
         now_ms: now,
         merge_limit,
+        max_ids: s.config.max_ids_per_person,
         into: into_person.as_deref(),
         other: other_person.as_deref(),
         limiter: &mut limiter,

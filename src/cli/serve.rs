@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// Refuse merges whose source person has more than N distinct IDs [default: unlimited].
     #[arg(long, env = "IDSTITCH_MERGE_LIMIT")]
     pub merge_limit: Option<u64>,
+    /// Most distinct IDs one person may have, at least 2: an `$identify`, alias or merge that
+    /// would give a person more is refused with a `distinct_id_limit_exceeded` warning, and
+    /// the event acts on its own distinct ID alone [default: unlimited].
+    #[arg(long, env = "IDSTITCH_MAX_DISTINCT_IDS_PER_PERSON")]
+    pub max_distinct_ids_per_person: Option<u64>,
     /// Largest request body, compressed or decompressed, in bytes [default: 20971520].
     #[arg(long, env = "IDSTITCH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -115,6 +120,7 @@ struct FileConfig {
     admin_key_file: Option<PathBuf>,
     projects: Option<PathBuf>,
     merge_limit: Option<u64>,
+    max_distinct_ids_per_person: Option<u64>,
     max_body_bytes: Option<usize>,
     max_events_per_request: Option<usize>,
     max_depth: Option<usize>,
@@ -231,6 +237,14 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         None => FileConfig::default(),
     };
     let conn = conn_limits(&a, &f)?;
+    let max_ids_per_person = a
+        .max_distinct_ids_per_person
+        .or(f.max_distinct_ids_per_person);
+    if max_ids_per_person.is_some_and(|n| n < 2) {
+        return Err(Failure::user(
+            "--max-distinct-ids-per-person must be at least 2 (an $identify joins two IDs)",
+        ));
+    }
     let data_dir = a
         .data_dir
         .or(f.data_dir)
@@ -309,6 +323,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         engine: EngineConfig {
             merge_limit: a.merge_limit.or(f.merge_limit),
+            max_ids_per_person,
             max_resident_persons: a
                 .max_resident_persons
                 .or(f.max_resident_persons)

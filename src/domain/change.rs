@@ -27,6 +27,12 @@ pub enum RefusalReason {
         /// The configured limit.
         limit: u64,
     },
+    /// The merge would have given a person more distinct IDs than
+    /// `--max-distinct-ids-per-person` (appended: the log format keeps its variant numbers).
+    DistinctIdLimitExceeded {
+        /// The configured limit.
+        limit: u64,
+    },
 }
 
 impl RefusalReason {
@@ -36,6 +42,7 @@ impl RefusalReason {
             Self::IllegalDistinctId { .. } => "illegal_distinct_id",
             Self::AlreadyIdentified => "already_identified",
             Self::MergeLimitExceeded { .. } => "merge_limit_exceeded",
+            Self::DistinctIdLimitExceeded { .. } => "distinct_id_limit_exceeded",
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct Ctx<'a> {
     pub now_ms: i64,
     /// `--merge-limit`: refuse merges whose source person has more distinct IDs.
     pub merge_limit: Option<u64>,
+    /// `--max-distinct-ids-per-person`: refuse attachments and merges that would give a person
+    /// more distinct IDs (at least 2).
+    pub max_ids: Option<u64>,
     /// The person of the event's distinct ID (`into`), if any.
     pub into: Option<&'a Person>,
     /// The person of the merge's `other` distinct ID, if any (see [`lookups`]).
@@ -204,11 +207,46 @@ impl Decider<'_, '_> {
         }
         match (self.ctx.into, self.ctx.other) {
             (None, None) => self.create(vec![into, other.to_string()], true),
+            (Some(p), None) if self.over_id_limit(p.distinct_ids.len() + 1) => {
+                self.id_limit_refused(other, p.distinct_ids.len() + 1);
+                self.update_and_identify(p, &p.properties.0)
+            }
+            (None, Some(q)) if self.over_id_limit(q.distinct_ids.len() + 1) => {
+                self.id_limit_refused(other, q.distinct_ids.len() + 1);
+                // `into` stays apart from `other`'s person: the event acts on `into` alone.
+                self.ordinary()
+            }
             (Some(p), None) => self.attach_and_identify(p, other),
             (None, Some(q)) => self.attach_and_identify(q, &into),
             (Some(p), Some(q)) if p.uuid == q.uuid => self.update_and_identify(p, &p.properties.0),
             (Some(p), Some(q)) => self.merge_persons(kind, p, q, other),
         }
+    }
+
+    /// Whether a person with `ids` distinct IDs is over `--max-distinct-ids-per-person`.
+    fn over_id_limit(&self, ids: usize) -> bool {
+        self.ctx.max_ids.is_some_and(|limit| ids as u64 > limit)
+    }
+
+    /// Refuse the merge of `other` because the person would get `ids` distinct IDs.
+    fn id_limit_refused(&mut self, other: &str, ids: usize) {
+        let limit = self.ctx.max_ids.unwrap_or(u64::MAX);
+        let w = Warning::new(
+            WarningKind::DistinctIdLimitExceeded,
+            self.ctx.now_ms,
+            &self.ev.distinct_id,
+            vec![
+                ("sourcePersonDistinctId", Value::String(other.to_string())),
+                (
+                    "targetPersonDistinctId",
+                    Value::String(self.ev.distinct_id.clone()),
+                ),
+                ("eventUuid", uuid_value(self.ev)),
+                ("distinctIds", Value::from(ids)),
+                ("limit", Value::from(limit)),
+            ],
+        );
+        self.refuse(RefusalReason::DistinctIdLimitExceeded { limit }, other, w);
     }
 
     fn attach_and_identify(&mut self, p: &Person, id: &str) {
@@ -261,6 +299,11 @@ impl Decider<'_, '_> {
                 self.refuse(RefusalReason::MergeLimitExceeded { limit }, other, w);
                 return self.update_and_identify(p, &p.properties.0);
             }
+        }
+        let combined_ids = p.distinct_ids.len() + q.distinct_ids.len();
+        if self.over_id_limit(combined_ids) {
+            self.id_limit_refused(other, combined_ids);
+            return self.update_and_identify(p, &p.properties.0);
         }
         let mut brought = Map::new();
         let mut kept = Vec::new();

@@ -25,6 +25,9 @@ pub enum WarningKind {
     PersonPropertiesSizeViolation,
     /// The event's distinct ID was longer than 200 code points.
     DistinctIdTruncated,
+    /// A merge would have given a person more distinct IDs than
+    /// `--max-distinct-ids-per-person` (beyond PostHog; appended to keep variant numbers).
+    DistinctIdLimitExceeded,
 }
 
 impl WarningKind {
@@ -40,6 +43,7 @@ impl WarningKind {
             Self::InvalidProcessPersonProfile => "invalid_process_person_profile",
             Self::PersonPropertiesSizeViolation => "person_properties_size_violation",
             Self::DistinctIdTruncated => "distinct_id_truncated",
+            Self::DistinctIdLimitExceeded => "distinct_id_limit_exceeded",
         }
     }
 

@@ -395,6 +395,47 @@ fn merge_dangerously_merges_identified_persons() {
 }
 
 #[test]
+fn the_distinct_id_limit_refuses_attachments_and_merges_past_it() {
+    let mut w = World {
+        max_ids: Some(2),
+        ..World::default()
+    };
+    w.send(identify("user", json!("anon")));
+    assert_eq!(w.person("user").unwrap().distinct_ids.len(), 2);
+    // A second device would be a third ID: refused, the person keeps its two.
+    w.send(json!({"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "phone"}, "$set": {"plan": "pro"}}));
+    let p = w.person("user").unwrap();
+    assert_eq!(p.distinct_ids, vec!["user", "anon"]);
+    assert_eq!(
+        p.properties.0["plan"],
+        json!("pro"),
+        "the event still acts on `into`"
+    );
+    assert!(w.person("phone").is_none());
+    let (kind, d) = &w.warnings()[0];
+    assert_eq!(kind, "distinct_id_limit_exceeded");
+    assert_eq!(
+        (d["limit"].clone(), d["distinctIds"].clone()),
+        (json!(2), json!(3))
+    );
+    // The other way round: a new ID aliasing the full person gets a person of its own.
+    w.send(alias("other-device", json!("user")));
+    assert_eq!(
+        w.person("other-device").unwrap().distinct_ids,
+        vec!["other-device"]
+    );
+    assert_eq!(w.person("user").unwrap().distinct_ids.len(), 2);
+    // Two persons whose IDs together are over the limit stay apart.
+    w.send(json!({"event": "$merge_dangerously", "distinct_id": "other-device", "properties": {"alias": "user"}}));
+    assert_ne!(
+        w.person("user").unwrap().uuid,
+        w.person("other-device").unwrap().uuid
+    );
+    assert_eq!(w.warnings().len(), 3);
+    assert_eq!(w.persons(), 2);
+}
+
+#[test]
 fn the_merge_limit_refuses_large_source_persons() {
     let mut w = World {
         merge_limit: Some(1),

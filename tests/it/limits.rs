@@ -154,6 +154,37 @@ fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_
 }
 
 #[test]
+fn past_max_distinct_ids_per_person_an_attachment_is_refused_with_a_warning() {
+    let d = Daemon::start_with(&["--max-distinct-ids-per-person", "3"]);
+    d.capture(
+        T,
+        json!([
+            {"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "laptop"}},
+            {"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "phone"}},
+            {"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "tablet"}},
+        ]),
+    );
+    let p = d.person(T, "user").expect("user");
+    assert_eq!(crate::support::dids(&p).len(), 3, "{p}");
+    assert!(
+        d.person(T, "tablet").is_none(),
+        "the fourth ID was not attached"
+    );
+    let w = d.warnings(T);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["type"], "distinct_id_limit_exceeded");
+    assert_eq!(w[0]["details"]["limit"], 3);
+    // The setting is refused below 2 (an $identify joins two IDs).
+    let out = Command::new(bin())
+        .args(["serve", "--max-distinct-ids-per-person", "1", "--data-dir"])
+        .arg(d.dir.join("never"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 2"));
+}
+
+#[test]
 fn a_client_sending_its_headers_one_byte_a_second_gets_408_and_is_cut_off() {
     let d = Daemon::start_with(&["--header-timeout", "1"]);
     let answer = trickle(
@@ -252,6 +283,7 @@ fn the_limits_are_documented_in_help_with_their_environment_variables() {
         "keep-alive",
         "max-properties",
         "max-inflight-body-bytes",
+        "max-distinct-ids-per-person",
         "max-body-bytes",
         "max-events-per-request",
         "max-depth",

@@ -20,6 +20,7 @@ pub struct World {
     pub seq: u64,
     pub limiter: WarningLimiter,
     pub merge_limit: Option<u64>,
+    pub max_ids: Option<u64>,
     pub log: Vec<(Seq, Entry)>,
 }
 
@@ -34,6 +35,7 @@ impl World {
             project: P,
             now_ms: NOW,
             merge_limit: self.merge_limit,
+            max_ids: self.max_ids,
             into: into_p.as_ref(),
             other: other_p.as_ref(),
             limiter: &mut self.limiter,
