@@ -107,6 +107,7 @@ pub async fn track(
     req: ServiceRequest,
     next: Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    tracing::debug!(method = %req.method(), path = req.path(), "Request started.");
     let _in_flight = req.conn_data::<Guard>().map(|g| {
         g.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(g.activity.clone())

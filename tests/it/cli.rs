@@ -228,7 +228,7 @@ fn a_second_signal_exits_at_once_while_draining() {
     let mut child = Command::new(bin())
         .args(["serve", "--data-dir"])
         .arg(&dir)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,idstitch::api::watchdog=debug")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -258,6 +258,9 @@ fn a_second_signal_exits_at_once_while_draining() {
     let mut conn = std::os::unix::net::UnixStream::connect(dir.join("idstitch.sock")).unwrap();
     // An in-flight request: headers sent, body withheld, so a graceful stop has to wait for it.
     conn.write_all(b"POST /batch/ HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{").unwrap();
+    // Only once the daemon has the request in hand is there something to drain: a signal
+    // that came first would find an idle connection and stop at once.
+    wait_for("Request started.");
     let pid = child.id().to_string();
     let term = || {
         Command::new("kill")
