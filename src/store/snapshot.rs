@@ -309,6 +309,30 @@ pub fn read_manifest(snapshot: &Path) -> Result<Manifest, SnapshotError> {
     })
 }
 
+/// The path of a manifest file under `db_dir`, once it is there as a regular file of the
+/// listed size. Not followed: a symlink planted in db/ would be another way to read outside it.
+fn present_as_listed(db_dir: &Path, f: &FileSum) -> Result<PathBuf, SnapshotError> {
+    let p = db_dir.join(&f.name);
+    let meta = p
+        .symlink_metadata()
+        .map_err(|_| SnapshotError::Corrupt(format!("file {} is missing", p.display())))?;
+    if !meta.is_file() {
+        return Err(SnapshotError::Corrupt(format!(
+            "file {} is not a regular file",
+            p.display()
+        )));
+    }
+    if meta.len() != f.size {
+        return Err(SnapshotError::Corrupt(format!(
+            "file {} has {} bytes, the manifest says {}",
+            p.display(),
+            meta.len(),
+            f.size
+        )));
+    }
+    Ok(p)
+}
+
 /// Check a snapshot: every file name stays inside the snapshot, every file's size and
 /// checksum, nothing missing or extra, the log replays to the derived state, and the manifest's
 /// seq and counts match. The first problem is named. `progress(phase, done, total)` is told
@@ -331,25 +355,7 @@ pub fn verify(
     let mut done = 0;
     progress(Phase::Checksum, 0, total);
     for f in &m.files {
-        let p = db_dir.join(&f.name);
-        // Not followed: a symlink planted in db/ would be another way to read outside it.
-        let meta = p
-            .symlink_metadata()
-            .map_err(|_| SnapshotError::Corrupt(format!("file {} is missing", p.display())))?;
-        if !meta.is_file() {
-            return Err(SnapshotError::Corrupt(format!(
-                "file {} is not a regular file",
-                p.display()
-            )));
-        }
-        if meta.len() != f.size {
-            return Err(SnapshotError::Corrupt(format!(
-                "file {} has {} bytes, the manifest says {}",
-                p.display(),
-                meta.len(),
-                f.size
-            )));
-        }
+        let p = present_as_listed(&db_dir, f)?;
         if sha256_file(&p)? != f.sha256 {
             return Err(SnapshotError::Corrupt(format!(
                 "file {} does not match its checksum",
@@ -418,24 +424,7 @@ fn check_layout(snapshot: &Path) -> Result<Manifest, SnapshotError> {
     check_file_names(&m)?;
     let db_dir = snapshot.join("db");
     for f in &m.files {
-        let p = db_dir.join(&f.name);
-        let meta = p
-            .symlink_metadata()
-            .map_err(|_| SnapshotError::Corrupt(format!("file {} is missing", p.display())))?;
-        if !meta.is_file() {
-            return Err(SnapshotError::Corrupt(format!(
-                "file {} is not a regular file",
-                p.display()
-            )));
-        }
-        if meta.len() != f.size {
-            return Err(SnapshotError::Corrupt(format!(
-                "file {} has {} bytes, the manifest says {}",
-                p.display(),
-                meta.len(),
-                f.size
-            )));
-        }
+        present_as_listed(&db_dir, f)?;
     }
     check_no_extra_files(&m, &db_dir)?;
     Ok(m)

@@ -287,10 +287,10 @@ fn verify_names_each_kind_of_difference_and_exits_1() {
     let alice = person_uuid(p, "alice");
     let bob = person_uuid(p, "bob");
 
-    // A person's properties changed behind the log's back.
-    let (code, out) = verify_after(&d, |s| {
+    // Alice's stored person with another plan, written behind the log's back.
+    let set_plan = |s: &idstitch::store::Store, plan: &str| {
         let mut person = s.person(p, alice).expect("read").expect("alice");
-        person.properties.0.insert("plan".into(), json!("paid"));
+        person.properties.0.insert("plan".into(), json!(plan));
         s.db()
             .put_cf(
                 s.cf("persons"),
@@ -298,7 +298,10 @@ fn verify_names_each_kind_of_difference_and_exits_1() {
                 idstitch::store::codec::encode(&person),
             )
             .expect("put");
-    });
+    };
+
+    // A person's properties changed behind the log's back.
+    let (code, out) = verify_after(&d, |s| set_plan(s, "paid"));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("person {alice}")) && out.contains("differs"),
@@ -306,17 +309,7 @@ fn verify_names_each_kind_of_difference_and_exits_1() {
     );
 
     // Put it back: verify agrees again (the check above was about that one change).
-    let (code, out) = verify_after(&d, |s| {
-        let mut person = s.person(p, alice).expect("read").expect("alice");
-        person.properties.0.insert("plan".into(), json!("free"));
-        s.db()
-            .put_cf(
-                s.cf("persons"),
-                keys::person(p, alice),
-                idstitch::store::codec::encode(&person),
-            )
-            .expect("put");
-    });
+    let (code, out) = verify_after(&d, |s| set_plan(s, "free"));
     assert_eq!(code, 0, "{out}");
 
     // A distinct ID re-pointed at another person.
