@@ -483,49 +483,6 @@ impl Store {
         it
     }
 
-    /// Visit every distinct ID of a project with its person, in key order: one sequential read,
-    /// cheaper than point reads when a query needs a large share of them.
-    pub fn for_each_did(
-        &self,
-        p: ProjectId,
-        mut f: impl FnMut(&[u8], PersonUuid),
-    ) -> Result<(), StoreError> {
-        let prefix = keys::project(p);
-        let mut it = self.bulk_scan("dids", prefix.clone(), keys::prefix_end(&prefix));
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if let (Some(did), Ok(u)) = (k.get(6..), uuid::Uuid::from_slice(v)) {
-                f(did, PersonUuid(u));
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
-    }
-
-    /// Visit every person of a project: one sequential read, cheaper than point reads when a
-    /// query needs a large share of them. Records that do not decode are an error.
-    pub fn for_each_person(
-        &self,
-        p: ProjectId,
-        mut wanted: impl FnMut(PersonUuid) -> bool,
-        mut f: impl FnMut(Person),
-    ) -> Result<(), StoreError> {
-        let prefix = keys::project(p);
-        let mut it = self.bulk_scan("persons", prefix.clone(), keys::prefix_end(&prefix));
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if keys::uuid_suffix(k).is_some_and(&mut wanted) {
-                let person = codec::decode(v).map_err(|source| StoreError::Codec {
-                    cf: "persons",
-                    source,
-                })?;
-                f(person);
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
-    }
-
     /// The persons of many distinct IDs at once (one batched read).
     pub fn persons_of(
         &self,
@@ -663,9 +620,9 @@ impl Store {
         Ok(first.zip(last))
     }
 
-    /// [`Self::for_each_did`] over the distinct IDs from `from` (included) to `to` (excluded), in
-    /// key order (shorter IDs first, then bytewise); `None` is the project's first or last. Lets
-    /// threads share one sequential read.
+    /// Visit every distinct ID of a project with its person, from `from` (included) to `to`
+    /// (excluded), in key order (shorter IDs first, then bytewise); `None` is the project's
+    /// first or last. Lets threads share one sequential read.
     pub fn for_each_did_between(
         &self,
         p: ProjectId,
