@@ -9,8 +9,9 @@
 # one identified person with both IDs), sent with `idstitch ingest --batch-size 1000` to a
 # daemon (target/release/idstitch, or $IDSTITCH_BIN) on a temporary data dir. Prints the
 # ingest rate, the daemon's RSS (and peak) after ingest, its resident person actors, the store
-# size, then SIGTERM, restart, and the time to ready (`/_health` 200), RSS after restart, and
-# a check that a sample of persons reads back with both IDs.
+# size; then SIGKILL and the time a restart takes to be ready (`/_health` 200; RocksDB replays
+# its write-ahead log), then SIGTERM and the same after a clean stop, RSS after restart, and a
+# check that a sample of persons reads back with both IDs.
 # Needs: bash, python3, curl.
 set -euo pipefail
 
@@ -47,9 +48,12 @@ t0=$(date +%s)
 echo "ingest: $(( $(date +%s) - t0 )) s"
 rm -f "$WORK/events.ndjson"
 echo "after ingest: RSS $(rss), resident person actors $(curl -sf --unix-socket "$SOCK" http://x/metrics | awk '/^idstitch_resident_actors /{print $2}'), store $(du -sh "$WORK/data" | cut -f1)"
+kill -KILL "$PID"; wait "$PID" || true
+start
+echo "restart after SIGKILL: ready in $READY s, RSS $(rss)"
 kill -TERM "$PID"; wait "$PID" || true
 start
-echo "restart: ready in $READY s, RSS $(rss)"
+echo "restart after SIGTERM: ready in $READY s, RSS $(rss)"
 for i in 0 $((PERSONS / 2)) $((PERSONS - 1)); do
   n=$(curl -sf --unix-socket "$SOCK" "http://x/api/projects/phc_scale/persons/?distinct_id=anon-$i" | python3 -c "import json,sys; r=json.load(sys.stdin)['results']; print(sorted(r[0]['distinct_ids']) if r else 'MISSING')")
   echo "person of anon-$i: $n"

@@ -1,6 +1,8 @@
 //! State in plain `HashMap`s: scratch replays (`idstitch verify`) and tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 
 use super::apply::State;
 use super::change::Change;
@@ -8,17 +10,31 @@ use super::ids::{PersonUuid, ProjectId, Seq};
 use super::person::Person;
 
 /// Persons and the distinct-ID map of every project, in memory.
+///
+/// The maps hash with foldhash (seeded per process, so crafted distinct IDs cannot be aimed at
+/// one bucket) rather than SipHash: a replay of millions of entries spends much of its time
+/// here.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemState {
-    /// Persons by (project, uuid), sorted for stable comparison.
-    pub persons: BTreeMap<(ProjectId, PersonUuid), Person>,
+    /// Persons by (project, uuid).
+    pub persons: HashMap<(ProjectId, PersonUuid), Person, RandomState>,
     /// Which person each distinct ID belongs to.
-    pub dids: HashMap<(ProjectId, String), PersonUuid>,
+    pub dids: HashMap<(ProjectId, String), PersonUuid, RandomState>,
     /// Stored event count per project.
-    pub events: HashMap<ProjectId, u64>,
+    pub events: HashMap<ProjectId, u64, RandomState>,
 }
 
 impl MemState {
+    /// Empty, with room for about `persons` persons and `dids` distinct IDs (a replay that
+    /// knows the size of what it rebuilds does not grow and rehash its maps again and again).
+    pub fn with_capacity(persons: usize, dids: usize) -> Self {
+        MemState {
+            persons: HashMap::with_capacity_and_hasher(persons, RandomState::default()),
+            dids: HashMap::with_capacity_and_hasher(dids, RandomState::default()),
+            events: HashMap::default(),
+        }
+    }
+
     /// The person of a distinct ID.
     pub fn person_of(&self, project: ProjectId, did: &str) -> Option<&Person> {
         let uuid = self.dids.get(&(project, did.to_string()))?;

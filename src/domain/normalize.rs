@@ -1,5 +1,7 @@
 //! Turning one event as an SDK sent it into a [`Normalized`] event (spec §1, §2).
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use super::js::{is_truthy, to_js_string};
@@ -191,8 +193,9 @@ pub fn parse_timestamp_ms(v: Option<&Value>) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_millis())
 }
 
-/// Each promoted key with its `$initial_` name, built once.
-static PROMOTED: std::sync::LazyLock<Vec<(&'static str, String)>> =
+/// Each promoted key with its `$initial_` name, built once. A fixed-seed hash map: it is never
+/// written after it is built, so crafted keys cannot make it slow.
+static PROMOTED: std::sync::LazyLock<HashMap<&'static str, String, foldhash::fast::FixedState>> =
     std::sync::LazyLock::new(|| {
         PROMOTED_KEYS
             .iter()
@@ -200,16 +203,19 @@ static PROMOTED: std::sync::LazyLock<Vec<(&'static str, String)>> =
             .collect()
     });
 
+/// Promote the event's properties of [`PROMOTED_KEYS`] to `$set` and `$initial_*` to
+/// `$set_once`, unless the event sets those itself (spec §1.6). One pass over the event's
+/// properties with a hash lookup each, instead of a search of the properties per promoted key.
 fn promote(name: &str, properties: &Map<String, Value>, updates: &mut PropertyUpdates) {
     if name == "$snapshot" || name == "$performance_event" {
         return;
     }
-    for (key, initial) in PROMOTED.iter() {
-        let Some(v) = properties.get(*key) else {
+    for (key, v) in properties {
+        let Some(initial) = PROMOTED.get(key.as_str()) else {
             continue;
         };
-        if !updates.set.contains_key(*key) {
-            updates.set.insert(key.to_string(), v.clone());
+        if !updates.set.contains_key(key) {
+            updates.set.insert(key.clone(), v.clone());
         }
         if !updates.set_once.contains_key(initial) {
             updates.set_once.insert(initial.clone(), v.clone());

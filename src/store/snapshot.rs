@@ -129,12 +129,7 @@ pub fn sha256_file(path: &Path) -> Result<String, SnapshotError> {
 /// at a time and leaves the block cache alone (a snapshot of a running daemon must not evict
 /// its working set).
 fn count_keys(store: &Store, cf: &str) -> Result<u64, StoreError> {
-    let mut ro = rocksdb::ReadOptions::default();
-    ro.fill_cache(false);
-    ro.set_readahead_size(4 << 20);
-    ro.set_total_order_seek(true);
-    let mut it = store.db().raw_iterator_cf_opt(store.cf(cf), ro);
-    it.seek_to_first();
+    let mut it = store.full_scan(cf);
     let mut n = 0;
     while it.valid() {
         n += 1;

@@ -1,8 +1,6 @@
 //! `idstitch verify`: replay the whole log into scratch state and compare with the live
 //! derived state.
 
-use rocksdb::IteratorMode;
-
 use super::codec;
 use super::db::{Store, StoreError};
 use super::keys;
@@ -17,7 +15,9 @@ const CHUNK: usize = 1024;
 /// Two threads: one reads and decodes the log (RocksDB iteration, bincode), the other applies
 /// the entries in order, so that decoding and applying overlap on two cores.
 pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, StoreError> {
-    let mut scratch = MemState::default();
+    // Room for what the live state holds (RocksDB's estimate; bounded, as it is only a hint).
+    let room = |cf| (store.estimate_keys(cf) as usize).min(1 << 28);
+    let mut scratch = MemState::with_capacity(room("persons"), room("dids"));
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(Seq, Entry)>, StoreError>>(16);
         scope.spawn(move || {
@@ -64,16 +64,23 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, 
 
 /// Replay the whole log and compare with the live derived state: the first differences found,
 /// at most `max_report` of them (empty when the two agree). Both comparisons are one
-/// sequential pass over the live column family.
+/// sequential pass over the live column family, and they run side by side.
 pub fn verify(
     store: &Store,
     progress: impl FnMut(Seq),
     max_report: usize,
 ) -> Result<(MemState, Vec<String>), StoreError> {
     let scratch = replay(store, progress)?;
-    let mut diffs = Vec::new();
-    compare_persons(store, &scratch, &mut diffs, max_report)?;
-    compare_dids(store, &scratch, &mut diffs, max_report)?;
+    let (persons, dids) = std::thread::scope(|scope| {
+        let persons = scope.spawn(|| compare_persons(store, &scratch, max_report));
+        let dids = compare_dids(store, &scratch, max_report);
+        let persons = persons
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("the person comparison panicked".into())));
+        (persons, dids)
+    });
+    let mut diffs = persons?;
+    diffs.extend(dids?);
     diffs.truncate(max_report);
     Ok((scratch, diffs))
 }
@@ -81,22 +88,23 @@ pub fn verify(
 fn compare_persons(
     store: &Store,
     scratch: &MemState,
-    diffs: &mut Vec<String>,
     max_report: usize,
-) -> Result<(), StoreError> {
+) -> Result<Vec<String>, StoreError> {
+    let mut diffs = Vec::new();
     let mut live_count = 0usize;
-    for item in store
-        .db()
-        .iterator_cf(store.cf("persons"), IteratorMode::Start)
-    {
-        let (k, v) = item?;
+    let mut it = store.full_scan("persons");
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
         live_count += 1;
-        let live: Person = codec::decode(&v).map_err(|source| StoreError::Codec {
+        let live: Person = codec::decode(v).map_err(|source| StoreError::Codec {
             cf: "persons",
             source,
         })?;
-        let project = ProjectId(u32::from_be_bytes(k[..4].try_into().unwrap_or_default()));
-        let uuid = keys::uuid_suffix(&k).unwrap_or(PersonUuid(uuid::Uuid::nil()));
+        let project = ProjectId(u32::from_be_bytes(
+            k.get(..4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default(),
+        ));
+        let uuid = keys::uuid_suffix(k).unwrap_or(PersonUuid(uuid::Uuid::nil()));
         match scratch.persons.get(&(project, uuid)) {
             None => diffs.push(format!(
                 "person {uuid} (project {project}) is live but not in the replayed log"
@@ -109,16 +117,18 @@ fn compare_persons(
             Some(_) => {}
         }
         if diffs.len() >= max_report {
-            return Ok(());
+            return Ok(diffs);
         }
+        it.next();
     }
+    it.status()?;
     if live_count != scratch.persons.len() {
         diffs.push(format!(
             "live state has {live_count} persons, the replayed log {}",
             scratch.persons.len()
         ));
     }
-    Ok(())
+    Ok(diffs)
 }
 
 /// Every live distinct ID must map where the replay maps it, and there must be as many: then
@@ -127,26 +137,33 @@ fn compare_persons(
 fn compare_dids(
     store: &Store,
     scratch: &MemState,
-    diffs: &mut Vec<String>,
     max_report: usize,
-) -> Result<(), StoreError> {
+) -> Result<Vec<String>, StoreError> {
+    let mut diffs = Vec::new();
     let mut live_count = 0usize;
-    for item in store
-        .db()
-        .iterator_cf(store.cf("dids"), IteratorMode::Start)
-    {
+    let mut it = store.full_scan("dids");
+    let mut key = (ProjectId(0), String::new());
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
         if diffs.len() >= max_report {
-            return Ok(());
+            return Ok(diffs);
         }
-        let (k, v) = item?;
         live_count += 1;
-        let project = ProjectId(u32::from_be_bytes(k[..4].try_into().unwrap_or_default()));
+        let project = ProjectId(u32::from_be_bytes(
+            k.get(..4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default(),
+        ));
         let Some(did) = k.get(6..).and_then(|b| std::str::from_utf8(b).ok()) else {
             diffs.push(format!("a live distinct id key is not readable: {k:?}"));
+            it.next();
             continue;
         };
-        let live = uuid::Uuid::from_slice(&v).ok().map(PersonUuid);
-        let replayed = scratch.dids.get(&(project, did.to_string())).copied();
+        let live = uuid::Uuid::from_slice(v).ok().map(PersonUuid);
+        // One reused key instead of a new String per lookup.
+        key.0 = project;
+        key.1.clear();
+        key.1.push_str(did);
+        let replayed = scratch.dids.get(&key).copied();
         if live != replayed {
             diffs.push(format!(
                 "distinct id {did:?} (project {project}): live {}, replayed {}",
@@ -157,9 +174,11 @@ fn compare_dids(
                     .unwrap_or_else(|| "none".into())
             ));
         }
+        it.next();
     }
+    it.status()?;
     if live_count == scratch.dids.len() {
-        return Ok(());
+        return Ok(diffs);
     }
     for ((project, did), uuid) in &scratch.dids {
         if store.person_of(*project, did)?.is_none() {
@@ -171,7 +190,7 @@ fn compare_dids(
             break;
         }
     }
-    Ok(())
+    Ok(diffs)
 }
 
 fn person_line(p: &Person) -> String {
