@@ -28,10 +28,16 @@ pub enum CodecError {
 
 /// Encode any record with the format byte in front.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    // Serialising our own types into a Vec cannot fail: no maps with non-string keys, no I/O.
-    bincode::serialize_into(&mut out, value).unwrap_or_default();
+    let mut out = Vec::new();
+    encode_into(&mut out, value);
     out
+}
+
+/// [`encode`], appending to `out` (a buffer reused across many records).
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    out.push(FORMAT_VERSION);
+    // Serialising our own types into a Vec cannot fail: no maps with non-string keys, no I/O.
+    bincode::serialize_into(&mut *out, value).unwrap_or_default();
 }
 
 /// Decode a record written by [`encode`].

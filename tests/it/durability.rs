@@ -312,6 +312,31 @@ fn verify_names_each_kind_of_difference_and_exits_1() {
     let (code, out) = verify_after(&d, |s| set_plan(s, "free"));
     assert_eq!(code, 0, "{out}");
 
+    // The same person in other bytes (a space in its properties' JSON text): verify compares
+    // persons by their bytes first, and must not call an encoding difference a difference.
+    let (code, out) = verify_after(&d, |s| {
+        let person = s.person(p, alice).expect("read").expect("alice");
+        let bytes = idstitch::store::codec::encode(&person);
+        let (text, spaced) = (br#"{"plan":"free"}"#, br#"{"plan": "free"}"#);
+        let at = bytes
+            .windows(text.len())
+            .position(|w| w == text)
+            .expect("the properties' text");
+        // bincode: a string is its length (u64, little-endian), then its bytes.
+        let mut other = bytes[..at - 8].to_vec();
+        other.extend_from_slice(&(spaced.len() as u64).to_le_bytes());
+        other.extend_from_slice(spaced);
+        other.extend_from_slice(&bytes[at + text.len()..]);
+        assert_ne!(other, bytes);
+        let decoded: idstitch::domain::Person =
+            idstitch::store::codec::decode(&other).expect("decodes");
+        assert_eq!(decoded, person);
+        s.db()
+            .put_cf(s.cf("persons"), keys::person(p, alice), other)
+            .expect("put");
+    });
+    assert_eq!(code, 0, "{out}");
+
     // A distinct ID re-pointed at another person.
     let (code, out) = verify_after(&d, |s| {
         s.db()
