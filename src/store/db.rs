@@ -98,9 +98,9 @@ fn cf_options(name: &str) -> Options {
 
 fn options() -> Options {
     // After a crash, RocksDB replays its write-ahead log into the memtables at open, and by
-    // default then writes them out as table files before the open returns: a restart after
-    // SIGKILL took ~5 s at 1M persons. Keep them in memory instead: the WAL stays until the
-    // next ordinary flush, so nothing is less durable. (The Rust binding has no setter for it.)
+    // default then writes them out as table files before the open returns. Keep them in memory
+    // instead, so that the open does not wait for that: the WAL stays until the next ordinary
+    // flush, so nothing is less durable. (The Rust binding has no setter for it.)
     let mut o = Options::default()
         .get_options_from_string("avoid_flush_during_recovery=true")
         .unwrap_or_default();
