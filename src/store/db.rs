@@ -470,14 +470,7 @@ impl Store {
         to_ms: i64,
         mut f: impl FnMut(i64, Seq, &[u8]),
     ) -> Result<(), StoreError> {
-        let prefix = keys::event_name(p, name);
-        let mut lower = prefix.clone();
-        lower.extend_from_slice(&keys::sortable_ms(from_ms));
-        let mut upper = prefix.clone();
-        match to_ms.checked_add(1) {
-            Some(t) => upper.extend_from_slice(&keys::sortable_ms(t)),
-            None => upper = keys::prefix_end(&prefix),
-        }
+        let (lower, upper) = event_name_bounds(p, name, from_ms, to_ms);
         let mut it = self.bulk_scan("evname", lower, upper);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let Some((ms, seq)) = keys::time_seq_suffix(k) {
@@ -629,6 +622,19 @@ fn person_properties_json(bytes: &[u8]) -> Result<&str, StoreError> {
     Ok(head.properties)
 }
 
+/// The `evname` keys of the events named `name` with a timestamp in `[from_ms, to_ms]`: the
+/// lower bound (included) and the upper bound (excluded) of a range read.
+fn event_name_bounds(p: ProjectId, name: &str, from_ms: i64, to_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    let prefix = keys::event_name(p, name);
+    let mut lower = prefix.clone();
+    lower.extend_from_slice(&keys::sortable_ms(from_ms));
+    let upper = match to_ms.checked_add(1) {
+        Some(t) => [prefix.as_slice(), &keys::sortable_ms(t)].concat(),
+        None => keys::prefix_end(&prefix),
+    };
+    (lower, upper)
+}
+
 impl Store {
     /// The first and last timestamps of the events named `name` within `[from_ms, to_ms]`, or
     /// `None` when there are none: the span to cut into slices that threads scan side by side.
@@ -639,14 +645,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Option<(i64, i64)>, StoreError> {
-        let prefix = keys::event_name(p, name);
-        let mut lower = prefix.clone();
-        lower.extend_from_slice(&keys::sortable_ms(from_ms));
-        let mut upper = prefix.clone();
-        match to_ms.checked_add(1) {
-            Some(t) => upper.extend_from_slice(&keys::sortable_ms(t)),
-            None => upper = keys::prefix_end(&prefix),
-        }
+        let (lower, upper) = event_name_bounds(p, name, from_ms, to_ms);
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(lower);
         ro.set_iterate_upper_bound(upper);
