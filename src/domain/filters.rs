@@ -304,7 +304,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn filter(key: &str, op: FilterOperator, value: Value) -> PropertyFilter {
+    pub(super) fn filter(key: &str, op: FilterOperator, value: Value) -> PropertyFilter {
         PropertyFilter {
             key: key.into(),
             value: JsonValue(value),
@@ -373,17 +373,9 @@ mod tests {
 
 #[cfg(test)]
 mod json_tests {
+    use super::tests::filter;
     use super::*;
     use serde_json::json;
-
-    fn filter(key: &str, op: FilterOperator, value: Value) -> PropertyFilter {
-        PropertyFilter {
-            key: key.into(),
-            value: JsonValue(value),
-            operator: op,
-            kind: FilterType::Person,
-        }
-    }
 
     #[test]
     fn reading_only_the_filtered_keys_gives_the_same_verdict_as_the_whole_map() {
