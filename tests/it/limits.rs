@@ -57,6 +57,22 @@ fn nothing_was_applied(d: &Daemon) {
     assert_eq!(r.status, 404, "the project exists: something was applied");
 }
 
+/// Posts the batch `[ok, bad]`: the whole batch is refused with 400, `code` and a detail that
+/// starts with `detail`, nothing is applied, and then `ok` alone is accepted.
+fn one_bad_event_refuses_its_batch(d: &Daemon, ok: &Value, bad: Value, code_: &str, detail: &str) {
+    let r = d.post("/batch/", &json!({"api_key": T, "batch": [ok, bad]}));
+    assert_eq!((r.status, code(&r)), (400, json!(code_)));
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(detail)),
+        "{}",
+        r.json()
+    );
+    nothing_was_applied(d);
+    d.capture(T, json!([ok]));
+}
+
 #[test]
 fn a_body_over_max_body_bytes_is_a_413_with_a_json_error_as_sent_and_inflated() {
     let d = Daemon::start_with(&["--max-body-bytes", "2000"]);
@@ -94,16 +110,13 @@ fn an_event_nested_deeper_than_max_depth_is_a_400_and_applies_nothing() {
     let ok = json!({"event": "e", "distinct_id": "ok", "properties": {"a": {"b": {"c": 1}}}});
     let deep =
         json!({"event": "e", "distinct_id": "deep", "properties": {"a": {"b": {"c": {"d": 1}}}}});
-    let r = d.post(
-        "/batch/",
-        &json!({"api_key": T, "batch": [ok.clone(), deep]}),
+    one_bad_event_refuses_its_batch(
+        &d,
+        &ok,
+        deep,
+        "too_deep",
+        "Event 1 is nested deeper than 4 levels",
     );
-    assert_eq!((r.status, code(&r)), (400, json!("too_deep")));
-    assert!(r.json()["detail"]
-        .as_str()
-        .is_some_and(|s| s.starts_with("Event 1 is nested deeper than 4 levels")));
-    nothing_was_applied(&d);
-    d.capture(T, json!([ok]));
     assert!(d.person(T, "ok").is_some());
 }
 
@@ -113,16 +126,13 @@ fn an_event_with_more_than_max_properties_is_a_400_and_applies_nothing() {
     let props = |n: usize| -> Value { (0..n).map(|i| (format!("p{i}"), json!(i))).collect() };
     let ok = json!({"event": "e", "distinct_id": "ok", "properties": props(4), "$set": {"x": 1}});
     let many = json!({"event": "e", "distinct_id": "many", "properties": props(6)});
-    let r = d.post(
-        "/batch/",
-        &json!({"api_key": T, "batch": [ok.clone(), many]}),
+    one_bad_event_refuses_its_batch(
+        &d,
+        &ok,
+        many,
+        "too_many_properties",
+        "Event 1 has 6 properties, over the limit of 5",
     );
-    assert_eq!((r.status, code(&r)), (400, json!("too_many_properties")));
-    assert!(r.json()["detail"]
-        .as_str()
-        .is_some_and(|s| s.starts_with("Event 1 has 6 properties, over the limit of 5")));
-    nothing_was_applied(&d);
-    d.capture(T, json!([ok]));
     assert_eq!(d.person(T, "ok").expect("ok")["properties"]["x"], 1);
 }
 
