@@ -16,19 +16,10 @@ set -euo pipefail
 
 EVENTS=${EVENTS:-1000000}
 RUNS=${RUNS:-3}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d /tmp/idstitch-insights.XXXXXX)
-BIN=$WORK/idstitch
-cp "${IDSTITCH_BIN:-$ROOT/target/release/idstitch}" "$BIN"
-SOCK=$WORK/s.sock
-PID=
-trap '[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+. "$(dirname "$0")/lib.sh" insights
 
-echo "commit $(cd "$ROOT" && git rev-parse --short HEAD), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$ROOT/benches/insights/gen_events.py" "$EVENTS" >"$WORK/events.ndjson"
-RUST_LOG=warn "$BIN" serve --data-dir "$WORK/data" --socket "$SOCK" >"$WORK/serve.log" 2>&1 &
-PID=$!
-until curl -sf --unix-socket "$SOCK" http://x/_health >/dev/null 2>&1; do sleep 0.1; done
+start_daemon
 "$BIN" ingest "$WORK/events.ndjson" --socket "$SOCK" --batch-size 1000 2>/dev/null
 curl -sf --unix-socket "$SOCK" -X PATCH -H 'content-type: application/json' \
   -d '{"test_account_filters":[{"key":"email","value":"@ourcompany.com","operator":"not_icontains","type":"person"}]}' \

@@ -16,26 +16,17 @@
 set -euo pipefail
 
 PERSONS=${PERSONS:-10000000}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d /tmp/idstitch-scale.XXXXXX)
-BIN=$WORK/idstitch
-cp "${IDSTITCH_BIN:-$ROOT/target/release/idstitch}" "$BIN"
-SOCK=$WORK/s.sock
-PID=
-trap '[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+. "$(dirname "$0")/lib.sh" scale
 
 start() {
   local t0 t1
   t0=$(date +%s.%N)
-  RUST_LOG=warn "$BIN" serve --data-dir "$WORK/data" --socket "$SOCK" >>"$WORK/serve.log" 2>&1 &
-  PID=$!
-  until curl -sf --unix-socket "$SOCK" http://x/_health >/dev/null 2>&1; do sleep 0.02; done
+  start_daemon
   t1=$(date +%s.%N)
   READY=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$t1")
 }
 rss() { echo "$(( $(ps -o rss= -p "$PID") / 1024 )) MiB (peak $(( $(awk '/VmHWM/{print $2}' /proc/$PID/status) / 1024 )) MiB)"; }
 
-echo "commit $(cd "$ROOT" && git rev-parse --short HEAD), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$PERSONS" >"$WORK/events.ndjson" <<'PY'
 import sys
 w = sys.stdout.write
