@@ -471,7 +471,7 @@ impl Store {
         mut f: impl FnMut(i64, Seq, &[u8]),
     ) -> Result<(), StoreError> {
         let (lower, upper) = event_name_bounds(p, name, from_ms, to_ms);
-        let mut it = self.bulk_scan("evname", lower, upper);
+        let mut it = self.scan("evname", Some(lower), Some(upper));
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let Some((ms, seq)) = keys::time_seq_suffix(k) {
                 f(ms, seq, v);
@@ -482,18 +482,15 @@ impl Store {
         Ok(())
     }
 
-    /// An iterator positioned at `lower` for one long sequential read up to `upper`: large
-    /// readahead, and no filling of the block cache that point reads rely on.
-    fn bulk_scan(&self, cf: &str, lower: Vec<u8>, upper: Vec<u8>) -> rocksdb::DBRawIterator<'_> {
-        self.scan(cf, Some(lower), Some(upper))
-    }
-
     /// An iterator at the first key of a whole column family, for one long sequential read
-    /// (verify, snapshots): see [`Store::bulk_scan`].
+    /// (verify, snapshots): see [`Store::scan`].
     pub fn full_scan(&self, cf: &str) -> rocksdb::DBRawIterator<'_> {
         self.scan(cf, None, None)
     }
 
+    /// An iterator positioned at `lower` (or the first key) for one long sequential read up to
+    /// `upper` (or the end): large readahead, and no filling of the block cache that point
+    /// reads rely on.
     fn scan(
         &self,
         cf: &str,
@@ -677,7 +674,7 @@ impl Store {
         };
         let lower = from.map_or_else(|| prefix.clone(), key);
         let upper = to.map_or_else(|| keys::prefix_end(&prefix), key);
-        let mut it = self.bulk_scan("dids", lower, upper);
+        let mut it = self.scan("dids", Some(lower), Some(upper));
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let (Some(did), Ok(u)) = (k.get(6..), uuid::Uuid::from_slice(v)) {
                 f(did, PersonUuid(u));
@@ -710,7 +707,7 @@ impl Store {
             }
             None => keys::prefix_end(&prefix),
         };
-        let mut it = self.bulk_scan("persons", lower, upper);
+        let mut it = self.scan("persons", Some(lower), Some(upper));
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let Some(u) = keys::uuid_suffix(k) {
                 f(u, person_properties_json(v)?)?;
