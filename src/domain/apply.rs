@@ -81,8 +81,12 @@ fn apply_change(p: &mut Person, change: &Change) {
 
 /// Apply every change of `entry` that modifies `p`; its version goes up once if any did.
 pub fn apply_entry_to_person(p: &mut Person, entry: &Entry) -> bool {
+    apply_changes_to_person(p, &entry.changes)
+}
+
+fn apply_changes_to_person(p: &mut Person, changes: &[Change]) -> bool {
     let mut changed = false;
-    for c in &entry.changes {
+    for c in changes {
         if c.touched() == Some(p.uuid) {
             apply_change(p, c);
             changed = true;
@@ -135,68 +139,119 @@ pub fn split_parts(
 /// Fold one log entry into `state`.
 pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
     let project = entry.project;
-    let mut touched = BTreeSet::new();
     for change in &entry.changes {
-        if let Some(p) = change.touched() {
-            touched.insert(p);
-        }
-        match change {
-            Change::PersonCreated { .. } => {
-                if let Some(p) = created_person(project, seq, change) {
-                    for did in &p.distinct_ids {
-                        state.map_id(project, did, Some(p.uuid));
-                    }
-                    state.save(p);
-                }
-            }
-            Change::DistinctIdAttached {
-                person,
-                distinct_id,
-                ..
-            } => {
-                state.map_id(project, distinct_id, Some(*person));
-            }
-            Change::PersonsMerged {
-                survivor,
-                absorbed,
-                moved_ids,
-                ..
-            } => {
-                state.remove(project, *absorbed);
-                for did in moved_ids {
-                    state.map_id(project, did, Some(*survivor));
-                }
-            }
-            Change::PersonSplit {
-                person,
-                main,
-                parts,
-            } => {
-                if let Some(original) = state.load(project, *person) {
-                    state.remove(project, *person);
-                    for part in split_parts(&original, seq, main, parts) {
-                        state.map_id(project, &part.distinct_ids[0], Some(part.uuid));
-                        state.save(part);
-                    }
-                }
-            }
-            Change::PersonDeleted {
-                person,
-                distinct_ids,
-                ..
-            } => {
-                state.remove(project, *person);
-                for did in distinct_ids {
-                    state.map_id(project, did, None);
-                }
-            }
-            _ => {}
+        match created_person(project, seq, change) {
+            Some(p) => create(state, p),
+            None => apply_to_state(state, project, seq, change),
         }
         state.record(project, seq, entry.at_ms, change);
     }
+    update_touched(state, project, &entry.changes);
+}
+
+/// [`apply_entry`] for an entry that is not needed afterwards (a replay): a created person
+/// takes the distinct IDs and properties of its change instead of copies of them. The state
+/// is left the same; only the `PersonCreated` change is recorded before its person is saved
+/// rather than after (no [`State::record`] reads the person a change creates).
+pub fn apply_entry_owned<S: State>(state: &mut S, seq: Seq, entry: Entry) {
+    let project = entry.project;
+    let mut rest = Vec::with_capacity(entry.changes.len());
+    for change in entry.changes {
+        if let Change::PersonCreated { .. } = change {
+            state.record(project, seq, entry.at_ms, &change);
+        }
+        match change {
+            Change::PersonCreated {
+                person,
+                distinct_ids,
+                properties,
+                is_identified,
+                created_at_ms,
+            } => create(
+                state,
+                Person {
+                    project,
+                    uuid: person,
+                    distinct_ids,
+                    properties,
+                    is_identified,
+                    created_at_ms,
+                    version: 0,
+                    created_seq: seq,
+                },
+            ),
+            other => {
+                apply_to_state(state, project, seq, &other);
+                state.record(project, seq, entry.at_ms, &other);
+                rest.push(other);
+            }
+        }
+    }
+    update_touched(state, project, &rest);
+}
+
+fn create<S: State>(state: &mut S, p: Person) {
+    for did in &p.distinct_ids {
+        state.map_id(p.project, did, Some(p.uuid));
+    }
+    state.save(p);
+}
+
+/// What a change other than a creation does to the persons and the distinct-ID map, except
+/// for the changes to a person's own fields (see [`update_touched`]).
+fn apply_to_state<S: State>(state: &mut S, project: ProjectId, seq: Seq, change: &Change) {
+    match change {
+        Change::DistinctIdAttached {
+            person,
+            distinct_id,
+            ..
+        } => {
+            state.map_id(project, distinct_id, Some(*person));
+        }
+        Change::PersonsMerged {
+            survivor,
+            absorbed,
+            moved_ids,
+            ..
+        } => {
+            state.remove(project, *absorbed);
+            for did in moved_ids {
+                state.map_id(project, did, Some(*survivor));
+            }
+        }
+        Change::PersonSplit {
+            person,
+            main,
+            parts,
+        } => {
+            if let Some(original) = state.load(project, *person) {
+                state.remove(project, *person);
+                for part in split_parts(&original, seq, main, parts) {
+                    state.map_id(project, &part.distinct_ids[0], Some(part.uuid));
+                    state.save(part);
+                }
+            }
+        }
+        Change::PersonDeleted {
+            person,
+            distinct_ids,
+            ..
+        } => {
+            state.remove(project, *person);
+            for did in distinct_ids {
+                state.map_id(project, did, None);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Apply the changes to each person they touch, once all of them are in place.
+fn update_touched<S: State>(state: &mut S, project: ProjectId, changes: &[Change]) {
+    let touched: BTreeSet<PersonUuid> = changes.iter().filter_map(Change::touched).collect();
     for uuid in touched {
         if let Some(mut p) = state.take(project, uuid) {
-            apply_entry_to_person(&mut p, entry);
+            apply_changes_to_person(&mut p, changes);
             state.update(p);
         }
     }

@@ -35,6 +35,13 @@ impl MemState {
         }
     }
 
+    /// Count `n` more stored events in `project`.
+    pub fn count_events(&mut self, project: ProjectId, n: u64) {
+        if n > 0 {
+            *self.events.entry(project).or_default() += n;
+        }
+    }
+
     /// The person of a distinct ID.
     pub fn person_of(&self, project: ProjectId, did: &str) -> Option<&Person> {
         let uuid = self.dids.get(&(project, did.to_string()))?;
@@ -69,7 +76,7 @@ impl State for MemState {
 
     fn record(&mut self, project: ProjectId, _seq: Seq, _at_ms: i64, change: &Change) {
         if let Change::EventStored { .. } = change {
-            *self.events.entry(project).or_default() += 1;
+            self.count_events(project, 1);
         }
     }
 }

@@ -5,61 +5,77 @@ use super::codec;
 use super::db::{Store, StoreError};
 use super::keys;
 use crate::domain::memstate::MemState;
-use crate::domain::{apply_entry, Entry, Person, PersonUuid, ProjectId, Seq};
+use crate::domain::{apply_entry_owned, Person, PersonUuid, ProjectId, Seq};
 
-/// Log entries decoded per message between the reading and the applying thread.
-const CHUNK: usize = 1024;
+/// Log entries per stripe: the log is cut into stripes of consecutive seqs, read and decoded
+/// by several threads at once and applied in order.
+const STRIPE: u64 = 16_384;
 
 /// Replay the whole log, from seq 1, into scratch state.
 ///
-/// Two threads: one reads and decodes the log (RocksDB iteration, bincode), the other applies
-/// the entries in order, so that decoding and applying overlap on two cores.
+/// Decoding is most of a replay's work and needs no order, applying needs order and is
+/// cheap. So the log is cut into stripes of [`STRIPE`] seqs; each of a few decoder threads
+/// reads and skims every n-th stripe (its own RocksDB iterator, see [`codec::skim_entry`]:
+/// stored events are checked and counted, not copied), and this thread applies the stripes
+/// in seq order as they come. Each decoder runs at most two stripes ahead.
 pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, StoreError> {
     // Room for what the live state holds (RocksDB's estimate; bounded, as it is only a hint).
     let room = |cf| (store.estimate_keys(cf) as usize).min(1 << 28);
     let mut scratch = MemState::with_capacity(room("persons"), room("dids"));
+    let last = store.last_log_seq()?.0;
+    let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)) as u64;
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(Seq, Entry)>, StoreError>>(16);
-        scope.spawn(move || {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            for item in store.entries_from(Seq(1)) {
-                match item {
-                    Ok(e) => chunk.push(e),
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-                if chunk.len() == CHUNK {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+        let mut stripes = Vec::new();
+        for first in 0..decoders {
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
+            stripes.push(rx);
+            scope.spawn(move || {
+                for stripe in (first..last.div_ceil(STRIPE)).step_by(decoders as usize) {
+                    let from = 1 + stripe * STRIPE;
+                    let mut chunk = Vec::with_capacity(STRIPE as usize);
+                    let read = store.each_log_record(Seq(from), Seq(from + STRIPE), |seq, v| {
+                        let skimmed = codec::skim_entry(v)
+                            .map_err(|source| StoreError::Codec { cf: "log", source })?;
+                        chunk.push((seq, skimmed));
+                        Ok(())
+                    });
+                    let failed = read.is_err();
                     // A closed channel means the applier stopped at an error: stop too.
-                    if tx.send(Ok(full)).is_err() {
+                    if tx.send(read.map(|()| chunk)).is_err() || failed {
                         return;
                     }
                 }
-            }
-            if !chunk.is_empty() {
-                let _ = tx.send(Ok(chunk));
-            }
-        });
+            });
+        }
         let mut expected = 1u64;
-        for chunk in rx {
-            for (seq, entry) in chunk? {
+        for stripe in 0..last.div_ceil(STRIPE) {
+            let chunk = stripes[(stripe % decoders) as usize]
+                .recv()
+                .map_err(|_| StoreError::Corrupt("a log decoder stopped".into()))??;
+            for (seq, skimmed) in chunk {
                 if seq.0 != expected {
-                    return Err(StoreError::Corrupt(format!(
-                        "log has a gap: expected seq {expected}, found {seq}"
-                    )));
+                    return Err(gap(expected, seq));
                 }
-                apply_entry(&mut scratch, seq, &entry);
+                scratch.count_events(skimmed.entry.project, skimmed.events.into());
+                apply_entry_owned(&mut scratch, seq, skimmed.entry);
                 if seq.0 % 65_536 == 0 {
                     progress(seq);
                 }
                 expected += 1;
             }
         }
-        Ok(())
+        match expected > last {
+            true => Ok(()),
+            false => Err(gap(expected, Seq(last))),
+        }
     })?;
     Ok(scratch)
+}
+
+fn gap(expected: u64, found: Seq) -> StoreError {
+    StoreError::Corrupt(format!(
+        "log has a gap: expected seq {expected}, found {found}"
+    ))
 }
 
 /// Replay the whole log and compare with the live derived state: the first differences found,

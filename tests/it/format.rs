@@ -7,7 +7,7 @@ use idstitch::domain::warnings::{Warning, WarningKind};
 use idstitch::domain::{
     person_uuid, Change, Entry, MergeKind, ProjectId, Props, RawProps, RefusalReason,
 };
-use idstitch::store::codec::{decode_entry, encode_entry};
+use idstitch::store::codec::{decode_entry, encode_entry, skim_entry, Skimmed};
 use serde_json::json;
 
 fn props(v: serde_json::Value) -> Props {
@@ -250,4 +250,87 @@ fn log_format_v1_settings_fixture_still_decodes_to_the_same_entries() {
     }
     assert_eq!(got, want);
     assert_eq!(frame(&want), bytes, "encoding is stable byte for byte");
+}
+
+/// What a skim of `entry` must give: the entry without its stored events, and their count.
+fn skimmed(entry: &Entry) -> Skimmed {
+    let (events, rest): (Vec<_>, Vec<_>) = entry
+        .changes
+        .iter()
+        .cloned()
+        .partition(|c| matches!(c, Change::EventStored { .. }));
+    Skimmed {
+        entry: Entry {
+            changes: rest,
+            ..entry.clone()
+        },
+        events: events.len() as u32,
+    }
+}
+
+/// The fixture's entry that stored an event.
+fn stored_event_entry() -> Entry {
+    entries()
+        .into_iter()
+        .find(|e| matches!(e.changes[..], [Change::EventStored { .. }]))
+        .expect("the fixture stores an event")
+}
+
+/// Every change kind, one per entry and then all in one entry (events among the others),
+/// with and without a cause.
+fn every_kind() -> Vec<Entry> {
+    let mut all = entries();
+    all.extend(settings_entries());
+    let event = stored_event_entry();
+    let mut together = Entry {
+        cause: None,
+        ..all[0].clone()
+    };
+    for e in &all {
+        together.changes.extend(e.changes.iter().cloned());
+        together.changes.extend(event.changes.iter().cloned());
+    }
+    all.push(together);
+    all
+}
+
+#[test]
+fn skim_agrees_with_decode() {
+    for entry in every_kind() {
+        let bytes = encode_entry(&entry);
+        assert_eq!(skim_entry(&bytes).expect("skims"), skimmed(&entry));
+    }
+}
+
+#[test]
+fn skim_refuses_what_decode_refuses() {
+    for entry in every_kind() {
+        let bytes = encode_entry(&entry);
+        // Every cut short record, and a bad version.
+        for n in 0..bytes.len() {
+            assert_eq!(
+                skim_entry(&bytes[..n]).is_err(),
+                decode_entry(&bytes[..n]).is_err(),
+                "{n} bytes of {entry:?}"
+            );
+        }
+        let mut other = bytes.clone();
+        other[0] = 99;
+        assert!(skim_entry(&other).is_err());
+    }
+    // An event body that is not UTF-8, or a flag byte that is not a bool, does not decode,
+    // skimmed or not.
+    let bytes = encode_entry(&stored_event_entry());
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"Firefox")
+        .expect("body");
+    let mut bad = bytes.clone();
+    bad[at] = 0xff;
+    assert!(decode_entry(&bad).is_err());
+    assert!(skim_entry(&bad).is_err());
+    let mut bad = bytes.clone();
+    *bad.last_mut().unwrap() = 2;
+    assert!(decode_entry(&bad).is_err());
+    assert!(skim_entry(&bad).is_err());
 }

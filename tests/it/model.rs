@@ -853,7 +853,25 @@ fn check_against_world(ops: &[Op], merge_limit: Option<usize>) -> Result<(), Tes
     run(&mut model, ops);
     run(&mut world, ops);
     world.check_id_map().map_err(TestCaseError::fail)?;
+    replay_matches(&world)?;
     compare(&model, &world)
+}
+
+/// The world's log, replayed the way `verify` replays a store (each entry encoded, skimmed,
+/// its events counted and the rest applied by value), rebuilds the world's state exactly.
+fn replay_matches(world: &WorldTarget) -> Result<(), TestCaseError> {
+    use idstitch::domain::apply_entry_owned;
+    use idstitch::domain::memstate::MemState;
+    use idstitch::store::codec::{encode_entry, skim_entry};
+    let mut scratch = MemState::default();
+    for (seq, entry) in &world.world.log {
+        let skimmed =
+            skim_entry(&encode_entry(entry)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        scratch.count_events(skimmed.entry.project, skimmed.events.into());
+        apply_entry_owned(&mut scratch, *seq, skimmed.entry);
+    }
+    prop_assert_eq!(&scratch, &world.world.state);
+    Ok(())
 }
 
 /// `PROPTEST_CASES` when set (for long hunts), else `default`.
