@@ -7,7 +7,8 @@ use std::time::Instant;
 use indicatif::ProgressBar;
 
 use super::Failure;
-use crate::store::{verify::verify, Store};
+use crate::store::verify::{discard, verify};
+use crate::store::Store;
 
 /// Run the command: exit 0 when replay and live state agree, 1 with the differences otherwise.
 pub fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -21,13 +22,15 @@ pub fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let (scratch, diffs) = verify(&store, |s| bar.set_position(s.0), 50)
         .map_err(|e| Failure::corrupt(e.to_string()))?;
     bar.finish_and_clear();
+    let (persons, dids) = (scratch.persons.len(), scratch.dids.len());
+    discard(scratch);
     if diffs.is_empty() {
         println!(
             "ok: {} log entries replayed in {:.2}s; {} persons and {} distinct IDs agree with the live state",
             last.0,
             started.elapsed().as_secs_f64(),
-            scratch.persons.len(),
-            scratch.dids.len()
+            persons,
+            dids
         );
         Ok(ExitCode::SUCCESS)
     } else {

@@ -160,8 +160,14 @@ impl<'de> bincode::BincodeRead<'de> for Front<'_, 'de> {
         length: usize,
         visitor: V,
     ) -> bincode::Result<V::Value> {
-        let s = std::str::from_utf8(Front::take(self.0, length)?)
-            .map_err(|e| Box::new(bincode::ErrorKind::InvalidUtf8Encoding(e)))?;
+        let bytes = Front::take(self.0, length)?;
+        // SIMD validation (an event's properties are most of a record's bytes); only a
+        // failure asks std for its error.
+        let s = match simdutf8::basic::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(_) => std::str::from_utf8(bytes)
+                .map_err(|e| Box::new(bincode::ErrorKind::InvalidUtf8Encoding(e)))?,
+        };
         visitor.visit_borrowed_str(s)
     }
 

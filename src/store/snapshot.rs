@@ -388,6 +388,7 @@ pub fn verify(
         events: events?,
         log_entries: last,
     };
+    super::verify::discard(scratch);
     if c != m.counts {
         return Err(SnapshotError::Corrupt(format!(
             "counts {c:?} differ from the manifest's {:?}",

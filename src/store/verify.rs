@@ -72,6 +72,13 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, 
     Ok(scratch)
 }
 
+/// Free a replayed state on a thread of its own: dropping millions of persons one allocation
+/// at a time takes a good part of a second, which the caller (often a command about to exit,
+/// where the thread simply ends with the process) need not wait for.
+pub fn discard(state: MemState) {
+    std::thread::spawn(move || drop(state));
+}
+
 fn gap(expected: u64, found: Seq) -> StoreError {
     StoreError::Corrupt(format!(
         "log has a gap: expected seq {expected}, found {found}"
