@@ -155,7 +155,8 @@ pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
 /// rather than after (no [`State::record`] reads the person a change creates).
 pub fn apply_entry_owned<S: State>(state: &mut S, seq: Seq, entry: Entry) {
     let project = entry.project;
-    let mut rest = Vec::with_capacity(entry.changes.len());
+    // The changes to persons' own fields, for `update_touched` (most entries have none).
+    let mut rest = Vec::new();
     for change in entry.changes {
         if let Change::PersonCreated { .. } = change {
             state.record(project, seq, entry.at_ms, &change);
@@ -183,7 +184,9 @@ pub fn apply_entry_owned<S: State>(state: &mut S, seq: Seq, entry: Entry) {
             other => {
                 apply_to_state(state, project, seq, &other);
                 state.record(project, seq, entry.at_ms, &other);
-                rest.push(other);
+                if other.touched().is_some() {
+                    rest.push(other);
+                }
             }
         }
     }

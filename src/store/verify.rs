@@ -142,25 +142,22 @@ fn joined<T>(
 }
 
 /// A digest of a set of (key, value) records that does not depend on their order: how many,
-/// and two sums of differently seeded 64-bit hashes of each record. Two different sets have
-/// equal digests only by a chance of about one in 2^64 per sum (the seeds are random, drawn
-/// anew for each verify).
+/// and the sum of a seeded 64-bit hash of each record. Two different sets have equal digests
+/// only by a chance of about one in 2^64 (the seed is random, drawn anew for each verify).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Digest {
     count: u64,
-    sums: [u64; 2],
+    sum: u64,
 }
 
 #[derive(Default)]
-struct Digester([foldhash::quality::RandomState; 2]);
+struct Digester(foldhash::quality::RandomState);
 
 impl Digester {
     fn add(&self, d: &mut Digest, key: &[u8], value: &[u8]) {
         use std::hash::BuildHasher;
         d.count += 1;
-        for (sum, seed) in d.sums.iter_mut().zip(&self.0) {
-            *sum = sum.wrapping_add(seed.hash_one((key, value)));
-        }
+        d.sum = d.sum.wrapping_add(self.0.hash_one((key, value)));
     }
 
     /// The records of a live column family, as stored.
