@@ -16,6 +16,7 @@ mod limits;
 mod model;
 mod model_daemon;
 mod operators;
+mod replay;
 mod security;
 mod settings;
 mod snapshots;

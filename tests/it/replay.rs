@@ -1,0 +1,91 @@
+//! The striped replay behind `idstitch verify` and `snapshot verify`
+//! (`store::verify::replay`): a log of several stripes replays to exactly the state applied
+//! entry by entry, and a gap or an undecodable record anywhere is an error, not a hang.
+
+use std::sync::Arc;
+
+use idstitch::domain::Seq;
+use idstitch::store::{log::write_group, verify::replay, Store};
+use serde_json::json;
+
+use crate::world::World;
+
+/// Log entries per stripe in `replay` (a private constant there): the log below spans several.
+const STRIPE: u64 = 16_384;
+
+/// A world fed 40,000 events (pageviews, identifies that merge, `$set`s) and a store holding
+/// its log, written as the daemon writes it.
+fn world_and_store(dir: &std::path::Path) -> (World, Store) {
+    let mut w = World::default();
+    for i in 0..40_000u64 {
+        let anon = format!("anon-{}", i % 5_000);
+        let event = match i % 13 {
+            0 => json!({"event": "$identify", "distinct_id": format!("user-{}", i % 700),
+                        "properties": {"$anon_distinct_id": anon}}),
+            5 => json!({"event": "e", "distinct_id": anon,
+                        "properties": {"$set": {"n": i, "plan": "p"}, "$set_once": {"first": i}}}),
+            _ => json!({"event": "$pageview", "distinct_id": anon, "uuid": format!("ev-{i}"),
+                        "properties": {"$browser": "Firefox", "i": i}}),
+        };
+        w.send(event);
+    }
+    assert!(w.seq > 2 * STRIPE, "the log spans more than two stripes");
+    let store = Store::open(dir).expect("open");
+    let log: Vec<_> = w
+        .log
+        .iter()
+        .map(|(s, e)| (*s, Arc::new(e.clone())))
+        .collect();
+    for group in log.chunks(5_000) {
+        write_group(&store, group, false).expect("write");
+    }
+    (w, store)
+}
+
+#[test]
+fn a_log_of_several_stripes_replays_to_the_state_applied_entry_by_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, store) = world_and_store(dir.path());
+    let replayed = replay(&store, |_| {}).expect("replay");
+    assert!(w.state.persons.len() > 1_000, "{}", w.state.persons.len());
+    assert_eq!(replayed, w.state);
+}
+
+#[test]
+fn a_gap_or_an_undecodable_record_in_any_stripe_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = world_and_store(dir.path());
+    let log = store.cf("log");
+    // A record that does not decode, in the third stripe.
+    let bad = Seq(2 * STRIPE + 17);
+    let good = store
+        .db()
+        .get_cf(log, bad.0.to_be_bytes())
+        .unwrap()
+        .expect("there");
+    store
+        .db()
+        .put_cf(log, bad.0.to_be_bytes(), [1, 2, 3])
+        .unwrap();
+    let err = replay(&store, |_| {})
+        .expect_err("an undecodable record")
+        .to_string();
+    assert!(err.contains("does not decode"), "{err}");
+    store.db().put_cf(log, bad.0.to_be_bytes(), good).unwrap();
+    replay(&store, |_| {}).expect("whole again");
+    // A missing seq: in the middle of the second stripe, and the last of the first.
+    for missing in [Seq(STRIPE + 100), Seq(STRIPE)] {
+        let was = store
+            .db()
+            .get_cf(log, missing.0.to_be_bytes())
+            .unwrap()
+            .expect("there");
+        store.db().delete_cf(log, missing.0.to_be_bytes()).unwrap();
+        let err = replay(&store, |_| {}).expect_err("a gap").to_string();
+        assert!(err.contains(&format!("expected seq {missing}")), "{err}");
+        store
+            .db()
+            .put_cf(log, missing.0.to_be_bytes(), was)
+            .unwrap();
+    }
+}
