@@ -9,7 +9,7 @@ use crate::domain::{apply_entry_owned, Person, PersonUuid, ProjectId, Seq};
 
 /// Log entries per stripe: the log is cut into stripes of consecutive seqs, read and decoded
 /// by several threads at once and applied in order.
-const STRIPE: u64 = 16_384;
+pub const STRIPE: u64 = 4_096;
 
 /// Replay the whole log, from seq 1, into scratch state.
 ///

@@ -5,13 +5,11 @@
 use std::sync::Arc;
 
 use idstitch::domain::Seq;
-use idstitch::store::{log::write_group, verify::replay, Store};
+use idstitch::store::verify::{replay, STRIPE};
+use idstitch::store::{log::write_group, Store};
 use serde_json::json;
 
 use crate::world::World;
-
-/// Log entries per stripe in `replay` (a private constant there): the log below spans several.
-const STRIPE: u64 = 16_384;
 
 /// A world fed 40,000 events (pageviews, identifies that merge, `$set`s) and a store holding
 /// its log, written as the daemon writes it.
