@@ -35,23 +35,35 @@ pub trait State {
 /// A new person from a `PersonCreated` change.
 pub fn created_person(project: ProjectId, seq: Seq, change: &Change) -> Option<Person> {
     match change {
+        Change::PersonCreated { .. } => into_created_person(project, seq, change.clone()).ok(),
+        _ => None,
+    }
+}
+
+/// The new person of a `PersonCreated` change, taking its distinct IDs and properties; any
+/// other change is handed back.
+// The change goes back by value, as it came: boxing it would allocate for every change a
+// replay applies, to save moving a few words.
+#[allow(clippy::result_large_err)]
+fn into_created_person(project: ProjectId, seq: Seq, change: Change) -> Result<Person, Change> {
+    match change {
         Change::PersonCreated {
             person,
             distinct_ids,
             properties,
             is_identified,
             created_at_ms,
-        } => Some(Person {
+        } => Ok(Person {
             project,
-            uuid: *person,
-            distinct_ids: distinct_ids.clone(),
-            properties: properties.clone(),
-            is_identified: *is_identified,
-            created_at_ms: *created_at_ms,
+            uuid: person,
+            distinct_ids,
+            properties,
+            is_identified,
+            created_at_ms,
             version: 0,
             created_seq: seq,
         }),
-        _ => None,
+        other => Err(other),
     }
 }
 
@@ -161,27 +173,9 @@ pub fn apply_entry_owned<S: State>(state: &mut S, seq: Seq, entry: Entry) {
         if let Change::PersonCreated { .. } = change {
             state.record(project, seq, entry.at_ms, &change);
         }
-        match change {
-            Change::PersonCreated {
-                person,
-                distinct_ids,
-                properties,
-                is_identified,
-                created_at_ms,
-            } => create(
-                state,
-                Person {
-                    project,
-                    uuid: person,
-                    distinct_ids,
-                    properties,
-                    is_identified,
-                    created_at_ms,
-                    version: 0,
-                    created_seq: seq,
-                },
-            ),
-            other => {
+        match into_created_person(project, seq, change) {
+            Ok(p) => create(state, p),
+            Err(other) => {
                 apply_to_state(state, project, seq, &other);
                 state.record(project, seq, entry.at_ms, &other);
                 if other.touched().is_some() {

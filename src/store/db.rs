@@ -208,8 +208,7 @@ impl Store {
             None => Ok(Seq(0)),
             Some(item) => {
                 let (k, _) = item?;
-                keys::seq_of_log(&k)
-                    .ok_or_else(|| StoreError::Corrupt("log key is not 8 bytes".into()))
+                log_seq(&k)
             }
         }
     }
@@ -235,13 +234,11 @@ impl Store {
                 done = true;
                 return it.status().err().map(|e| Err(e.into()));
             };
-            let item = keys::seq_of_log(k)
-                .ok_or_else(|| StoreError::Corrupt("log key is not 8 bytes".into()))
-                .and_then(|seq| {
-                    codec::decode_entry(v)
-                        .map(|entry| (seq, entry))
-                        .map_err(|source| StoreError::Codec { cf: "log", source })
-                });
+            let item = log_seq(k).and_then(|seq| {
+                codec::decode_entry(v)
+                    .map(|entry| (seq, entry))
+                    .map_err(|source| StoreError::Codec { cf: "log", source })
+            });
             done = item.is_err();
             it.next();
             Some(item)
@@ -262,9 +259,7 @@ impl Store {
             Some(keys::log(to).to_vec()),
         );
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let seq = keys::seq_of_log(k)
-                .ok_or_else(|| StoreError::Corrupt("log key is not 8 bytes".into()))?;
-            f(seq, v)?;
+            f(log_seq(k)?, v)?;
             it.next();
         }
         Ok(it.status()?)
@@ -647,6 +642,11 @@ fn person_properties_json(bytes: &[u8]) -> Result<&str, StoreError> {
     let head: PersonHead<'_> =
         bincode::deserialize(body).map_err(|e| codec_error(CodecError::Bincode(e)))?;
     Ok(head.properties)
+}
+
+/// The seq of a `log` key.
+fn log_seq(key: &[u8]) -> Result<Seq, StoreError> {
+    keys::seq_of_log(key).ok_or_else(|| StoreError::Corrupt("log key is not 8 bytes".into()))
 }
 
 /// The `evname` keys of the events named `name` with a timestamp in `[from_ms, to_ms]`: the
