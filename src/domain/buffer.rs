@@ -66,14 +66,17 @@ pub struct BufferedEvent {
 impl BufferedEvent {
     /// The waiting form of an event that arrived at `now_ms`.
     pub fn new(ev: &Normalized, now_ms: i64) -> BufferedEvent {
+        // The promoted properties are kept copied into `set`/`set_once` (as before they were
+        // read lazily), so the log's `EventBuffered` records keep their meaning.
+        let updates = ev.person_updates();
         BufferedEvent {
             uuid: ev.uuid.clone(),
             name: ev.name.clone(),
             distinct_id: ev.distinct_id.clone(),
             properties: Props(ev.properties.clone()),
-            set: Props(ev.updates.set.clone()),
-            set_once: Props(ev.updates.set_once.clone()),
-            unset: ev.updates.unset.clone(),
+            set: Props(updates.set),
+            set_once: Props(updates.set_once),
+            unset: updates.unset,
             timestamp_ms: ev.timestamp_ms,
             received_at_ms: now_ms,
             personless: ev.personless,
@@ -94,6 +97,8 @@ impl BufferedEvent {
                 set_once: self.set_once.0.clone(),
                 unset: self.unset.clone(),
             },
+            // Already in `set` and `set_once`.
+            promote: false,
             timestamp_ms: Some(self.timestamp_ms.unwrap_or(self.received_at_ms)),
             personless: self.personless,
             warnings: self.warnings.clone(),
@@ -138,12 +143,24 @@ mod tests {
 
     #[test]
     fn a_released_event_is_the_event_that_arrived() {
-        let e = ev(json!({"event": "x", "distinct_id": "u", "uuid": "e1", "$set": {"a": 1}}));
+        let e = ev(
+            json!({"event": "x", "distinct_id": "u", "uuid": "e1", "$set": {"a": 1},
+                          "properties": {"$browser": "Firefox", "$set_once": {"$initial_browser": "Old"}}}),
+        );
         let back = BufferedEvent::new(&e, 5_000).to_normalized();
         assert_eq!(back.timestamp_ms, Some(5_000));
+        // The promoted properties come back copied into the explicit updates.
+        assert_eq!(back.person_updates(), e.person_updates());
+        assert_eq!(back.person_updates().set["$browser"], json!("Firefox"));
+        assert_eq!(
+            back.person_updates().set_once["$initial_browser"],
+            json!("Old")
+        );
         assert_eq!(
             Normalized {
                 timestamp_ms: None,
+                updates: e.updates.clone(),
+                promote: e.promote,
                 ..back
             },
             e

@@ -6,12 +6,10 @@ use serde_json::{Map, Value};
 use super::change::{AttachRule, Change, RefusalReason, StoredEvent};
 use super::ids::{is_illegal_distinct_id, person_uuid, ProjectId};
 use super::normalize::{
-    merge_trigger, MergeKind, Normalized, NO_PERSONLESS_EVENTS, NO_PROPERTY_EVENTS,
+    merge_trigger, EventUpdates, MergeKind, Normalized, NO_PERSONLESS_EVENTS, NO_PROPERTY_EVENTS,
 };
 use super::person::Person;
-use super::props::{
-    serialized_size, PropertyUpdates, Props, RawProps, MAX_PERSON_PROPERTIES_BYTES,
-};
+use super::props::{serialized_size, Props, RawProps, MAX_PERSON_PROPERTIES_BYTES};
 use super::warnings::{Warning, WarningKind, WarningLimiter};
 
 /// What `decide` may look at besides the event.
@@ -69,13 +67,11 @@ impl Decider<'_, '_> {
         }
     }
 
-    fn updates(&self) -> &PropertyUpdates {
-        static NONE: std::sync::LazyLock<PropertyUpdates> =
-            std::sync::LazyLock::new(PropertyUpdates::default);
+    fn updates(&self) -> EventUpdates<'_> {
         if NO_PROPERTY_EVENTS.contains(&self.ev.name.as_str()) {
-            &NONE
+            EventUpdates::none()
         } else {
-            &self.ev.updates
+            EventUpdates::of(self.ev)
         }
     }
 

@@ -21,7 +21,7 @@ pub use apply::{apply_entry, apply_entry_owned, apply_entry_to_person, State};
 pub use change::{Change, Entry, RefusalReason, StoredEvent};
 pub use decide::{decide, decide_owned, lookups, Ctx, Decision};
 pub use ids::{is_illegal_distinct_id, person_uuid, PersonUuid, ProjectId, Seq};
-pub use normalize::{normalize, normalize_owned, MergeKind, Normalized, Rejection};
+pub use normalize::{normalize, normalize_owned, EventUpdates, MergeKind, Normalized, Rejection};
 pub use person::Person;
 pub use props::{Props, RawProps};
 pub use settings::{ProjectSettings, SettingsError, SettingsPatch};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::js::{is_truthy, to_js_string};
-use super::props::PropertyUpdates;
+use super::props::{PropertyDiff, PropertyUpdates};
 use super::warnings::{Warning, WarningKind};
 
 /// Longest event name and event distinct ID, in code points (spec §1.5).
@@ -95,8 +95,12 @@ pub struct Normalized {
     pub distinct_id: String,
     /// All properties, with top-level `$set`/`$set_once` merged in.
     pub properties: Map<String, Value>,
-    /// What the event asks of the person's properties.
+    /// What the event asks of the person's properties explicitly (`$set`, `$set_once`,
+    /// `$unset`), without the promoted properties: see [`Normalized::person_updates`].
     pub updates: PropertyUpdates,
+    /// Whether the event's [`PROMOTED_KEYS`] are promoted (spec §1.6): every event except
+    /// `$snapshot` and `$performance_event`.
+    pub promote: bool,
     /// Event time in ms since the epoch, when the event carried a readable one.
     pub timestamp_ms: Option<i64>,
     /// `$process_person_profile === false`.
@@ -203,23 +207,129 @@ static PROMOTED: std::sync::LazyLock<HashMap<&'static str, String, foldhash::fas
             .collect()
     });
 
-/// Promote the event's properties of [`PROMOTED_KEYS`] to `$set` and `$initial_*` to
-/// `$set_once`, unless the event sets those itself (spec §1.6). One pass over the event's
-/// properties with a hash lookup each, instead of a search of the properties per promoted key.
-fn promote(name: &str, properties: &Map<String, Value>, updates: &mut PropertyUpdates) {
-    if name == "$snapshot" || name == "$performance_event" {
-        return;
+/// The `$initial_` name of `key` when `key` is one of [`PROMOTED_KEYS`].
+fn initial_of(key: &str) -> Option<&'static str> {
+    PROMOTED.get(key).map(String::as_str)
+}
+
+/// What one event asks of a person's properties (spec §1.6, §5): its explicit updates and,
+/// when it promotes, each of its [`PROMOTED_KEYS`] as a `$set` and its `$initial_` name as a
+/// `$set_once`, unless the event sets that key itself. The promoted values are read where they
+/// are, in the event's properties, instead of being copied into maps that a typical event
+/// (whose browser properties are those the person already has) would only throw away.
+#[derive(Clone, Copy, Debug)]
+pub struct EventUpdates<'e> {
+    explicit: &'e PropertyUpdates,
+    promoted_from: Option<&'e Map<String, Value>>,
+}
+
+impl<'e> EventUpdates<'e> {
+    /// The updates of `ev`.
+    pub fn of(ev: &'e Normalized) -> Self {
+        EventUpdates {
+            explicit: &ev.updates,
+            promoted_from: ev.promote.then_some(&ev.properties),
+        }
     }
-    for (key, v) in properties {
-        let Some(initial) = PROMOTED.get(key.as_str()) else {
-            continue;
-        };
-        if !updates.set.contains_key(key) {
-            updates.set.insert(key.clone(), v.clone());
+
+    /// `updates` alone, promoting nothing.
+    pub fn explicit(updates: &'e PropertyUpdates) -> Self {
+        EventUpdates {
+            explicit: updates,
+            promoted_from: None,
         }
-        if !updates.set_once.contains_key(initial) {
-            updates.set_once.insert(initial.clone(), v.clone());
+    }
+
+    /// No property change at all (the events of `NO_PROPERTY_EVENTS`).
+    pub fn none() -> EventUpdates<'static> {
+        static NONE: std::sync::LazyLock<PropertyUpdates> =
+            std::sync::LazyLock::new(PropertyUpdates::default);
+        EventUpdates::explicit(&NONE)
+    }
+
+    /// Each promoted property: its key, its `$initial_` key and its value.
+    fn promoted(self) -> impl Iterator<Item = (&'e str, &'static str, &'e Value)> {
+        self.promoted_from
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| initial_of(k).map(|i| (k.as_str(), i, v)))
+    }
+
+    /// Every `$set`: the explicit ones, then the promoted keys not set explicitly.
+    pub fn set(self) -> impl Iterator<Item = (&'e str, &'e Value)> {
+        let explicit = &self.explicit.set;
+        explicit.iter().map(|(k, v)| (k.as_str(), v)).chain(
+            self.promoted()
+                .filter(|(k, _, _)| !explicit.contains_key(*k))
+                .map(|(k, _, v)| (k, v)),
+        )
+    }
+
+    /// Every `$set_once`: the explicit ones, then the promoted `$initial_` keys not set once
+    /// explicitly.
+    pub fn set_once(self) -> impl Iterator<Item = (&'e str, &'e Value)> {
+        let explicit = &self.explicit.set_once;
+        explicit.iter().map(|(k, v)| (k.as_str(), v)).chain(
+            self.promoted()
+                .filter(|(_, i, _)| !explicit.contains_key(*i))
+                .map(|(_, i, v)| (i, v)),
+        )
+    }
+
+    /// The same updates as owned maps, the promoted properties copied in.
+    pub fn to_owned(self) -> PropertyUpdates {
+        let mut out = self.explicit.clone();
+        for (k, i, v) in self.promoted() {
+            if !out.set.contains_key(k) {
+                out.set.insert(k.to_string(), v.clone());
+            }
+            if !out.set_once.contains_key(i) {
+                out.set_once.insert(i.to_string(), v.clone());
+            }
         }
+        out
+    }
+
+    /// Properties of a person created by this event (spec §5, creation): `$set_once`, then
+    /// `$set` over it; `$unset` is ignored.
+    pub fn initial(self) -> Map<String, Value> {
+        let mut props = Map::new();
+        for (k, v) in self.set_once().chain(self.set()) {
+            props.insert(k.to_string(), v.clone());
+        }
+        props
+    }
+
+    /// What actually changes on a person whose properties are `current` (spec §5, update):
+    /// each `$set_once` key the person lacks, then each `$set` whose value differs (a `$set`
+    /// beats a `$set_once` of the same key), then the `$unset` keys the person has.
+    pub fn diff(self, current: &Map<String, Value>) -> PropertyDiff {
+        let mut set = Map::new();
+        for (k, v) in self.set_once() {
+            if !current.contains_key(k) {
+                set.insert(k.to_string(), v.clone());
+            }
+        }
+        for (k, v) in self.set() {
+            if current.get(k) != Some(v) {
+                set.insert(k.to_string(), v.clone());
+            }
+        }
+        let mut unset: Vec<String> = Vec::new();
+        for k in &self.explicit.unset {
+            if current.contains_key(k) && !unset.contains(k) {
+                unset.push(k.clone());
+            }
+        }
+        PropertyDiff { set, unset }
+    }
+}
+
+impl Normalized {
+    /// Everything the event asks of a person's properties, promoted properties included, as
+    /// owned maps (what a buffered event keeps).
+    pub fn person_updates(&self) -> PropertyUpdates {
+        EventUpdates::of(self).to_owned()
     }
 }
 
@@ -271,12 +381,12 @@ pub fn normalize_owned(event: Value, now_ms: i64) -> Result<Normalized, Rejectio
     if has_top_set_once || properties.contains_key("$set_once") {
         properties.insert("$set_once".into(), Value::Object(set_once.clone()));
     }
-    let mut updates = PropertyUpdates {
+    let updates = PropertyUpdates {
         set,
         set_once,
         unset: unset_keys(properties.get("$unset")),
     };
-    promote(&name, &properties, &mut updates);
+    let promote = name != "$snapshot" && name != "$performance_event";
 
     let uuid = obj
         .get("uuid")
@@ -324,6 +434,7 @@ pub fn normalize_owned(event: Value, now_ms: i64) -> Result<Normalized, Rejectio
         distinct_id,
         properties,
         updates,
+        promote,
         personless,
         warnings,
     })
@@ -359,5 +470,100 @@ pub fn merge_trigger(ev: &Normalized) -> Option<(MergeKind, String)> {
                 .map(|v| (kind, to_js_string(v)))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn map(entries: Vec<(String, u8)>) -> Map<String, Value> {
+        entries
+            .into_iter()
+            .map(|(k, v)| (k, Value::from(v)))
+            .collect()
+    }
+
+    /// Keys drawn from a few plain ones, two promoted ones and their `$initial_` names, so that
+    /// explicit and promoted updates collide.
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "a",
+            "b",
+            "$os",
+            "$browser",
+            "$initial_os",
+            "$initial_browser",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    fn props() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::vec((key(), 0u8..3), 0..6).prop_map(map)
+    }
+
+    proptest! {
+        /// The diff equals its definition (spec §5): `$set_once` keys absent from the person,
+        /// then `$set` keys whose value differs.
+        #[test]
+        fn diff_matches_its_definition(current in props(), set in props(), set_once in props()) {
+            let updates = PropertyUpdates { set: set.clone(), set_once: set_once.clone(), unset: vec![] };
+            let mut want = Map::new();
+            for (k, v) in &set_once {
+                if !current.contains_key(k) {
+                    want.insert(k.clone(), v.clone());
+                }
+            }
+            for (k, v) in &set {
+                if current.get(k) != Some(v) {
+                    want.insert(k.clone(), v.clone());
+                }
+            }
+            prop_assert_eq!(EventUpdates::explicit(&updates).diff(&current).set, want);
+        }
+
+        /// Promotion read in place gives the same diff and the same new person as the
+        /// promoted properties copied into the updates first (spec §1.6).
+        #[test]
+        fn promotion_in_place_equals_promotion_by_copy(
+            current in props(),
+            properties in props(),
+            set in props(),
+            set_once in props(),
+            promote: bool,
+        ) {
+            let mut event = serde_json::json!({"event": "e", "distinct_id": "d"});
+            let mut properties = properties;
+            properties.insert("$set".into(), Value::Object(set));
+            properties.insert("$set_once".into(), Value::Object(set_once));
+            event["properties"] = Value::Object(properties);
+            let mut ev = normalize(&event, 0).unwrap();
+            ev.promote = promote;
+            let copied = ev.person_updates();
+            if !promote {
+                prop_assert_eq!(&copied, &ev.updates);
+            }
+            let lazy = EventUpdates::of(&ev);
+            prop_assert_eq!(lazy.diff(&current), EventUpdates::explicit(&copied).diff(&current));
+            prop_assert_eq!(lazy.initial(), EventUpdates::explicit(&copied).initial());
+        }
+    }
+
+    #[test]
+    fn promoted_properties_copy_into_set_and_initial_set_once_unless_set_explicitly() {
+        let ev = normalize(
+            &serde_json::json!({"event": "e", "distinct_id": "d", "properties": {
+                "$os": "Linux", "$browser": "Firefox", "other": 1,
+                "$set": {"$os": "Mine"}, "$set_once": {"$initial_browser": "Old"}}}),
+            0,
+        )
+        .unwrap();
+        let u = ev.person_updates();
+        assert_eq!(u.set["$os"], "Mine");
+        assert_eq!(u.set["$browser"], "Firefox");
+        assert_eq!(u.set_once["$initial_os"], "Linux");
+        assert_eq!(u.set_once["$initial_browser"], "Old");
+        assert!(!u.set.contains_key("other") && !u.set_once.contains_key("$initial_other"));
     }
 }

@@ -164,7 +164,7 @@ fn browser_properties_are_promoted_to_set_and_initial_set_once() {
 #[test]
 fn explicit_set_beats_a_promoted_property() {
     let ev = normalize(&json!({"event": "e", "distinct_id": "a", "properties": {"$os": "Linux", "$set": {"$os": "Mine"}}}), NOW).unwrap();
-    assert_eq!(ev.updates.set["$os"], json!("Mine"));
+    assert_eq!(ev.person_updates().set["$os"], json!("Mine"));
 }
 
 #[test]
@@ -174,7 +174,8 @@ fn snapshot_events_promote_nothing() {
         NOW,
     )
     .unwrap();
-    assert!(ev.updates.set.is_empty() && ev.updates.set_once.is_empty());
+    let updates = ev.person_updates();
+    assert!(updates.set.is_empty() && updates.set_once.is_empty());
 }
 
 // §2 personless
