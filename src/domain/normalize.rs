@@ -212,6 +212,9 @@ fn initial_of(key: &str) -> Option<&'static str> {
     PROMOTED.get(key).map(String::as_str)
 }
 
+/// A promoted property: its key, its `$initial_` key and its value.
+type Promoted<'e> = (&'e str, &'static str, &'e Value);
+
 /// What one event asks of a person's properties (spec §1.6, §5): its explicit updates and,
 /// when it promotes, each of its [`PROMOTED_KEYS`] as a `$set` and its `$initial_` name as a
 /// `$set_once`, unless the event sets that key itself. The promoted values are read where they
@@ -248,31 +251,46 @@ impl<'e> EventUpdates<'e> {
     }
 
     /// Each promoted property: its key, its `$initial_` key and its value.
-    fn promoted(self) -> impl Iterator<Item = (&'e str, &'static str, &'e Value)> {
+    fn promoted(self) -> Vec<Promoted<'e>> {
         self.promoted_from
             .into_iter()
             .flatten()
             .filter_map(|(k, v)| initial_of(k).map(|i| (k.as_str(), i, v)))
+            .collect()
     }
 
     /// Every `$set`: the explicit ones, then the promoted keys not set explicitly.
-    pub fn set(self) -> impl Iterator<Item = (&'e str, &'e Value)> {
+    fn set<'p>(
+        self,
+        promoted: &'p [Promoted<'e>],
+    ) -> impl Iterator<Item = (&'e str, &'e Value)> + 'p
+    where
+        'e: 'p,
+    {
         let explicit = &self.explicit.set;
         explicit.iter().map(|(k, v)| (k.as_str(), v)).chain(
-            self.promoted()
+            promoted
+                .iter()
                 .filter(|(k, _, _)| !explicit.contains_key(*k))
-                .map(|(k, _, v)| (k, v)),
+                .map(|&(k, _, v)| (k, v)),
         )
     }
 
     /// Every `$set_once`: the explicit ones, then the promoted `$initial_` keys not set once
     /// explicitly.
-    pub fn set_once(self) -> impl Iterator<Item = (&'e str, &'e Value)> {
+    fn set_once<'p>(
+        self,
+        promoted: &'p [Promoted<'e>],
+    ) -> impl Iterator<Item = (&'e str, &'e Value)> + 'p
+    where
+        'e: 'p,
+    {
         let explicit = &self.explicit.set_once;
         explicit.iter().map(|(k, v)| (k.as_str(), v)).chain(
-            self.promoted()
+            promoted
+                .iter()
                 .filter(|(_, i, _)| !explicit.contains_key(*i))
-                .map(|(_, i, v)| (i, v)),
+                .map(|&(_, i, v)| (i, v)),
         )
     }
 
@@ -293,8 +311,9 @@ impl<'e> EventUpdates<'e> {
     /// Properties of a person created by this event (spec §5, creation): `$set_once`, then
     /// `$set` over it; `$unset` is ignored.
     pub fn initial(self) -> Map<String, Value> {
+        let promoted = self.promoted();
         let mut props = Map::new();
-        for (k, v) in self.set_once().chain(self.set()) {
+        for (k, v) in self.set_once(&promoted).chain(self.set(&promoted)) {
             props.insert(k.to_string(), v.clone());
         }
         props
@@ -304,13 +323,16 @@ impl<'e> EventUpdates<'e> {
     /// each `$set_once` key the person lacks, then each `$set` whose value differs (a `$set`
     /// beats a `$set_once` of the same key), then the `$unset` keys the person has.
     pub fn diff(self, current: &Map<String, Value>) -> PropertyDiff {
+        // The promoted properties are found once (a lookup per event property), then read
+        // twice.
+        let promoted = self.promoted();
         let mut set = Map::new();
-        for (k, v) in self.set_once() {
+        for (k, v) in self.set_once(&promoted) {
             if !current.contains_key(k) {
                 set.insert(k.to_string(), v.clone());
             }
         }
-        for (k, v) in self.set() {
+        for (k, v) in self.set(&promoted) {
             if current.get(k) != Some(v) {
                 set.insert(k.to_string(), v.clone());
             }
