@@ -71,6 +71,8 @@ impl Engine {
             .send(Ingest(items))
             .await
             .map_err(|_| EngineError::Stopped)??;
+        // Freed here, on the thread that parsed them, and before the wait.
+        drop(outcome.events);
         if let Some(seq) = outcome.wait_for {
             self.writer.wait_durable(seq).await?;
         }

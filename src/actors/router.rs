@@ -21,7 +21,7 @@ use crate::domain::admin::{decide_delete, decide_split, AdminError};
 use crate::domain::apply::{created_person, split_parts};
 use crate::domain::buffer::{qualifies, BufferedEvent};
 use crate::domain::{
-    decide_owned, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId,
+    decide, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId,
     ProjectSettings, Seq, SettingsPatch, WarningLimiter,
 };
 use crate::metrics::Metrics;
@@ -104,6 +104,7 @@ pub enum EngineError {
 }
 
 /// One event to ingest, already normalised, with its project.
+#[derive(Clone, Debug, PartialEq)]
 pub struct IngestItem {
     /// The project.
     pub project: ProjectId,
@@ -129,6 +130,10 @@ pub struct IngestOutcome {
     pub wait_for: Option<Seq>,
     /// One outcome per item, in order.
     pub outcomes: Vec<ItemOutcome>,
+    /// The events, handed back so that they are freed on the thread that parsed them: with
+    /// mimalloc, memory freed by another thread is queued for its owner to collect, which cost
+    /// the router and the HTTP workers about a tenth of the daemon's CPU under load.
+    pub events: Vec<IngestItem>,
 }
 
 /// Ingest events in order.
@@ -600,13 +605,17 @@ async fn snapshot(
 async fn ingest(st: Shared, items: Vec<IngestItem>) -> Result<IngestOutcome, EngineError> {
     let mut outcomes = Vec::with_capacity(items.len());
     let mut wait_for: Option<Seq> = None;
-    for IngestItem { project, event } in items {
-        let (seq, outcome) = process(&st, project, event, None).await?;
+    for IngestItem { project, event } in &items {
+        let (seq, outcome) = process(&st, *project, event, None).await?;
         wait_for = wait_for.max(seq);
         outcomes.push(outcome);
     }
     st.borrow_mut().evict();
-    Ok(IngestOutcome { wait_for, outcomes })
+    Ok(IngestOutcome {
+        wait_for,
+        outcomes,
+        events: items,
+    })
 }
 
 /// The seq of an earlier delivery of the event's uuid when it was accepted already (the uuid
@@ -655,19 +664,19 @@ fn buffer(
 async fn process(
     st: &Shared,
     project: ProjectId,
-    event: Normalized,
+    event: &Normalized,
     released: Option<Seq>,
 ) -> Result<(Option<Seq>, ItemOutcome), EngineError> {
     if released.is_none() {
-        if let Some(earlier) = duplicate_of(st, project, &event)? {
+        if let Some(earlier) = duplicate_of(st, project, event)? {
             st.borrow().metrics.events_duplicate.inc();
             return Ok((earlier, ItemOutcome::Duplicate));
         }
     }
-    let (into, other) = lookups(&event);
+    let (into, other) = lookups(event);
     let into_person = snapshot(st, project, &into).await?;
     if released.is_none() {
-        if let Some(seq) = buffer(st, project, &event, into_person.is_some())? {
+        if let Some(seq) = buffer(st, project, event, into_person.is_some())? {
             return Ok((Some(seq), ItemOutcome::Accepted));
         }
     }
@@ -688,7 +697,7 @@ async fn process(
         limiter: &mut limiter,
     };
     let cause = event.uuid.clone();
-    let decision = decide_owned(event, ctx);
+    let decision = decide(event, ctx);
     s.limiter = limiter;
     let mut changes = decision.changes;
     if let Some(buffered) = released {
@@ -725,7 +734,7 @@ async fn release_due(st: Shared) -> Result<(), EngineError> {
     };
     let mut result = Ok(());
     for (seq, project, event) in due {
-        if let Err(e) = process(&st, project, event, Some(seq)).await {
+        if let Err(e) = process(&st, project, &event, Some(seq)).await {
             tracing::error!(error = %e, buffered_seq = seq.0, "Could not release a buffered event; it stays buffered.");
             result = Err(e);
             break;
