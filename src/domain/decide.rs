@@ -9,7 +9,7 @@ use super::normalize::{
     merge_trigger, EventUpdates, MergeKind, Normalized, NO_PERSONLESS_EVENTS, NO_PROPERTY_EVENTS,
 };
 use super::person::Person;
-use super::props::{serialized_size, Props, RawProps, MAX_PERSON_PROPERTIES_BYTES};
+use super::props::{exceeds, update_exceeds, Props, RawProps, MAX_PERSON_PROPERTIES_BYTES};
 use super::warnings::{Warning, WarningKind, WarningLimiter};
 
 /// What `decide` may look at besides the event.
@@ -94,7 +94,7 @@ impl Decider<'_, '_> {
     fn create(&mut self, ids: Vec<String>, identified: bool) {
         let uuid = person_uuid(self.ctx.project, &ids[0]);
         let mut props = self.updates().initial();
-        if serialized_size(&props) > MAX_PERSON_PROPERTIES_BYTES {
+        if exceeds(&props, MAX_PERSON_PROPERTIES_BYTES) {
             self.size_violation(
                 &uuid.to_string(),
                 "Person properties would exceed 512 KiB; not created with them",
@@ -119,9 +119,7 @@ impl Decider<'_, '_> {
         if diff.is_empty() {
             return;
         }
-        let mut after = current.clone();
-        super::props::apply_diff(&mut after, &diff.set, &diff.unset);
-        if serialized_size(&after) > MAX_PERSON_PROPERTIES_BYTES {
+        if update_exceeds(current, &diff.set, &diff.unset, MAX_PERSON_PROPERTIES_BYTES) {
             self.size_violation(
                 &person.uuid.to_string(),
                 "Person properties would exceed 512 KiB; update not applied",
@@ -312,7 +310,7 @@ impl Decider<'_, '_> {
         }
         let mut combined = p.properties.0.clone();
         combined.extend(brought.clone());
-        if serialized_size(&combined) > MAX_PERSON_PROPERTIES_BYTES {
+        if exceeds(&combined, MAX_PERSON_PROPERTIES_BYTES) {
             self.size_violation(
                 &p.uuid.to_string(),
                 "Merged person properties would exceed 512 KiB; the survivor keeps its own",

@@ -133,6 +133,56 @@ pub fn serialized_size(props: &Map<String, Value>) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// Longest compact JSON text of a number without `arbitrary_precision` (an `f64` such as
+/// `-1.7976931348623157e308` is 24 bytes; an `i64` or `u64` at most 20).
+const MAX_NUMBER_JSON: usize = 32;
+
+/// An upper bound of the compact JSON size of `v`, from lengths alone: escaped, a string is at
+/// most six bytes per byte (`\u001f`) plus its two quotes.
+fn size_bound(v: &Value) -> usize {
+    match v {
+        Value::Null => 4,
+        Value::Bool(_) => 5,
+        Value::Number(_) => MAX_NUMBER_JSON,
+        Value::String(s) => 2 + 6 * s.len(),
+        Value::Array(items) => 2 + items.iter().map(|i| size_bound(i) + 1).sum::<usize>(),
+        Value::Object(m) => map_size_bound(m),
+    }
+}
+
+/// An upper bound of [`serialized_size`]: braces, and per entry its key, colon, value and a
+/// comma.
+fn map_size_bound(m: &Map<String, Value>) -> usize {
+    2 + m
+        .iter()
+        .map(|(k, v)| 2 + 6 * k.len() + 1 + size_bound(v) + 1)
+        .sum::<usize>()
+}
+
+/// Whether `props` serialise to more than `limit` bytes. Exact, but serialises only when a
+/// bound from lengths alone does not already settle it (a typical person's bound is a few
+/// KiB against the 512 KiB limit).
+pub fn exceeds(props: &Map<String, Value>, limit: usize) -> bool {
+    map_size_bound(props) > limit && serialized_size(props) > limit
+}
+
+/// Whether `current` with `set` written and then `unset` removed would serialise to more than
+/// `limit` bytes, copying `current` only when a bound does not settle it: every entry of the
+/// result is an entry of `current` or of `set`, so the sum of their bounds bounds it.
+pub fn update_exceeds(
+    current: &Map<String, Value>,
+    set: &Map<String, Value>,
+    unset: &[String],
+    limit: usize,
+) -> bool {
+    if map_size_bound(current) + map_size_bound(set) <= limit {
+        return false;
+    }
+    let mut after = current.clone();
+    apply_diff(&mut after, set, unset);
+    serialized_size(&after) > limit
+}
+
 /// The changes one event asks of a person's properties.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PropertyUpdates {
@@ -180,6 +230,7 @@ pub fn apply_diff(props: &mut Map<String, Value>, set: &Map<String, Value>, unse
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// Person properties, diffs and the log's JSON text rely on `serde_json::Map` iterating in
     /// key order (it would not with serde_json's `preserve_order` feature, which any crate in
@@ -192,5 +243,52 @@ mod tests {
             .collect();
         let keys: Vec<&str> = m.keys().map(String::as_str).collect();
         assert_eq!(keys, ["$a", "B", "a", "ab", "b"]);
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            // Quotes, backslashes, control characters and non-ASCII text.
+            "[a\"\\\u{0}-\u{1f}é😀]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("[a-c\"\u{1}]{0,3}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn props() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map("[a-d\"\u{7}]{1,3}", value(), 0..6)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        /// The bound is a bound, and the limit checks answer exactly what serialising answers,
+        /// whichever side of the limit (and of the bound) the properties fall.
+        #[test]
+        fn size_checks_agree_with_serialising(
+            current in props(),
+            set in props(),
+            unset in prop::collection::vec("[a-d\"\u{7}]{1,3}", 0..3),
+            limit in 0usize..600,
+        ) {
+            prop_assert!(map_size_bound(&current) >= serialized_size(&current));
+            prop_assert_eq!(exceeds(&current, limit), serialized_size(&current) > limit);
+            let mut after = current.clone();
+            apply_diff(&mut after, &set, &unset);
+            prop_assert_eq!(
+                update_exceeds(&current, &set, &unset, limit),
+                serialized_size(&after) > limit
+            );
+        }
     }
 }
