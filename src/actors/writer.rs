@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::domain::{Entry, Seq};
 use crate::metrics::Metrics;
-use crate::store::{log::write_group, Store};
+use crate::store::{log::GroupWriter, Store};
 
 /// How far the log is durable, or why writing stopped for good.
 #[derive(Clone, Debug, PartialEq)]
@@ -114,6 +114,7 @@ fn run(
     on_fatal: impl FnOnce(&str),
 ) {
     let mut group: Vec<(Seq, Arc<Entry>)> = Vec::with_capacity(MAX_GROUP);
+    let mut writer = GroupWriter::default();
     let mut stopping = false;
     while !stopping {
         match rx.recv() {
@@ -132,7 +133,7 @@ fn run(
         }
         let started = Instant::now();
         let last = group.last().map(|(s, _)| *s).unwrap_or(Seq(0));
-        if let Err(e) = write_group(&store, &group, true) {
+        if let Err(e) = writer.write(&store, &group, true) {
             let msg: Arc<str> = format!("{e}").into();
             tracing::error!(error = %msg, last_seq = %last, "Log write failed; no further writes will be made.");
             status.send_modify(|s| s.failed = Some(msg.clone()));

@@ -14,11 +14,50 @@ use crate::domain::{
     State,
 };
 
+type PersonKey = (ProjectId, PersonUuid);
+
+/// Persons as a materializer last wrote them (`None`: removed), kept decoded so that the next
+/// change of the same person does not read and decode it back from RocksDB. Two generations:
+/// when the recent one outgrows its bound it becomes the older one and the older one is
+/// dropped, so memory stays bounded and a person in use stays cached.
+///
+/// Only the log writer keeps one across groups ([`crate::store::log::GroupWriter`]): it is the
+/// only writer of `persons` while the daemon runs, and it keeps the cache only after a group
+/// is durable.
+#[derive(Default)]
+pub struct PersonCache {
+    recent: HashMap<PersonKey, Option<Person>>,
+    older: HashMap<PersonKey, Option<Person>>,
+}
+
+impl PersonCache {
+    fn get(&self, key: &PersonKey) -> Option<&Option<Person>> {
+        self.recent.get(key).or_else(|| self.older.get(key))
+    }
+
+    fn remove(&mut self, key: &PersonKey) -> Option<Option<Person>> {
+        self.recent.remove(key).or_else(|| self.older.remove(key))
+    }
+
+    /// The person's state from now on; a key is in one generation at most.
+    fn insert(&mut self, key: PersonKey, person: Option<Person>) {
+        self.older.remove(&key);
+        self.recent.insert(key, person);
+    }
+
+    /// Age the recent generation once it holds more than `bound` persons.
+    pub fn trim(&mut self, bound: usize) {
+        if self.recent.len() > bound {
+            self.older = std::mem::take(&mut self.recent);
+        }
+    }
+}
+
 /// Applies log entries to the derived column families, reading through its own pending writes.
 pub struct Materializer<'s> {
     store: &'s Store,
     batch: WriteBatch,
-    persons: HashMap<(ProjectId, PersonUuid), Option<Person>>,
+    persons: PersonCache,
     projects: HashMap<ProjectId, ProjectRecord>,
     seq: Seq,
     warning_index: u16,
@@ -37,7 +76,7 @@ impl<'s> Materializer<'s> {
         Materializer {
             store,
             batch: WriteBatch::with_capacity_bytes(bytes),
-            persons: HashMap::new(),
+            persons: PersonCache::default(),
             projects: HashMap::new(),
             seq: Seq(0),
             warning_index: 0,
@@ -63,14 +102,26 @@ impl<'s> Materializer<'s> {
         }
     }
 
+    /// Read persons through `cache` first: persons written by earlier, durable batches.
+    pub fn with_persons(mut self, cache: PersonCache) -> Self {
+        self.persons = cache;
+        self
+    }
+
     /// The finished batch, recording `seq` as applied.
-    pub fn finish(mut self) -> WriteBatch {
+    pub fn finish(self) -> WriteBatch {
+        self.finish_keeping_persons().0
+    }
+
+    /// The finished batch, and the persons as this batch leaves them (valid once it is
+    /// written).
+    pub fn finish_keeping_persons(mut self) -> (WriteBatch, PersonCache) {
         self.batch.put_cf(
             self.store.cf("meta"),
             b"applied_seq",
             self.seq.0.to_be_bytes(),
         );
-        self.batch
+        (self.batch, self.persons)
     }
 
     fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {

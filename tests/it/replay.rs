@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use idstitch::domain::Seq;
-use idstitch::store::verify::{replay, STRIPE};
+use idstitch::store::log::GroupWriter;
+use idstitch::store::verify::{replay, verify, STRIPE};
 use idstitch::store::{log::write_group, Store};
 use serde_json::json;
 
@@ -46,6 +47,34 @@ fn a_log_of_several_stripes_replays_to_the_state_applied_entry_by_entry() {
     let (w, store) = world_and_store(dir.path());
     let replayed = replay(&store, |_| {}).expect("replay");
     assert!(w.state.persons.len() > 1_000, "{}", w.state.persons.len());
+    assert_eq!(replayed, w.state);
+}
+
+/// The log writer keeps the persons it wrote decoded across groups (`GroupWriter`): written
+/// that way, in small groups, so that persons change again groups later and the cache ages
+/// generations, the live persons and IDs are still exactly those the log replays to.
+#[test]
+fn persons_cached_across_groups_are_written_as_the_log_says() {
+    let (w, _) = {
+        let dir = tempfile::tempdir().unwrap();
+        world_and_store(dir.path())
+    };
+    // A bound well below the persons written, so that generations age many times.
+    let bound = 64;
+    assert!(w.state.persons.len() > 10 * bound);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).expect("open");
+    let mut writer = GroupWriter::new(bound);
+    let log: Vec<_> = w
+        .log
+        .iter()
+        .map(|(s, e)| (*s, Arc::new(e.clone())))
+        .collect();
+    for group in log.chunks(97) {
+        writer.write(&store, group, false).expect("write");
+    }
+    let (replayed, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    assert_eq!(diffs, Vec::<String>::new());
     assert_eq!(replayed, w.state);
 }
 
