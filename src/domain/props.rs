@@ -59,12 +59,15 @@ pub struct RawProps(Box<str>);
 impl RawProps {
     /// The JSON text of `props`.
     pub fn from_map(props: &Map<String, Value>) -> RawProps {
-        // Serialising a map of JSON values cannot fail (string keys, finite numbers).
-        RawProps(
-            serde_json::to_string(props)
-                .unwrap_or_else(|_| "{}".into())
-                .into(),
-        )
+        // Into a buffer of about the final size: grown from serde_json's 128 bytes, ~1 KiB of
+        // properties was copied five times over.
+        let mut text = Vec::with_capacity(text_size_estimate(props));
+        // Serialising a map of JSON values cannot fail (string keys, finite numbers), and
+        // serde_json writes UTF-8.
+        match serde_json::to_writer(&mut text, props).map(|()| String::from_utf8(text)) {
+            Ok(Ok(text)) => RawProps(text.into_boxed_str()),
+            _ => RawProps::empty(),
+        }
     }
 
     /// No properties (a redacted event).
@@ -81,6 +84,23 @@ impl RawProps {
     pub fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
         serde_json::from_str(&self.0)
     }
+}
+
+/// About the compact JSON size of `props` without escapes (a guess for numbers): within a
+/// factor of two of it, so that the text is written into one buffer that needs no shrinking.
+fn text_size_estimate(props: &Map<String, Value>) -> usize {
+    fn value(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.len() + 2,
+            Value::Array(items) => 2 + items.iter().map(|i| value(i) + 1).sum::<usize>(),
+            Value::Object(m) => text_size_estimate(m),
+            _ => 8,
+        }
+    }
+    2 + props
+        .iter()
+        .map(|(k, v)| k.len() + 4 + value(v))
+        .sum::<usize>()
 }
 
 impl Default for RawProps {
