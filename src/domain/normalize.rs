@@ -215,6 +215,27 @@ fn initial_of(key: &str) -> Option<&'static str> {
 /// A promoted property: its key, its `$initial_` key and its value.
 type Promoted<'e> = (&'e str, &'static str, &'e Value);
 
+/// One key and value an event writes.
+type Update<'e> = (&'e str, &'e Value);
+
+/// The entries of `explicit`, then each promoted property under `key(promoted)` unless
+/// `explicit` has that key.
+fn explicit_then_promoted<'e, 'p>(
+    explicit: &'e Map<String, Value>,
+    promoted: &'p [Promoted<'e>],
+    key: fn(&Promoted<'e>) -> &'e str,
+) -> impl Iterator<Item = Update<'e>> + 'p
+where
+    'e: 'p,
+{
+    explicit.iter().map(|(k, v)| (k.as_str(), v)).chain(
+        promoted
+            .iter()
+            .map(move |p| (key(p), p.2))
+            .filter(|(k, _)| !explicit.contains_key(*k)),
+    )
+}
+
 /// What one event asks of a person's properties (spec §1.6, §5): its explicit updates and,
 /// when it promotes, each of its [`PROMOTED_KEYS`] as a `$set` and its `$initial_` name as a
 /// `$set_once`, unless the event sets that key itself. The promoted values are read where they
@@ -260,38 +281,20 @@ impl<'e> EventUpdates<'e> {
     }
 
     /// Every `$set`: the explicit ones, then the promoted keys not set explicitly.
-    fn set<'p>(
-        self,
-        promoted: &'p [Promoted<'e>],
-    ) -> impl Iterator<Item = (&'e str, &'e Value)> + 'p
+    fn set<'p>(self, promoted: &'p [Promoted<'e>]) -> impl Iterator<Item = Update<'e>> + 'p
     where
         'e: 'p,
     {
-        let explicit = &self.explicit.set;
-        explicit.iter().map(|(k, v)| (k.as_str(), v)).chain(
-            promoted
-                .iter()
-                .filter(|(k, _, _)| !explicit.contains_key(*k))
-                .map(|&(k, _, v)| (k, v)),
-        )
+        explicit_then_promoted(&self.explicit.set, promoted, |&(k, _, _)| k)
     }
 
     /// Every `$set_once`: the explicit ones, then the promoted `$initial_` keys not set once
     /// explicitly.
-    fn set_once<'p>(
-        self,
-        promoted: &'p [Promoted<'e>],
-    ) -> impl Iterator<Item = (&'e str, &'e Value)> + 'p
+    fn set_once<'p>(self, promoted: &'p [Promoted<'e>]) -> impl Iterator<Item = Update<'e>> + 'p
     where
         'e: 'p,
     {
-        let explicit = &self.explicit.set_once;
-        explicit.iter().map(|(k, v)| (k.as_str(), v)).chain(
-            promoted
-                .iter()
-                .filter(|(_, i, _)| !explicit.contains_key(*i))
-                .map(|&(_, i, v)| (i, v)),
-        )
+        explicit_then_promoted(&self.explicit.set_once, promoted, |&(_, i, _)| i)
     }
 
     /// The same updates as owned maps, the promoted properties copied in.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use idstitch::domain::Seq;
+use idstitch::domain::{Entry, Seq};
 use idstitch::store::log::GroupWriter;
 use idstitch::store::verify::{replay, verify, STRIPE};
 use idstitch::store::{log::write_group, Store};
@@ -12,9 +12,8 @@ use serde_json::json;
 
 use crate::world::World;
 
-/// A world fed 40,000 events (pageviews, identifies that merge, `$set`s) and a store holding
-/// its log, written as the daemon writes it.
-fn world_and_store(dir: &std::path::Path) -> (World, Store) {
+/// A world fed 40,000 events (pageviews, identifies that merge, `$set`s).
+fn world() -> World {
     let mut w = World::default();
     for i in 0..40_000u64 {
         let anon = format!("anon-{}", i % 5_000);
@@ -29,13 +28,22 @@ fn world_and_store(dir: &std::path::Path) -> (World, Store) {
         w.send(event);
     }
     assert!(w.seq > 2 * STRIPE, "the log spans more than two stripes");
-    let store = Store::open(dir).expect("open");
-    let log: Vec<_> = w
-        .log
+    w
+}
+
+/// The world's log as the writer takes it.
+fn log_of(w: &World) -> Vec<(Seq, Arc<Entry>)> {
+    w.log
         .iter()
         .map(|(s, e)| (*s, Arc::new(e.clone())))
-        .collect();
-    for group in log.chunks(5_000) {
+        .collect()
+}
+
+/// A world fed 40,000 events and a store holding its log, written as the daemon writes it.
+fn world_and_store(dir: &std::path::Path) -> (World, Store) {
+    let w = world();
+    let store = Store::open(dir).expect("open");
+    for group in log_of(&w).chunks(5_000) {
         write_group(&store, group, false).expect("write");
     }
     (w, store)
@@ -55,22 +63,14 @@ fn a_log_of_several_stripes_replays_to_the_state_applied_entry_by_entry() {
 /// generations, the live persons and IDs are still exactly those the log replays to.
 #[test]
 fn persons_cached_across_groups_are_written_as_the_log_says() {
-    let (w, _) = {
-        let dir = tempfile::tempdir().unwrap();
-        world_and_store(dir.path())
-    };
+    let w = world();
     // A bound well below the persons written, so that generations age many times.
     let bound = 64;
     assert!(w.state.persons.len() > 10 * bound);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).expect("open");
     let mut writer = GroupWriter::new(bound);
-    let log: Vec<_> = w
-        .log
-        .iter()
-        .map(|(s, e)| (*s, Arc::new(e.clone())))
-        .collect();
-    for group in log.chunks(97) {
+    for group in log_of(&w).chunks(97) {
         writer.write(&store, group, false).expect("write");
     }
     let (replayed, diffs) = verify(&store, |_| {}, 10).expect("verify");
