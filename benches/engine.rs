@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use idstitch::actors::WriterHandle;
 use idstitch::domain::memstate::MemState;
 use idstitch::domain::{
-    apply_entry, decide_owned, lookups, normalize_owned, Ctx, Entry, ProjectId, Seq, WarningLimiter,
+    apply_entry, decide, lookups, normalize_owned, Ctx, Entry, ProjectId, Seq, WarningLimiter,
 };
 use idstitch::metrics::Metrics;
 use idstitch::store::{log::write_group, verify::replay, Store};
@@ -90,7 +90,7 @@ fn step(state: &mut MemState, limiter: &mut WarningLimiter, seq: u64, raw: &Valu
         other: None,
         limiter,
     };
-    let changes = decide_owned(ev, ctx).changes;
+    let changes = decide(&ev, ctx).changes;
     let entry = Entry {
         project: P,
         at_ms: 0,

@@ -66,8 +66,8 @@ pub struct BufferedEvent {
 impl BufferedEvent {
     /// The waiting form of an event that arrived at `now_ms`.
     pub fn new(ev: &Normalized, now_ms: i64) -> BufferedEvent {
-        // The promoted properties are kept copied into `set`/`set_once` (as before they were
-        // read lazily), so the log's `EventBuffered` records keep their meaning.
+        // Stored with the promoted properties copied into `set`/`set_once`, as `EventBuffered`
+        // records always were, so that old and new records mean the same.
         let updates = ev.person_updates();
         BufferedEvent {
             uuid: ev.uuid.clone(),

@@ -344,7 +344,8 @@ impl Decider<'_, '_> {
     }
 }
 
-/// Decide what one event does (the pure heart of idstitch).
+/// Decide what one event does (the pure heart of idstitch). The stored event's properties are
+/// serialised here, once, to the JSON text the log keeps.
 pub fn decide(ev: &Normalized, ctx: Ctx<'_>) -> Decision {
     let trigger = if ev.personless {
         None
@@ -352,12 +353,6 @@ pub fn decide(ev: &Normalized, ctx: Ctx<'_>) -> Decision {
         merge_trigger(ev)
     };
     decide_with(ev, ctx, trigger, RawProps::from_map(&ev.properties))
-}
-
-/// [`decide`], for callers that own the event (the daemon's path). The stored event's
-/// properties are serialised once here, to the JSON text the log keeps.
-pub fn decide_owned(ev: Normalized, ctx: Ctx<'_>) -> Decision {
-    decide(&ev, ctx)
 }
 
 fn decide_with(

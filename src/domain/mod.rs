@@ -19,7 +19,7 @@ pub mod warnings;
 
 pub use apply::{apply_entry, apply_entry_owned, apply_entry_to_person, State};
 pub use change::{Change, Entry, RefusalReason, StoredEvent};
-pub use decide::{decide, decide_owned, lookups, Ctx, Decision};
+pub use decide::{decide, lookups, Ctx, Decision};
 pub use ids::{is_illegal_distinct_id, person_uuid, PersonUuid, ProjectId, Seq};
 pub use normalize::{normalize, normalize_owned, EventUpdates, MergeKind, Normalized, Rejection};
 pub use person::Person;

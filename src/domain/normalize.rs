@@ -298,7 +298,7 @@ impl<'e> EventUpdates<'e> {
     }
 
     /// The same updates as owned maps, the promoted properties copied in.
-    pub fn to_owned(self) -> PropertyUpdates {
+    pub fn materialized(self) -> PropertyUpdates {
         let mut out = self.explicit.clone();
         for (k, i, v) in self.promoted() {
             if !out.set.contains_key(k) {
@@ -354,7 +354,7 @@ impl Normalized {
     /// Everything the event asks of a person's properties, promoted properties included, as
     /// owned maps (what a buffered event keeps).
     pub fn person_updates(&self) -> PropertyUpdates {
-        EventUpdates::of(self).to_owned()
+        EventUpdates::of(self).materialized()
     }
 }
 
