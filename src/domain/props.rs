@@ -61,7 +61,7 @@ impl RawProps {
     pub fn from_map(props: &Map<String, Value>) -> RawProps {
         // Into a buffer of about the final size: grown from serde_json's 128 bytes, ~1 KiB of
         // properties was copied five times over.
-        let mut text = Vec::with_capacity(text_size_estimate(props));
+        let mut text = Vec::with_capacity(map_size(props, ESTIMATE));
         // Serialising a map of JSON values cannot fail (string keys, finite numbers), and
         // serde_json writes UTF-8.
         match serde_json::to_writer(&mut text, props).map(|()| String::from_utf8(text)) {
@@ -84,23 +84,6 @@ impl RawProps {
     pub fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
         serde_json::from_str(&self.0)
     }
-}
-
-/// About the compact JSON size of `props` without escapes (a guess for numbers): within a
-/// factor of two of it, so that the text is written into one buffer that needs no shrinking.
-fn text_size_estimate(props: &Map<String, Value>) -> usize {
-    fn value(v: &Value) -> usize {
-        match v {
-            Value::String(s) => s.len() + 2,
-            Value::Array(items) => 2 + items.iter().map(|i| value(i) + 1).sum::<usize>(),
-            Value::Object(m) => text_size_estimate(m),
-            _ => 8,
-        }
-    }
-    2 + props
-        .iter()
-        .map(|(k, v)| k.len() + 4 + value(v))
-        .sum::<usize>()
 }
 
 impl Default for RawProps {
@@ -157,26 +140,49 @@ pub fn serialized_size(props: &Map<String, Value>) -> usize {
 /// `-1.7976931348623157e308` is 24 bytes; an `i64` or `u64` at most 20).
 const MAX_NUMBER_JSON: usize = 32;
 
-/// An upper bound of the compact JSON size of `v`, from lengths alone: escaped, a string is at
-/// most six bytes per byte (`\u001f`) plus its two quotes.
-fn size_bound(v: &Value) -> usize {
+/// How [`map_size`] counts the compact JSON text of a map, from lengths alone: bytes per byte
+/// of a string or key, and per number.
+#[derive(Clone, Copy)]
+struct Sizing {
+    per_byte: usize,
+    number: usize,
+}
+
+/// An upper bound: escaped, a string is at most six bytes per byte (`\u001f`).
+const BOUND: Sizing = Sizing {
+    per_byte: 6,
+    number: MAX_NUMBER_JSON,
+};
+
+/// About the size without escapes (a guess for numbers), to size a buffer: within a factor of
+/// two for typical properties, so that the text needs no growing or shrinking.
+const ESTIMATE: Sizing = Sizing {
+    per_byte: 1,
+    number: 8,
+};
+
+fn value_size(v: &Value, s: Sizing) -> usize {
     match v {
         Value::Null => 4,
         Value::Bool(_) => 5,
-        Value::Number(_) => MAX_NUMBER_JSON,
-        Value::String(s) => 2 + 6 * s.len(),
-        Value::Array(items) => 2 + items.iter().map(|i| size_bound(i) + 1).sum::<usize>(),
-        Value::Object(m) => map_size_bound(m),
+        Value::Number(_) => s.number,
+        Value::String(text) => 2 + s.per_byte * text.len(),
+        Value::Array(items) => 2 + items.iter().map(|i| value_size(i, s) + 1).sum::<usize>(),
+        Value::Object(m) => map_size(m, s),
     }
 }
 
-/// An upper bound of [`serialized_size`]: braces, and per entry its key, colon, value and a
-/// comma.
-fn map_size_bound(m: &Map<String, Value>) -> usize {
+/// Braces, and per entry its quoted key, colon, value and a comma.
+fn map_size(m: &Map<String, Value>, s: Sizing) -> usize {
     2 + m
         .iter()
-        .map(|(k, v)| 2 + 6 * k.len() + 1 + size_bound(v) + 1)
+        .map(|(k, v)| 2 + s.per_byte * k.len() + 1 + value_size(v, s) + 1)
         .sum::<usize>()
+}
+
+/// An upper bound of [`serialized_size`].
+fn map_size_bound(m: &Map<String, Value>) -> usize {
+    map_size(m, BOUND)
 }
 
 /// Whether `props` serialise to more than `limit` bytes. Exact, but serialises only when a
