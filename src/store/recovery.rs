@@ -58,7 +58,7 @@ pub fn recover(
     let mut in_group = 0;
     for item in store.entries_from(from) {
         let (seq, entry) = item?;
-        m.add(seq, &entry, false)?;
+        m.add(seq, &std::sync::Arc::new(entry), false)?;
         replayed += 1;
         in_group += 1;
         if in_group == REPLAY_GROUP {

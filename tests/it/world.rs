@@ -55,6 +55,19 @@ impl World {
         decision
     }
 
+    /// Log and apply an operator action's changes (`decide_split`, `decide_delete`).
+    pub fn admin(&mut self, changes: Vec<Change>) {
+        self.seq += 1;
+        let entry = Entry {
+            project: P,
+            at_ms: NOW,
+            cause: None,
+            changes,
+        };
+        apply_entry(&mut self.state, Seq(self.seq), &entry);
+        self.log.push((Seq(self.seq), entry));
+    }
+
     /// The person of a distinct ID.
     pub fn person(&self, did: &str) -> Option<&Person> {
         self.state.person_of(P, did)
