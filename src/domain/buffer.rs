@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::normalize::{merge_trigger, Normalized};
-use super::props::{PropertyUpdates, Props};
+use super::props::{PropertyUpdates, Props, RawProps};
 use super::warnings::Warning;
 
 /// SDKs whose events are never delayed: a mobile app is both frontend and backend.
@@ -92,6 +92,7 @@ impl BufferedEvent {
             name: self.name.clone(),
             distinct_id: self.distinct_id.clone(),
             properties: self.properties.0.clone(),
+            stored_properties: RawProps::from_map(&self.properties.0),
             updates: PropertyUpdates {
                 set: self.set.0.clone(),
                 set_once: self.set_once.0.clone(),

@@ -345,14 +345,14 @@ impl Decider<'_, '_> {
 }
 
 /// Decide what one event does (the pure heart of idstitch). The stored event's properties are
-/// serialised here, once, to the JSON text the log keeps.
+/// the JSON text normalisation serialised ([`Normalized::stored_properties`]).
 pub fn decide(ev: &Normalized, ctx: Ctx<'_>) -> Decision {
     let trigger = if ev.personless {
         None
     } else {
         merge_trigger(ev)
     };
-    decide_with(ev, ctx, trigger, RawProps::from_map(&ev.properties))
+    decide_with(ev, ctx, trigger, ev.stored_properties.clone())
 }
 
 fn decide_with(

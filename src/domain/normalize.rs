@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::js::{is_truthy, to_js_string};
-use super::props::{PropertyDiff, PropertyUpdates};
+use super::props::{PropertyDiff, PropertyUpdates, RawProps};
 use super::warnings::{Warning, WarningKind};
 
 /// Longest event name and event distinct ID, in code points (spec §1.5).
@@ -95,6 +95,11 @@ pub struct Normalized {
     pub distinct_id: String,
     /// All properties, with top-level `$set`/`$set_once` merged in.
     pub properties: Map<String, Value>,
+    /// `properties` as the stored event keeps them: serialised where the event was parsed and
+    /// normalised, while its properties are still in that thread's cache (the router that
+    /// decides reads them from another core's memory, about a cache miss per key and value).
+    /// Whoever changes `properties` after normalisation sets this again.
+    pub stored_properties: RawProps,
     /// What the event asks of the person's properties explicitly (`$set`, `$set_once`,
     /// `$unset`), without the promoted properties: see [`Normalized::person_updates`].
     pub updates: PropertyUpdates,
@@ -457,6 +462,7 @@ pub fn normalize_owned(event: Value, now_ms: i64) -> Result<Normalized, Rejectio
         timestamp_ms: parse_timestamp_ms(obj.get("timestamp")),
         name,
         distinct_id,
+        stored_properties: RawProps::from_map(&properties),
         properties,
         updates,
         promote,
