@@ -122,8 +122,24 @@ fn options() -> Options {
     // memtable is flushed (atomically) and the log starts over. Unbounded, it reached the
     // largest memtable's worth of writes (~110 MB at 1M persons, ~3 s to replay).
     o.set_max_total_wal_size(WAL_LIMIT);
+    if let Some(env) = &*BACKGROUND_AT_LOW_PRIORITY {
+        o.set_env(env);
+    }
     o
 }
+
+/// RocksDB's default environment (shared by every database of the process), its flush and
+/// compaction threads at the lowest CPU priority: on a busy machine they take the cycles
+/// capture leaves instead of delaying acknowledgements (open loop at 10,000 events/s, p99
+/// 40.3 -> 35.6 ms, mean of five alternated runs). They are not starved for long: a writer
+/// that fills the memtables waits for the flush, which leaves the flush the CPU.
+static BACKGROUND_AT_LOW_PRIORITY: std::sync::LazyLock<Option<rocksdb::Env>> =
+    std::sync::LazyLock::new(|| {
+        let mut env = rocksdb::Env::new().ok()?;
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        Some(env)
+    });
 
 /// Most write-ahead log bytes a restart after a crash replays (see [`options`]).
 const WAL_LIMIT: u64 = 48 << 20;
