@@ -33,6 +33,10 @@ enum Msg {
 
 /// Entries written per group at most.
 const MAX_GROUP: usize = 8192;
+
+/// A group write (materialising, writing, syncing) this slow is logged as a warning: a disk
+/// stall or a RocksDB memtable switch shows in the log with its time.
+const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(100);
 /// Queue length before appenders wait (backpressure).
 const QUEUE: usize = 65_536;
 
@@ -140,9 +144,16 @@ fn run(
             on_fatal(&msg);
             return;
         }
-        metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        if took >= SLOW_GROUP {
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                entries = group.len(),
+                last_seq = %last,
+                "Slow synced log write: every acknowledgement waiting on it waited this long."
+            );
+        }
+        metrics.fsync_seconds.observe(took.as_secs_f64());
         metrics.log_fsyncs.inc();
         metrics.log_appends.inc_by(group.len() as u64);
         status.send_modify(|s| s.durable = last);
