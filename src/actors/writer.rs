@@ -37,6 +37,7 @@ const MAX_GROUP: usize = 8192;
 /// A group write (materialising, writing, syncing) this slow is logged as a warning: a disk
 /// stall or a RocksDB memtable switch shows in the log with its time.
 const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Queue length before appenders wait (backpressure).
 const QUEUE: usize = 65_536;
 

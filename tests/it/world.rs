@@ -42,26 +42,23 @@ impl World {
         };
         let decision = decide(&ev, ctx);
         if !decision.changes.is_empty() {
-            self.seq += 1;
-            let entry = Entry {
-                project: P,
-                at_ms: NOW,
-                cause: ev.uuid.clone(),
-                changes: decision.changes.clone(),
-            };
-            apply_entry(&mut self.state, Seq(self.seq), &entry);
-            self.log.push((Seq(self.seq), entry));
+            self.commit(ev.uuid.clone(), decision.changes.clone());
         }
         decision
     }
 
     /// Log and apply an operator action's changes (`decide_split`, `decide_delete`).
     pub fn admin(&mut self, changes: Vec<Change>) {
+        self.commit(None, changes);
+    }
+
+    /// Log one entry under the next seq and apply it.
+    fn commit(&mut self, cause: Option<String>, changes: Vec<Change>) {
         self.seq += 1;
         let entry = Entry {
             project: P,
             at_ms: NOW,
-            cause: None,
+            cause,
             changes,
         };
         apply_entry(&mut self.state, Seq(self.seq), &entry);
