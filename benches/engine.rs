@@ -12,7 +12,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use idstitch::actors::WriterHandle;
 use idstitch::domain::memstate::MemState;
 use idstitch::domain::{
-    apply_entry, decide, lookups, normalize_owned, Ctx, Entry, ProjectId, Seq, WarningLimiter,
+    apply_entry, decide, lookups, normalize_wire, Ctx, Entry, ProjectId, Seq, WarningLimiter,
+    WireEvent,
 };
 use idstitch::metrics::Metrics;
 use idstitch::store::{log::write_group, verify::replay, Store};
@@ -59,7 +60,7 @@ fn typical(i: u64, users: u64) -> Value {
 }
 
 fn bench_decide(c: &mut Criterion) {
-    let events: Vec<Value> = (0..10_000).map(|i| typical(i, 1_000)).collect();
+    let events: Vec<String> = (0..10_000).map(|i| typical(i, 1_000).to_string()).collect();
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(events.len() as u64));
     g.bench_function("normalize_decide_apply", |b| {
@@ -75,11 +76,12 @@ fn bench_decide(c: &mut Criterion) {
     g.finish();
 }
 
-/// One event through the engine's pure path: normalise, decide (the person borrowed, as the
+/// One event through the engine's pure path, from its JSON text: parse (as the capture
+/// endpoints do, properties left as text), normalise, decide (the person borrowed, as the
 /// router's snapshot is), apply. Returns the log entry.
-fn step(state: &mut MemState, limiter: &mut WarningLimiter, seq: u64, raw: &Value) -> Entry {
-    // The daemon's path: the parsed request owns the event (the clone stands in for parsing).
-    let ev = normalize_owned(raw.clone(), 0).expect("valid");
+fn step(state: &mut MemState, limiter: &mut WarningLimiter, seq: u64, text: &str) -> Entry {
+    let ev = WireEvent::from_json(text).expect("JSON");
+    let ev = normalize_wire(ev, 0).expect("valid");
     let (into, _) = lookups(&ev);
     let ctx = Ctx {
         project: P,
@@ -109,7 +111,12 @@ fn entries(n: u64) -> Vec<(Seq, Arc<Entry>)> {
         .map(|i| {
             (
                 Seq(i + 1),
-                Arc::new(step(&mut state, &mut limiter, i + 1, &typical(i, 10_000))),
+                Arc::new(step(
+                    &mut state,
+                    &mut limiter,
+                    i + 1,
+                    &typical(i, 10_000).to_string(),
+                )),
             )
         })
         .collect()

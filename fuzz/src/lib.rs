@@ -11,7 +11,8 @@ use idstitch::api::decode::{
 };
 use idstitch::domain::memstate::MemState;
 use idstitch::domain::{
-    apply_entry, decide, lookups, normalize, Ctx, Entry, ProjectId, Seq, WarningLimiter,
+    apply_entry, decide, lookups, normalize, normalize_wire, Ctx, Entry, EventProps, Normalized,
+    ProjectId, Seq, WarningLimiter, WireEvent,
 };
 use idstitch::store::codec::{decode_entry, encode_entry};
 use idstitch::store::snapshot::Manifest;
@@ -131,7 +132,8 @@ fn check_capture(result: &Result<CaptureBody, DecodeError>) {
         Ok(body) => {
             let count = body.events.len();
             assert!((1..=LIMITS.max_events).contains(&count), "{count} events");
-            let deepest = body.events.iter().map(depth).max().unwrap_or(0);
+            let deepest = body.events.iter().map(|e| depth(&e.to_value()));
+            let deepest = deepest.max().unwrap_or(0);
             assert!(deepest <= LIMITS.max_depth, "an event of depth {deepest}");
         }
     }
@@ -152,7 +154,28 @@ pub fn normalize_decide(data: &[u8]) {
     let Ok(event) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    let Ok(ev) = normalize(&event, NOW_MS) else {
+    // The daemon's path (properties left as text) must mean what the parsed event means.
+    let text = std::str::from_utf8(data).expect("serde_json read it as UTF-8");
+    let wire = WireEvent::from_json(text).expect("serde_json read it as JSON");
+    let by_text = normalize_wire(wire, NOW_MS);
+    let by_value = normalize(&event, NOW_MS);
+    match (&by_text, &by_value) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.properties.to_map(), b.properties.to_map());
+            // Promotions in the order sent, or of the map's keys: the same set.
+            let no_text = |n: &Normalized| {
+                let mut n = n.clone();
+                n.promoted.sort_by_key(|p| p.0);
+                Normalized {
+                    properties: EventProps::default(),
+                    ..n
+                }
+            };
+            assert_eq!(no_text(a), no_text(b));
+        }
+        _ => assert_eq!(by_text.as_ref().err(), by_value.as_ref().err()),
+    }
+    let Ok(ev) = by_text else {
         return;
     };
     let project = ProjectId(1);

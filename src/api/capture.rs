@@ -8,7 +8,7 @@ use super::decode::{decode_capture, decode_capture_v1, CaptureBody, RawRequest};
 use super::{engine_error, error, AppState};
 use crate::actors::{IngestItem, ItemOutcome};
 use crate::domain::normalize::event_token;
-use crate::domain::{normalize_owned, ProjectId};
+use crate::domain::{normalize_wire, ProjectId};
 use crate::metrics::Metrics;
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -68,7 +68,7 @@ async fn ingest(st: &AppState, body: CaptureBody, ok: Value) -> HttpResponse {
             }
             Err(resp) => return resp,
         };
-        match normalize_owned(ev, now) {
+        match normalize_wire(ev, now) {
             Ok(event) => {
                 items.push(IngestItem { project, event });
                 index_of.push(i);

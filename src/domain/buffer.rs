@@ -10,8 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::normalize::{merge_trigger, Normalized};
-use super::props::{PropertyUpdates, Props, RawProps};
+use super::props::{PropertyUpdates, Props};
 use super::warnings::Warning;
+use super::wire::EventProps;
 
 /// SDKs whose events are never delayed: a mobile app is both frontend and backend.
 pub const MOBILE_LIBS: [&str; 4] = [
@@ -26,14 +27,17 @@ pub const MOBILE_LIBS: [&str; 4] = [
 pub fn qualifies(ev: &Normalized, person_exists: bool) -> bool {
     let merges =
         matches!(ev.name.as_str(), "$identify" | "$create_alias") && merge_trigger(ev).is_some();
-    let device_id = ev.properties.get("$device_id").and_then(|v| v.as_str());
-    let lib = ev.properties.get("$lib").and_then(|v| v.as_str());
+    let text_of = |key| match ev.properties.get(key) {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let (device_id, lib) = (text_of("$device_id"), text_of("$lib"));
     !person_exists
         && !ev.personless
         && !merges
         && ev.name != "$groupidentify"
-        && device_id != Some(ev.distinct_id.as_str())
-        && !lib.is_some_and(|l| MOBILE_LIBS.contains(&l))
+        && device_id.as_deref() != Some(ev.distinct_id.as_str())
+        && !lib.is_some_and(|l| MOBILE_LIBS.contains(&l.as_str()))
 }
 
 /// A normalised event as it waits in the log: everything [`Normalized`] holds.
@@ -73,7 +77,7 @@ impl BufferedEvent {
             uuid: ev.uuid.clone(),
             name: ev.name.clone(),
             distinct_id: ev.distinct_id.clone(),
-            properties: Props(ev.properties.clone()),
+            properties: Props(ev.properties.to_map()),
             set: Props(updates.set),
             set_once: Props(updates.set_once),
             unset: updates.unset,
@@ -91,8 +95,8 @@ impl BufferedEvent {
             uuid: self.uuid.clone(),
             name: self.name.clone(),
             distinct_id: self.distinct_id.clone(),
-            properties: self.properties.0.clone(),
-            stored_properties: RawProps::from_map(&self.properties.0),
+            properties: EventProps::from_map(&self.properties.0),
+            promoted: Vec::new(),
             updates: PropertyUpdates {
                 set: self.set.0.clone(),
                 set_once: self.set_once.0.clone(),
@@ -162,6 +166,7 @@ mod tests {
                 timestamp_ms: None,
                 updates: e.updates.clone(),
                 promote: e.promote,
+                promoted: e.promoted.clone(),
                 ..back
             },
             e

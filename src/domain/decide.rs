@@ -352,7 +352,7 @@ pub fn decide(ev: &Normalized, ctx: Ctx<'_>) -> Decision {
     } else {
         merge_trigger(ev)
     };
-    decide_with(ev, ctx, trigger, ev.stored_properties.clone())
+    decide_with(ev, ctx, trigger, ev.properties.raw().clone())
 }
 
 fn decide_with(

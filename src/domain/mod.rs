@@ -16,13 +16,17 @@ pub mod person;
 pub mod props;
 pub mod settings;
 pub mod warnings;
+pub mod wire;
 
 pub use apply::{apply_entry, apply_entry_owned, apply_entry_to_person, State};
 pub use change::{Change, Entry, RefusalReason, StoredEvent};
 pub use decide::{decide, lookups, Ctx, Decision};
 pub use ids::{is_illegal_distinct_id, person_uuid, PersonUuid, ProjectId, Seq};
-pub use normalize::{normalize, normalize_owned, EventUpdates, MergeKind, Normalized, Rejection};
+pub use normalize::{
+    normalize, normalize_owned, normalize_wire, EventUpdates, MergeKind, Normalized, Rejection,
+};
 pub use person::Person;
 pub use props::{Props, RawProps};
 pub use settings::{ProjectSettings, SettingsError, SettingsPatch};
 pub use warnings::{Warning, WarningKind, WarningLimiter};
+pub use wire::{EventProps, WireEvent};

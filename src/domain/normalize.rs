@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::js::{is_truthy, to_js_string};
-use super::props::{PropertyDiff, PropertyUpdates, RawProps};
+use super::props::{PropertyDiff, PropertyUpdates};
 use super::warnings::{Warning, WarningKind};
+use super::wire::{parse_value, EventProps, WireEvent};
 
 /// Longest event name and event distinct ID, in code points (spec §1.5).
 pub const MAX_NAME_CHARS: usize = 200;
@@ -93,13 +94,12 @@ pub struct Normalized {
     pub name: String,
     /// Who did it, at most 200 code points, NULs replaced.
     pub distinct_id: String,
-    /// All properties, with top-level `$set`/`$set_once` merged in.
-    pub properties: Map<String, Value>,
-    /// `properties` as the stored event keeps them: serialised where the event was parsed and
-    /// normalised, while its properties are still in that thread's cache (the router that
-    /// decides reads them from another core's memory, about a cache miss per key and value).
-    /// Whoever changes `properties` after normalisation sets this again.
-    pub stored_properties: RawProps,
+    /// All properties, with top-level `$set`/`$set_once` merged in: the JSON text the stored
+    /// event keeps (as sent, unless normalisation had to change it), with an index.
+    pub properties: EventProps,
+    /// The event's [`PROMOTED_KEYS`] with their `$initial_` names and values, parsed once
+    /// (empty unless it promotes).
+    pub promoted: Vec<PromotedProp>,
     /// What the event asks of the person's properties explicitly (`$set`, `$set_once`,
     /// `$unset`), without the promoted properties: see [`Normalized::person_updates`].
     pub updates: PropertyUpdates,
@@ -116,7 +116,7 @@ pub struct Normalized {
 
 /// The token of an event: the batch's `api_key`, else the event's `api_key`, `token` or
 /// `properties.token` (spec §1.3).
-pub fn event_token(batch_api_key: Option<&str>, event: &Value) -> Option<String> {
+pub fn event_token(batch_api_key: Option<&str>, event: &WireEvent) -> Option<String> {
     let non_empty = |v: Option<&Value>| {
         v.and_then(Value::as_str)
             .filter(|s| !s.is_empty())
@@ -125,9 +125,10 @@ pub fn event_token(batch_api_key: Option<&str>, event: &Value) -> Option<String>
     if let Some(t) = batch_api_key.filter(|s| !s.is_empty()) {
         return Some(t.to_string());
     }
-    non_empty(event.get("api_key"))
-        .or_else(|| non_empty(event.get("token")))
-        .or_else(|| non_empty(event.get("properties").and_then(|p| p.get("token"))))
+    let fields = event.fields()?;
+    non_empty(fields.get("api_key"))
+        .or_else(|| non_empty(fields.get("token")))
+        .or_else(|| non_empty(event.properties()?.get("token").as_ref()))
 }
 
 /// Replace every NUL with U+FFFD (spec §1.2).
@@ -156,27 +157,15 @@ pub fn truncate_chars(s: &str, max: usize) -> (String, Option<usize>) {
     }
 }
 
-fn distinct_id_of(event: &Map<String, Value>) -> Result<String, Rejection> {
-    let top = event.get("distinct_id").filter(|v| !v.is_null());
-    let nested = || {
-        event
-            .get("properties")
-            .and_then(|p| p.get("distinct_id"))
-            .filter(|v| !v.is_null())
-    };
-    match top.or_else(nested) {
+fn distinct_id_of(event: &Map<String, Value>, props: &EventProps) -> Result<String, Rejection> {
+    let top = event.get("distinct_id").filter(|v| !v.is_null()).cloned();
+    let nested = || props.get("distinct_id").filter(|v| !v.is_null());
+    match top.or_else(nested).as_ref() {
         None => Err(Rejection::BadDistinctId("missing")),
         Some(Value::String(s)) if s.is_empty() => Err(Rejection::BadDistinctId("empty")),
         Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => Ok(to_js_string(v)),
         Some(Value::Array(_)) => Err(Rejection::BadDistinctId("an array")),
         Some(_) => Err(Rejection::BadDistinctId("an object")),
-    }
-}
-
-fn object_or_empty(v: Option<&Value>) -> Map<String, Value> {
-    match v {
-        Some(Value::Object(m)) => m.clone(),
-        _ => Map::new(),
     }
 }
 
@@ -212,31 +201,28 @@ static PROMOTED: std::sync::LazyLock<HashMap<&'static str, String, foldhash::fas
             .collect()
     });
 
-/// The `$initial_` name of `key` when `key` is one of [`PROMOTED_KEYS`].
-fn initial_of(key: &str) -> Option<&'static str> {
-    PROMOTED.get(key).map(String::as_str)
+/// `key` and its `$initial_` name when `key` is one of [`PROMOTED_KEYS`].
+fn promoted_key(key: &str) -> Option<(&'static str, &'static str)> {
+    PROMOTED.get_key_value(key).map(|(k, i)| (*k, i.as_str()))
 }
 
 /// A promoted property: its key, its `$initial_` key and its value.
-type Promoted<'e> = (&'e str, &'static str, &'e Value);
+pub type PromotedProp = (&'static str, &'static str, Value);
 
 /// One key and value an event writes.
 type Update<'e> = (&'e str, &'e Value);
 
 /// The entries of `explicit`, then each promoted property under `key(promoted)` unless
 /// `explicit` has that key.
-fn explicit_then_promoted<'e, 'p>(
+fn explicit_then_promoted<'e>(
     explicit: &'e Map<String, Value>,
-    promoted: &'p [Promoted<'e>],
-    key: fn(&Promoted<'e>) -> &'e str,
-) -> impl Iterator<Item = Update<'e>> + 'p
-where
-    'e: 'p,
-{
+    promoted: &'e [PromotedProp],
+    key: fn(&PromotedProp) -> &'static str,
+) -> impl Iterator<Item = Update<'e>> + 'e {
     explicit.iter().map(|(k, v)| (k.as_str(), v)).chain(
         promoted
             .iter()
-            .map(move |p| (key(p), p.2))
+            .map(move |p| (key(p), &p.2))
             .filter(|(k, _)| !explicit.contains_key(*k)),
     )
 }
@@ -244,12 +230,12 @@ where
 /// What one event asks of a person's properties (spec §1.6, §5): its explicit updates and,
 /// when it promotes, each of its [`PROMOTED_KEYS`] as a `$set` and its `$initial_` name as a
 /// `$set_once`, unless the event sets that key itself. The promoted values are read where they
-/// are, in the event's properties, instead of being copied into maps that a typical event
+/// are ([`Normalized::promoted`]) instead of being copied into maps that a typical event
 /// (whose browser properties are those the person already has) would only throw away.
 #[derive(Clone, Copy, Debug)]
 pub struct EventUpdates<'e> {
     explicit: &'e PropertyUpdates,
-    promoted_from: Option<&'e Map<String, Value>>,
+    promoted: &'e [PromotedProp],
 }
 
 impl<'e> EventUpdates<'e> {
@@ -257,7 +243,7 @@ impl<'e> EventUpdates<'e> {
     pub fn of(ev: &'e Normalized) -> Self {
         EventUpdates {
             explicit: &ev.updates,
-            promoted_from: ev.promote.then_some(&ev.properties),
+            promoted: if ev.promote { &ev.promoted } else { &[] },
         }
     }
 
@@ -265,7 +251,7 @@ impl<'e> EventUpdates<'e> {
     pub fn explicit(updates: &'e PropertyUpdates) -> Self {
         EventUpdates {
             explicit: updates,
-            promoted_from: None,
+            promoted: &[],
         }
     }
 
@@ -276,40 +262,25 @@ impl<'e> EventUpdates<'e> {
         EventUpdates::explicit(&NONE)
     }
 
-    /// Each promoted property: its key, its `$initial_` key and its value.
-    fn promoted(self) -> Vec<Promoted<'e>> {
-        self.promoted_from
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| initial_of(k).map(|i| (k.as_str(), i, v)))
-            .collect()
-    }
-
     /// Every `$set`: the explicit ones, then the promoted keys not set explicitly.
-    fn set<'p>(self, promoted: &'p [Promoted<'e>]) -> impl Iterator<Item = Update<'e>> + 'p
-    where
-        'e: 'p,
-    {
-        explicit_then_promoted(&self.explicit.set, promoted, |&(k, _, _)| k)
+    fn set(self) -> impl Iterator<Item = Update<'e>> {
+        explicit_then_promoted(&self.explicit.set, self.promoted, |&(k, _, _)| k)
     }
 
     /// Every `$set_once`: the explicit ones, then the promoted `$initial_` keys not set once
     /// explicitly.
-    fn set_once<'p>(self, promoted: &'p [Promoted<'e>]) -> impl Iterator<Item = Update<'e>> + 'p
-    where
-        'e: 'p,
-    {
-        explicit_then_promoted(&self.explicit.set_once, promoted, |&(_, i, _)| i)
+    fn set_once(self) -> impl Iterator<Item = Update<'e>> {
+        explicit_then_promoted(&self.explicit.set_once, self.promoted, |&(_, i, _)| i)
     }
 
     /// The same updates as owned maps, the promoted properties copied in.
     pub fn materialized(self) -> PropertyUpdates {
         let mut out = self.explicit.clone();
-        for (k, i, v) in self.promoted() {
-            if !out.set.contains_key(k) {
+        for (k, i, v) in self.promoted {
+            if !out.set.contains_key(*k) {
                 out.set.insert(k.to_string(), v.clone());
             }
-            if !out.set_once.contains_key(i) {
+            if !out.set_once.contains_key(*i) {
                 out.set_once.insert(i.to_string(), v.clone());
             }
         }
@@ -319,9 +290,8 @@ impl<'e> EventUpdates<'e> {
     /// Properties of a person created by this event (spec §5, creation): `$set_once`, then
     /// `$set` over it; `$unset` is ignored.
     pub fn initial(self) -> Map<String, Value> {
-        let promoted = self.promoted();
         let mut props = Map::new();
-        for (k, v) in self.set_once(&promoted).chain(self.set(&promoted)) {
+        for (k, v) in self.set_once().chain(self.set()) {
             props.insert(k.to_string(), v.clone());
         }
         props
@@ -331,16 +301,13 @@ impl<'e> EventUpdates<'e> {
     /// each `$set_once` key the person lacks, then each `$set` whose value differs (a `$set`
     /// beats a `$set_once` of the same key), then the `$unset` keys the person has.
     pub fn diff(self, current: &Map<String, Value>) -> PropertyDiff {
-        // The promoted properties are found once (a lookup per event property), then read
-        // twice.
-        let promoted = self.promoted();
         let mut set = Map::new();
-        for (k, v) in self.set_once(&promoted) {
+        for (k, v) in self.set_once() {
             if !current.contains_key(k) {
                 set.insert(k.to_string(), v.clone());
             }
         }
-        for (k, v) in self.set(&promoted) {
+        for (k, v) in self.set() {
             if current.get(k) != Some(v) {
                 set.insert(k.to_string(), v.clone());
             }
@@ -375,46 +342,42 @@ pub fn normalize(event: &Value, now_ms: i64) -> Result<Normalized, Rejection> {
     normalize_owned(event.clone(), now_ms)
 }
 
-/// [`normalize`], taking the event by value so that its properties move instead of being
-/// copied (the daemon's path: the request body is not needed afterwards).
+/// [`normalize`], taking the event by value.
 pub fn normalize_owned(event: Value, now_ms: i64) -> Result<Normalized, Rejection> {
-    let Value::Object(mut obj) = event else {
+    normalize_wire(WireEvent::from_value(event), now_ms)
+}
+
+/// [`normalize`] of an event as the capture endpoints parse it, its properties still JSON
+/// text (the daemon's path).
+pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejection> {
+    let WireEvent::Object {
+        fields: mut obj,
+        properties,
+        ..
+    } = event
+    else {
         return Err(Rejection::NotAnObject);
     };
+    let properties = properties.unwrap_or_default();
     let raw_name = obj
         .get("event")
         .and_then(Value::as_str)
         .ok_or(Rejection::BadEventName)?;
     let (name, _) = truncate_chars(raw_name, MAX_NAME_CHARS);
-    let raw_id = scrub_nul(&distinct_id_of(&obj)?);
+    let raw_id = scrub_nul(&distinct_id_of(&obj, &properties)?);
     let (distinct_id, cut_from) = truncate_chars(&raw_id, MAX_NAME_CHARS);
 
-    let mut properties = take_object(obj.remove("properties"));
-    properties.values_mut().for_each(scrub_value);
-    let mut set = object_or_empty(properties.get("$set"));
-    let mut set_once = object_or_empty(properties.get("$set_once"));
-    let top_set = obj.remove("$set");
-    let top_set_once = obj.remove("$set_once");
-    let has_top_set = top_set.as_ref().is_some_and(Value::is_object);
-    let has_top_set_once = top_set_once.as_ref().is_some_and(Value::is_object);
-    for (k, mut v) in take_object(top_set) {
-        scrub_value(&mut v);
-        set.insert(k, v);
-    }
-    for (k, mut v) in take_object(top_set_once) {
-        scrub_value(&mut v);
-        set_once.insert(k, v);
-    }
-    if has_top_set || properties.contains_key("$set") {
-        properties.insert("$set".into(), Value::Object(set.clone()));
-    }
-    if has_top_set_once || properties.contains_key("$set_once") {
-        properties.insert("$set_once".into(), Value::Object(set_once.clone()));
-    }
+    let top_set = obj.remove("$set").filter(Value::is_object);
+    let top_set_once = obj.remove("$set_once").filter(Value::is_object);
+    let properties = if top_set.is_some() || top_set_once.is_some() || needs_rewrite(&properties) {
+        rewrite(&properties, top_set, top_set_once)
+    } else {
+        properties
+    };
     let updates = PropertyUpdates {
-        set,
-        set_once,
-        unset: unset_keys(properties.get("$unset")),
+        set: take_object(properties.get("$set")),
+        set_once: take_object(properties.get("$set_once")),
+        unset: unset_keys(properties.get("$unset").as_ref()),
     };
     let promote = name != "$snapshot" && name != "$performance_event";
 
@@ -435,7 +398,7 @@ pub fn normalize_owned(event: Value, now_ms: i64) -> Result<Normalized, Rejectio
             ],
         ));
     }
-    let personless = match properties.get("$process_person_profile") {
+    let personless = match properties.get("$process_person_profile").as_ref() {
         Some(Value::Bool(b)) => !*b,
         None => false,
         Some(other) => {
@@ -462,13 +425,65 @@ pub fn normalize_owned(event: Value, now_ms: i64) -> Result<Normalized, Rejectio
         timestamp_ms: parse_timestamp_ms(obj.get("timestamp")),
         name,
         distinct_id,
-        stored_properties: RawProps::from_map(&properties),
+        promoted: if promote {
+            promoted_of(&properties)
+        } else {
+            Vec::new()
+        },
         properties,
         updates,
         promote,
         personless,
         warnings,
     })
+}
+
+/// Whether the properties as sent are not what the event stores: a string with a NUL (only
+/// written `\u0000` in JSON, spec §1.2), or a `$set` or `$set_once` that is not an object
+/// (stored as an empty one).
+fn needs_rewrite(props: &EventProps) -> bool {
+    let not_object = |key| props.get_text(key).is_some_and(|t| !t.starts_with('{'));
+    props.raw().as_str().contains("\\u0000") || not_object("$set") || not_object("$set_once")
+}
+
+/// The properties an event stores when they are not those sent: NULs replaced, top-level
+/// `$set` and `$set_once` objects merged into those of `properties` (spec §1.4).
+fn rewrite(props: &EventProps, top_set: Option<Value>, top_set_once: Option<Value>) -> EventProps {
+    let mut properties = props.to_map();
+    properties.values_mut().for_each(scrub_value);
+    let (has_top_set, has_top_set_once) = (top_set.is_some(), top_set_once.is_some());
+    let mut set = take_object(properties.remove("$set"));
+    let mut set_once = take_object(properties.remove("$set_once"));
+    for (k, mut v) in take_object(top_set) {
+        scrub_value(&mut v);
+        set.insert(k, v);
+    }
+    for (k, mut v) in take_object(top_set_once) {
+        scrub_value(&mut v);
+        set_once.insert(k, v);
+    }
+    if has_top_set || props.contains_key("$set") {
+        properties.insert("$set".into(), Value::Object(set));
+    }
+    if has_top_set_once || props.contains_key("$set_once") {
+        properties.insert("$set_once".into(), Value::Object(set_once));
+    }
+    EventProps::from_map(&properties)
+}
+
+/// The promoted properties of `props`, each key once (the last sent wins).
+fn promoted_of(props: &EventProps) -> Vec<PromotedProp> {
+    let mut out: Vec<PromotedProp> = Vec::new();
+    for (k, text) in props.iter() {
+        let (Some((key, initial)), Some(v)) = (promoted_key(k), parse_value(text)) else {
+            continue;
+        };
+        match out.iter_mut().find(|p| p.0 == key) {
+            Some(p) => p.2 = v,
+            None => out.push((key, initial, v)),
+        }
+    }
+    out
 }
 
 /// How an event asks for a merge (spec §3).
@@ -488,7 +503,7 @@ pub fn merge_trigger(ev: &Normalized) -> Option<(MergeKind, String)> {
         "$identify" => ev
             .properties
             .get("$anon_distinct_id")
-            .map(|v| (MergeKind::Identify, to_js_string(v))),
+            .map(|v| (MergeKind::Identify, to_js_string(&v))),
         "$create_alias" | "$merge_dangerously" => {
             let kind = if ev.name == "$create_alias" {
                 MergeKind::Alias
@@ -497,8 +512,8 @@ pub fn merge_trigger(ev: &Normalized) -> Option<(MergeKind, String)> {
             };
             ev.properties
                 .get("alias")
-                .filter(|v| is_truthy(v))
-                .map(|v| (kind, to_js_string(v)))
+                .filter(is_truthy)
+                .map(|v| (kind, to_js_string(&v)))
         }
         _ => None,
     }
@@ -534,7 +549,101 @@ mod tests {
         prop::collection::vec((key(), 0u8..3), 0..6).prop_map(map)
     }
 
+    /// A JSON value of the kinds the rules read: strings (some with a NUL), numbers, booleans,
+    /// null, and small arrays and objects of those.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            prop::sample::select(vec!["", "x", "a\u{0}b", "Chrome", "\"q\"", "é"])
+                .prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+            Just(Value::from(1.5)),
+            any::<bool>().prop_map(Value::from),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..3)
+                    .prop_map(|e| Value::Object(e.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Keys an event's properties may hold, those the rules read among them.
+    fn event_key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "a",
+            "$os",
+            "$browser",
+            "$set",
+            "$set_once",
+            "$unset",
+            "distinct_id",
+            "token",
+            "$process_person_profile",
+            "$anon_distinct_id",
+            "alias",
+            "$device_id",
+            "$lib",
+            "$initial_os",
+            "k\u{0}",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    /// An object's JSON text written by hand: its entries in the given order, repeats kept,
+    /// with spaces after the separators or without.
+    fn object_text(entries: &[(String, Value)], spaced: bool) -> String {
+        let sep = if spaced { ", " } else { "," };
+        let colon = if spaced { ": " } else { ":" };
+        let body: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| format!("{}{colon}{v}", Value::from(k.as_str())))
+            .collect();
+        format!("{{{}}}", body.join(sep))
+    }
+
     proptest! {
+        /// The daemon's path (properties kept as the text sent) means exactly what the parsed
+        /// event means: the same event, properties, updates, promotions and warnings. Repeated
+        /// keys, NULs, `$set` that is not an object and top-level `$set` included.
+        #[test]
+        fn properties_as_text_normalise_as_the_parsed_event_does(
+            name in prop::sample::select(vec!["$pageview", "$identify", "$create_alias", "$snapshot", "$exception"]),
+            props in prop::collection::vec((event_key(), json_value()), 0..8),
+            top in prop::collection::vec((prop::sample::select(vec!["$set", "$set_once", "distinct_id", "uuid"]), json_value()), 0..3),
+            spaced: bool,
+        ) {
+            let mut fields = vec![
+                ("event".to_string(), Value::from(name)),
+                ("distinct_id".to_string(), Value::from("u1")),
+            ];
+            fields.extend(top.into_iter().map(|(k, v)| (k.to_string(), v)));
+            fields.push(("properties".into(), Value::Null));
+            let text = object_text(&fields, spaced).replace(
+                "\"properties\":null",
+                &format!("\"properties\":{}", object_text(&props, spaced)),
+            ).replace(
+                "\"properties\": null",
+                &format!("\"properties\": {}", object_text(&props, spaced)),
+            );
+            let by_text = normalize_wire(WireEvent::from_json(&text).unwrap(), 7);
+            let value: Value = serde_json::from_str(&text).unwrap();
+            let by_value = normalize(&value, 7);
+            match (by_text, by_value) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a.properties.to_map(), b.properties.to_map());
+                    // Promotions in the order sent, or of the map's keys: the same set.
+                    let no_text = |mut n: Normalized| {
+                        n.promoted.sort_by_key(|p| p.0);
+                        Normalized { properties: EventProps::default(), ..n }
+                    };
+                    prop_assert_eq!(no_text(a), no_text(b));
+                }
+                (a, b) => prop_assert_eq!(a.err(), b.err()),
+            }
+        }
+
         /// The diff equals its definition (spec §5): `$set_once` keys absent from the person,
         /// then `$set` keys whose value differs.
         #[test]

@@ -47,7 +47,8 @@ impl<T, F: FnOnce(&str) -> Result<T, serde_json::Error>> serde::de::Visitor<'_> 
     }
 }
 
-/// The properties of a stored event, kept as the compact JSON text of an object.
+/// The properties of a stored event, kept as the JSON text of an object: as the client sent
+/// it, or compact when normalisation had to change it.
 ///
 /// An event's properties are written once and read rarely (the events API), while replay,
 /// verify, snapshots and the log writer handle every one of them: as text they cost a copy
@@ -68,6 +69,11 @@ impl RawProps {
             Ok(Ok(text)) => RawProps(text.into_boxed_str()),
             _ => RawProps::empty(),
         }
+    }
+
+    /// `text`, which must be the JSON text of an object.
+    pub(crate) fn from_text(text: Box<str>) -> RawProps {
+        RawProps(text)
     }
 
     /// No properties (a redacted event).

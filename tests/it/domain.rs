@@ -81,7 +81,7 @@ fn nul_characters_become_replacement_characters() {
     )
     .unwrap();
     assert_eq!(ev.distinct_id, "a\u{FFFD}b");
-    assert_eq!(ev.properties["x"], json!("c\u{FFFD}"));
+    assert_eq!(ev.properties.get("x"), Some(json!("c\u{FFFD}")));
 }
 
 #[test]
