@@ -236,12 +236,8 @@ impl<'de> serde::Deserialize<'de> for Top<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("events")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top<'de>, A::Error> {
-                let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(64));
-                while let Some(e) = seq.next_element()? {
-                    events.push(e);
-                }
-                Ok(Top::Events(events))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
+                skim_events(seq).map(Top::Events)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Top<'de>, A::Error> {
                 let (mut batch, mut fields) = (None, Vec::new());
@@ -261,6 +257,17 @@ impl<'de> serde::Deserialize<'de> for Top<'de> {
     }
 }
 
+/// The events of an array, skimmed.
+fn skim_events<'de, A: serde::de::SeqAccess<'de>>(
+    mut seq: A,
+) -> Result<Vec<SkimmedEvent<'de>>, A::Error> {
+    let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(64));
+    while let Some(e) = seq.next_element()? {
+        events.push(e);
+    }
+    Ok(events)
+}
+
 impl<'de> serde::Deserialize<'de> for Batch<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::{IgnoredAny, MapAccess, SeqAccess};
@@ -270,12 +277,8 @@ impl<'de> serde::Deserialize<'de> for Batch<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an array of events")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Batch<'de>, A::Error> {
-                let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(64));
-                while let Some(e) = seq.next_element()? {
-                    events.push(e);
-                }
-                Ok(Batch::Events(events))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Batch<'de>, A::Error> {
+                skim_events(seq).map(Batch::Events)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Batch<'de>, A::Error> {
                 while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
