@@ -97,8 +97,9 @@ pub struct Normalized {
     /// All properties, with top-level `$set`/`$set_once` merged in: the JSON text the stored
     /// event keeps (as sent, unless normalisation had to change it), with an index.
     pub properties: EventProps,
-    /// The event's [`PROMOTED_KEYS`] with their `$initial_` names and values, parsed once
-    /// (empty unless it promotes).
+    /// The event's [`PROMOTED_KEYS`] with their `$initial_` names and values, parsed once;
+    /// empty unless it promotes and can change a person's properties (a personless event, or
+    /// one of [`NO_PROPERTY_EVENTS`], cannot).
     pub promoted: Vec<PromotedProp>,
     /// What the event asks of the person's properties explicitly (`$set`, `$set_once`,
     /// `$unset`), without the promoted properties: see [`Normalized::person_updates`].
@@ -420,16 +421,18 @@ pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejec
             false
         }
     };
+    // Parsed only for an event that can change a person's properties.
+    let promoted = if promote && !personless && !NO_PROPERTY_EVENTS.contains(&name.as_str()) {
+        promoted_of(&properties)
+    } else {
+        Vec::new()
+    };
     Ok(Normalized {
         uuid,
         timestamp_ms: parse_timestamp_ms(obj.get("timestamp")),
         name,
         distinct_id,
-        promoted: if promote {
-            promoted_of(&properties)
-        } else {
-            Vec::new()
-        },
+        promoted,
         properties,
         updates,
         promote,
@@ -688,6 +691,19 @@ mod tests {
             prop_assert_eq!(lazy.diff(&current), EventUpdates::explicit(&copied).diff(&current));
             prop_assert_eq!(lazy.initial(), EventUpdates::explicit(&copied).initial());
         }
+    }
+
+    #[test]
+    fn only_an_event_that_can_change_a_person_parses_its_promoted_properties() {
+        let promoted = |name: &str, personless: bool| {
+            let ev = serde_json::json!({"event": name, "distinct_id": "d", "properties": {
+                "$os": "Linux", "$process_person_profile": !personless}});
+            normalize(&ev, 0).unwrap().promoted.len()
+        };
+        assert_eq!(promoted("$pageview", false), 1);
+        assert_eq!(promoted("$pageview", true), 0);
+        assert_eq!(promoted("$exception", false), 0);
+        assert_eq!(promoted("$snapshot", false), 0);
     }
 
     #[test]
