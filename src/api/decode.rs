@@ -373,7 +373,14 @@ fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
 }
 
 fn json_error(e: serde_json::Error) -> DecodeError {
-    DecodeError::InvalidJson(e.to_string())
+    match e.to_string() {
+        // Past serde_json's own limit of 128 levels (only when `max_depth` is set above it).
+        m if m.starts_with("recursion limit exceeded") => DecodeError::TooDeep {
+            index: None,
+            limit: 128,
+        },
+        m => DecodeError::InvalidJson(m),
+    }
 }
 
 /// The shape of the body's JSON, in one pass: events are only skimmed here (serde_json
@@ -794,6 +801,20 @@ mod tests {
         for n in [200, 100_000] {
             refused(plain(nested(n).as_bytes()), 400, "too_deep");
         }
+        // Above serde_json's 128 levels when the limit allows more: still too deep, no panic.
+        let lax = DecodeLimits {
+            max_depth: 1_000,
+            ..DecodeLimits::default()
+        };
+        let body = format!(r#"[{{"p":{}}}]"#, nested(200));
+        let e = decode_capture(&raw(body.as_bytes(), None, None), &lax).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::TooDeep {
+                index: None,
+                limit: 128
+            }
+        );
     }
 
     #[test]
