@@ -177,8 +177,9 @@ impl EventProps {
 
     /// The properties in `text`, which must be valid JSON (the text of a value of an event
     /// serde_json has checked): its entries found in one fast pass ([`index_object`]). `None`
-    /// when it is not an object.
-    pub fn from_valid(text: Box<str>) -> Option<EventProps> {
+    /// when it is not an object. Crate-private: on text that is not JSON it finds nonsense
+    /// (never a panic: every span starts and ends at an ASCII byte).
+    pub(crate) fn from_valid(text: Box<str>) -> Option<EventProps> {
         // Spans are u32: the body limit keeps any event far below 4 GiB.
         if text.len() > u32::MAX as usize {
             return None;
@@ -646,6 +647,21 @@ mod tests {
     }
 
     proptest! {
+        /// On text that is not JSON the fast index and the depth scan find nonsense, but they
+        /// never panic, and every lookup on what they found is safe.
+        #[test]
+        fn the_fast_index_never_panics_on_text_that_is_not_json(
+            text in "\\{[\"{}\\[\\]:,\\\\ aé1]{0,40}",
+        ) {
+            let _ = json_depth(&text);
+            if let Some(p) = EventProps::from_valid(text.as_str().into()) {
+                for (k, v) in p.iter() {
+                    let _ = (p.get_text(k), parse_value(v));
+                }
+                let _ = (p.get("$set"), p.to_map());
+            }
+        }
+
         /// The one-pass index finds what serde_json finds, compact or pretty, and the depth
         /// scan agrees with the definition.
         #[test]
