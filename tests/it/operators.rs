@@ -191,7 +191,7 @@ fn deleted_events_are_gone_from_disk_after_compaction() {
     // Any 6-byte piece of `needle` in any file. Table files are LZ4-compressed: a string
     // stays a literal run there unless 4 of its bytes repeat earlier bytes of the same block,
     // which then replace them with a back-reference. That happened to the kept note below
-    // about once in 700 runs (only "keep-" was left), so whole strings are not searched for.
+    // twice in about 1,700 runs (only "keep-" was left), so whole strings are not searched for.
     let found = |needle: &str| {
         let pieces: Vec<&[u8]> = needle.as_bytes().windows(6).collect();
         std::fs::read_dir(&d.dir)
