@@ -307,7 +307,7 @@ impl<'de> serde::Deserialize<'de> for Batch<'de> {
     }
 }
 
-/// Undoes every layer of compression and encoding: the JSON bytes, a BOM removed.
+/// Undoes every layer of compression and encoding: the JSON bytes.
 fn decode_bytes<'a>(
     req: &RawRequest<'a>,
     limits: &DecodeLimits,
@@ -357,14 +357,12 @@ fn decode_bytes<'a>(
     if base64_form || content_type.starts_with(FORM_TYPE) {
         bytes = Cow::Owned(form_data(&bytes, max)?);
     }
-    Ok(match bytes {
-        Cow::Borrowed(b) => Cow::Borrowed(b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b)),
-        Cow::Owned(b) if b.starts_with(b"\xef\xbb\xbf") => Cow::Owned(b[3..].to_vec()),
-        owned => owned,
-    })
+    Ok(bytes)
 }
 
+/// The JSON text of `bytes`, a BOM removed.
 fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(invalid("is empty"));
     }
@@ -710,6 +708,13 @@ mod tests {
             400,
             "invalid_encoding",
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_plain_or_compressed() {
+        let with_bom = [b"\xef\xbb\xbf".as_slice(), BATCH].concat();
+        assert_eq!(plain(&with_bom), plain(BATCH));
+        assert_eq!(dec(&gzip(&with_bom), Some("gzip"), None, ""), plain(BATCH));
     }
 
     #[test]

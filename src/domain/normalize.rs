@@ -159,9 +159,15 @@ pub fn truncate_chars(s: &str, max: usize) -> (String, Option<usize>) {
 }
 
 fn distinct_id_of(event: &Map<String, Value>, props: &EventProps) -> Result<String, Rejection> {
-    let top = event.get("distinct_id").filter(|v| !v.is_null()).cloned();
-    let nested = || props.get("distinct_id").filter(|v| !v.is_null());
-    match top.or_else(nested).as_ref() {
+    let nested;
+    let id = match event.get("distinct_id").filter(|v| !v.is_null()) {
+        Some(top) => Some(top),
+        None => {
+            nested = props.get("distinct_id").filter(|v| !v.is_null());
+            nested.as_ref()
+        }
+    };
+    match id {
         None => Err(Rejection::BadDistinctId("missing")),
         Some(Value::String(s)) if s.is_empty() => Err(Rejection::BadDistinctId("empty")),
         Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => Ok(to_js_string(v)),
