@@ -38,6 +38,10 @@ pub struct Metrics {
     pub log_fsyncs: Counter,
     /// Duration of one synced group write, in seconds.
     pub fsync_seconds: Histogram,
+    /// Where a capture request's time goes, in seconds, by stage: `decode` (parse and
+    /// normalise the body), `route` (queued for and decided by the router), `durable` (waiting
+    /// for the group write that holds its last entry).
+    pub capture_stage_seconds: Family<Kind, Histogram, fn() -> Histogram>,
     /// Person actors alive.
     pub resident_actors: Gauge,
     /// Events waiting in the conversion buffer.
@@ -61,7 +65,8 @@ impl Metrics {
             merge_refusals: Family::default(),
             log_appends: Counter::default(),
             log_fsyncs: Counter::default(),
-            fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            fsync_seconds: latency_histogram(),
+            capture_stage_seconds: Family::new_with_constructor(latency_histogram),
             resident_actors: Gauge::default(),
             buffer_waiting: Gauge::default(),
             buffer_released: Counter::default(),
@@ -110,6 +115,11 @@ impl Metrics {
             m.fsync_seconds.clone(),
         );
         registry.register(
+            "idstitch_capture_stage_seconds",
+            "Time of a capture request by stage (decode, route, durable)",
+            m.capture_stage_seconds.clone(),
+        );
+        registry.register(
             "idstitch_resident_actors",
             "Person actors alive",
             m.resident_actors.clone(),
@@ -140,6 +150,15 @@ impl Metrics {
         out
     }
 
+    /// Record `seconds` spent in a capture `stage`.
+    pub fn capture_stage(&self, stage: &'static str, seconds: f64) {
+        self.capture_stage_seconds
+            .get_or_create(&Kind {
+                kind: stage.to_string(),
+            })
+            .observe(seconds);
+    }
+
     /// Shorthand for a labelled counter.
     pub fn inc(family: &Family<Kind, Counter>, kind: &str) {
         family
@@ -148,4 +167,9 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// Buckets from 50 µs to about 1.6 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }

@@ -7,6 +7,7 @@ pub mod writer;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use actix::prelude::*;
 
@@ -66,6 +67,7 @@ impl Engine {
 
     /// Ingest events in order; returns once every stored one is durable.
     pub async fn ingest(&self, items: Vec<IngestItem>) -> Result<Vec<ItemOutcome>, EngineError> {
+        let started = Instant::now();
         let outcome = self
             .router
             .send(Ingest(items))
@@ -73,8 +75,13 @@ impl Engine {
             .map_err(|_| EngineError::Stopped)??;
         // Freed here, on the thread that parsed them, and before the wait.
         drop(outcome.events);
+        let routed = Instant::now();
+        self.metrics
+            .capture_stage("route", (routed - started).as_secs_f64());
         if let Some(seq) = outcome.wait_for {
             self.writer.wait_durable(seq).await?;
+            self.metrics
+                .capture_stage("durable", routed.elapsed().as_secs_f64());
         }
         Ok(outcome.outcomes)
     }

@@ -1,5 +1,7 @@
 //! The capture endpoints the PostHog SDKs call.
 
+use std::time::Instant;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -41,7 +43,9 @@ async fn project_of(st: &AppState, token: &str) -> Result<Option<ProjectId>, Htt
 }
 
 /// Normalise, ingest and answer; `ok` is the body of a success.
-async fn ingest(st: &AppState, body: CaptureBody, ok: Value) -> HttpResponse {
+/// Normalise a decoded body's events and ingest them; `started` is when the handler began, so
+/// that the `decode` stage counts the body's decoding too.
+async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -> HttpResponse {
     let now = chrono::Utc::now().timestamp_millis();
     let mut items = Vec::with_capacity(body.events.len());
     let mut index_of = Vec::with_capacity(body.events.len());
@@ -79,6 +83,9 @@ async fn ingest(st: &AppState, body: CaptureBody, ok: Value) -> HttpResponse {
             }
         }
     }
+    st.engine
+        .metrics()
+        .capture_stage("decode", started.elapsed().as_secs_f64());
     match st.engine.ingest(items).await {
         Ok(outcomes) => {
             for (k, outcome) in outcomes.into_iter().enumerate() {
@@ -103,8 +110,9 @@ async fn ingest(st: &AppState, body: CaptureBody, ok: Value) -> HttpResponse {
 
 /// `POST /batch/`, `/capture/`, `/e/`, `/i/v0/e/`, `/track/`, `/engage/`.
 pub async fn capture(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
     match decode_capture(&raw(&req, &body), &st.config.limits) {
-        Ok(decoded) => ingest(&st, decoded, json!({"status": 1})).await,
+        Ok(decoded) => ingest(&st, started, decoded, json!({"status": 1})).await,
         Err(e) => error(
             StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             e.code(),
@@ -119,11 +127,12 @@ pub async fn capture_v1(
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> HttpResponse {
+    let started = Instant::now();
     let bearer = header(&req, "authorization")
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(str::trim);
     match decode_capture_v1(&raw(&req, &body), bearer, &st.config.limits) {
-        Ok(decoded) => ingest(&st, decoded, json!({"results": {}})).await,
+        Ok(decoded) => ingest(&st, started, decoded, json!({"results": {}})).await,
         Err(e) => error(
             StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             e.code(),

@@ -97,4 +97,9 @@ fn metrics_are_exposed_in_prometheus_format() {
     let text = String::from_utf8(d.get("/metrics").body.to_vec()).unwrap();
     assert!(text.contains("idstitch_events_accepted_total 1"), "{text}");
     assert!(text.contains("idstitch_log_fsync_seconds_bucket"));
+    // The one capture request is timed in each of its stages.
+    for stage in ["decode", "route", "durable"] {
+        let line = format!("idstitch_capture_stage_seconds_count{{kind=\"{stage}\"}} 1\n");
+        assert!(text.contains(&line), "no {line:?} in {text}");
+    }
 }
