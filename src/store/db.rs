@@ -122,6 +122,13 @@ fn options() -> Options {
     // memtable is flushed (atomically) and the log starts over. Unbounded, it reached the
     // largest memtable's worth of writes (~110 MB at 1M persons, ~3 s to replay).
     o.set_max_total_wal_size(WAL_LIMIT);
+    // Reuse the write-ahead log files a flush has made obsolete instead of deleting them and
+    // creating new ones: overwriting blocks already allocated, a synced write does not wait
+    // for the filesystem to allocate and journal new ones. Without it, the synced group
+    // writes that ran next to each flush (every ~3 s at 10,000 events/s) took 15-60 ms and
+    // made the acknowledgement p99 (open loop at 10,000 events/s: p99 23.6-30.6 ms against
+    // 15.4-20.4 ms with it, five alternated pairs, benches/README.md).
+    o.set_recycle_log_file_num(RECYCLED_WALS);
     if let Some(env) = &*BACKGROUND_AT_LOW_PRIORITY {
         o.set_env(env);
     }
@@ -140,6 +147,10 @@ static BACKGROUND_AT_LOW_PRIORITY: std::sync::LazyLock<Option<rocksdb::Env>> =
         env.lower_high_priority_thread_pool_cpu_priority();
         Some(env)
     });
+
+/// Obsolete write-ahead log files kept for reuse (see [`options`]); each is at most about
+/// [`WAL_LIMIT`].
+const RECYCLED_WALS: usize = 2;
 
 /// Most write-ahead log bytes a restart after a crash replays (see [`options`]).
 const WAL_LIMIT: u64 = 48 << 20;
