@@ -36,7 +36,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use daemon::{ProcStats, Spawned, Target};
-use report::{Groups, Latency, Machine, Process, RecordSize, Report};
+use report::{Groups, Latency, Machine, Process, RecordSize, Report, Stage};
 use runner::Pace;
 use workload::{ConnPlan, Knobs};
 
@@ -223,6 +223,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let elapsed_s = outcome.elapsed.as_secs_f64();
     let delta = before.counters_until(&after);
     let groups = delta.as_ref().map(|d| groups(d, elapsed_s));
+    let stages = delta.as_ref().map(stages).unwrap_or_default();
 
     // 4. Correctness. Counters only mean something when nothing else fed the daemon.
     let check = if args.no_check {
@@ -296,6 +297,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         latency: latency(&outcome.latency_us, args.rate.is_some()),
         process: process_report(pid, &before, &after, proc_end, exit),
         groups,
+        stages,
         log_record,
         ratio: baseline.as_ref().map(|b| events_per_s / b.records_per_s),
         baseline,
@@ -433,6 +435,48 @@ fn groups(delta: &HashMap<String, f64>, elapsed_s: f64) -> Groups {
         fsyncs_per_s: fsyncs / elapsed_s,
         avg_group: if fsyncs > 0.0 { appends / fsyncs } else { 0.0 },
     }
+}
+
+/// The daemon's capture stages over the run, from the deltas of its stage histogram.
+fn stages(delta: &HashMap<String, f64>) -> Vec<Stage> {
+    const NAME: &str = "idstitch_capture_stage_seconds";
+    ["decode", "route", "durable"]
+        .into_iter()
+        .filter_map(|stage| {
+            let series = |part: &'static str| {
+                delta
+                    .iter()
+                    .filter(move |(k, _)| {
+                        k.strip_prefix(NAME)
+                            .is_some_and(|rest| rest.starts_with(part) && rest.contains('{'))
+                            && daemon::label(k, "kind") == Some(stage)
+                    })
+                    .map(|(k, v)| (k.as_str(), *v))
+            };
+            let count = series("_count").map(|(_, v)| v).sum::<f64>();
+            let sum = series("_sum").map(|(_, v)| v).sum::<f64>();
+            if count < 1.0 {
+                return None;
+            }
+            let mut buckets: Vec<(f64, f64)> = series("_bucket")
+                .filter_map(|(k, v)| Some((daemon::label(k, "le")?.parse::<f64>().ok()?, v)))
+                .collect();
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let at_most = |q: f64| {
+                buckets
+                    .iter()
+                    .find(|(_, cum)| *cum >= q * count)
+                    .map_or(f64::INFINITY, |(le, _)| (le * 100_000.0).round() / 100.0)
+            };
+            Some(Stage {
+                stage: stage.to_string(),
+                count: count as u64,
+                mean_ms: sum / count * 1000.0,
+                p50_at_most_ms: at_most(0.5),
+                p99_at_most_ms: at_most(0.99),
+            })
+        })
+        .collect()
 }
 
 /// Run the checker; a failure to ask the daemon is reported as a mismatch too.

@@ -200,19 +200,33 @@ pub async fn metrics(target: &Target) -> anyhow::Result<HashMap<String, f64>> {
     Ok(parse_metrics(&String::from_utf8_lossy(&r.body)))
 }
 
-/// Parse the Prometheus text format, summing each metric over its labels.
+/// Parse the Prometheus text format: each metric summed over its labels under its bare name,
+/// and each labelled series under its whole name (`name{labels}`).
 pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((name, value)) = line.rsplit_once(' ') else {
             continue;
         };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
         let base = name.split('{').next().unwrap_or(name);
-        if let Ok(v) = value.parse::<f64>() {
-            *out.entry(base.to_string()).or_insert(0.0) += v;
+        *out.entry(base.to_string()).or_insert(0.0) += v;
+        if base != name {
+            out.insert(name.to_string(), v);
         }
     }
     out
+}
+
+/// The value of label `label` in a series name `name{a="x",b="y"}`.
+pub fn label<'a>(series: &'a str, label: &str) -> Option<&'a str> {
+    let labels = series.split_once('{')?.1.strip_suffix('}')?;
+    labels.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == label).then(|| v.trim_matches('"'))
+    })
 }
 
 /// What the kernel says about a process.

@@ -55,6 +55,23 @@ pub struct Groups {
     pub avg_group: f64,
 }
 
+/// One stage of the daemon's capture requests over the run, from the histogram
+/// `idstitch_capture_stage_seconds` (bucket bounds double, so a quantile is the bound of the
+/// bucket it falls in).
+#[derive(Clone, Debug, Serialize)]
+pub struct Stage {
+    /// `decode`, `route` or `durable`.
+    pub stage: String,
+    /// Requests timed in this stage.
+    pub count: u64,
+    /// Mean time, in milliseconds.
+    pub mean_ms: f64,
+    /// The upper bound of the bucket holding the median, in milliseconds.
+    pub p50_at_most_ms: f64,
+    /// The upper bound of the bucket holding the 99th percentile, in milliseconds.
+    pub p99_at_most_ms: f64,
+}
+
 /// Average bytes of one log record, and where that number comes from.
 #[derive(Clone, Debug, Serialize)]
 pub struct RecordSize {
@@ -123,6 +140,8 @@ pub struct Report {
     pub process: Option<Process>,
     /// The daemon's groups, from `/metrics`.
     pub groups: Option<Groups>,
+    /// Where the daemon's time per request went, by stage, from `/metrics`.
+    pub stages: Vec<Stage>,
     /// The average log record size the baseline writes.
     pub log_record: RecordSize,
     /// The raw RocksDB baseline.
@@ -168,6 +187,19 @@ impl Report {
                 "  group commit        {} fsyncs, {:.1} fsyncs/s, {:.1} entries/group ({} log appends)",
                 g.fsyncs, g.fsyncs_per_s, g.avg_group, g.log_appends
             );
+        }
+        if !self.stages.is_empty() {
+            let parts: Vec<String> = self
+                .stages
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} mean {:.2} p50 <= {} p99 <= {}",
+                        s.stage, s.mean_ms, s.p50_at_most_ms, s.p99_at_most_ms
+                    )
+                })
+                .collect();
+            println!("  daemon stages (ms)  {}", parts.join(" | "));
         }
         if let Some(p) = &self.process {
             println!(
