@@ -122,13 +122,6 @@ fn options() -> Options {
     // memtable is flushed (atomically) and the log starts over. Unbounded, it reached the
     // largest memtable's worth of writes (~110 MB at 1M persons, ~3 s to replay).
     o.set_max_total_wal_size(WAL_LIMIT);
-    // Reuse the write-ahead log files a flush has made obsolete instead of deleting them and
-    // creating new ones: overwriting blocks already allocated, a synced write does not wait
-    // for the filesystem to allocate and journal new ones. Without it, the synced group
-    // writes that ran next to each flush (every ~3 s at 10,000 events/s) took 15-60 ms and
-    // made the acknowledgement p99 (open loop at 10,000 events/s: p99 23.6-30.6 ms against
-    // 15.4-20.4 ms with it, five alternated pairs, benches/README.md).
-    o.set_recycle_log_file_num(RECYCLED_WALS);
     if let Some(env) = &*BACKGROUND_AT_LOW_PRIORITY {
         o.set_env(env);
     }
@@ -148,9 +141,23 @@ static BACKGROUND_AT_LOW_PRIORITY: std::sync::LazyLock<Option<rocksdb::Env>> =
         Some(env)
     });
 
-/// Obsolete write-ahead log files kept for reuse (see [`options`]); each is at most about
-/// [`WAL_LIMIT`].
+/// Obsolete write-ahead log files kept for reuse with [`OpenOptions::recycle_wal`]; each is at
+/// most about [`WAL_LIMIT`].
 const RECYCLED_WALS: usize = 2;
+
+/// How [`Store::open_with`] opens a store for writing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenOptions {
+    /// Reuse the write-ahead log files a flush has made obsolete instead of deleting them and
+    /// creating new ones (`serve --recycle-wal`). Overwriting blocks already allocated, a
+    /// synced write does not wait for the filesystem to allocate and journal new ones: the
+    /// synced group writes that ran next to each flush (every ~3 s at 10,000 events/s) took
+    /// 15-60 ms without it (benches/README.md). The cost: a reused file keeps the bytes of
+    /// the entries it held until they are overwritten, so a person deleted with its events
+    /// is not gone from disk after [`Store::compact_log`] until about two files' worth of
+    /// later writes.
+    pub recycle_wal: bool,
+}
 
 /// Most write-ahead log bytes a restart after a crash replays (see [`options`]).
 const WAL_LIMIT: u64 = 48 << 20;
@@ -158,12 +165,21 @@ const WAL_LIMIT: u64 = 48 << 20;
 impl Store {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, OpenOptions::default())
+    }
+
+    /// [`Store::open`] with `how`.
+    pub fn open_with(dir: &Path, how: OpenOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
         let cfs = keys::CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));
-        let db = DB::open_cf_descriptors(&options(), dir, cfs)?;
+        let mut o = options();
+        if how.recycle_wal {
+            o.set_recycle_log_file_num(RECYCLED_WALS);
+        }
+        let db = DB::open_cf_descriptors(&o, dir, cfs)?;
         Ok(Store { db: Arc::new(db) })
     }
 
@@ -305,12 +321,21 @@ impl Store {
             .map(PersonUuid))
     }
 
-    /// Whether an event uuid was already accepted in the project.
-    pub fn event_uuid_seen(&self, p: ProjectId, uuid: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .db
-            .get_pinned_cf(self.cf("uuids"), keys::event_uuid(p, uuid))?
-            .is_some())
+    /// Whether each event uuid was already accepted in its project, in order: one batched
+    /// RocksDB lookup, which shares the memtable and filter probes of the whole batch.
+    pub fn event_uuids_seen<'u>(
+        &self,
+        uuids: impl IntoIterator<Item = (ProjectId, &'u str)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<Vec<u8>> = uuids
+            .into_iter()
+            .map(|(p, u)| keys::event_uuid(p, u))
+            .collect();
+        self.db
+            .batched_multi_get_cf(self.cf("uuids"), &keys, false)
+            .into_iter()
+            .map(|r| Ok(r?.is_some()))
+            .collect()
     }
 
     /// Every project.

@@ -10,4 +10,4 @@ pub mod recovery;
 pub mod snapshot;
 pub mod verify;
 
-pub use db::{ProjectRecord, Store, StoreError};
+pub use db::{OpenOptions, ProjectRecord, Store, StoreError};
