@@ -231,6 +231,9 @@ struct Inner {
     ids: HashMap<(ProjectId, String), IdSlot>,
     actors: HashMap<(ProjectId, PersonUuid), Resident>,
     uuids: HashMap<(ProjectId, String), u64>,
+    /// Requests in progress that looked their uuids up in the store: the `next_seq` of each
+    /// lookup, with how many requests share it ([`Inner::pin`]).
+    pins: BTreeMap<u64, usize>,
     limiter: WarningLimiter,
     tick: u64,
     settings: HashMap<ProjectId, ProjectSettings>,
@@ -291,6 +294,7 @@ impl Router {
             ids: HashMap::new(),
             actors: HashMap::new(),
             uuids: HashMap::new(),
+            pins: BTreeMap::new(),
             limiter,
             tick: 0,
             settings,
@@ -545,10 +549,29 @@ impl Inner {
         }
     }
 
+    /// Keep every uuid accepted from now on in `uuids`, durable or not, until [`Inner::unpin`]:
+    /// a request that looked its uuids up in the store before processing them must find there
+    /// any uuid accepted after that lookup.
+    fn pin(&mut self) -> u64 {
+        *self.pins.entry(self.next_seq).or_default() += 1;
+        self.next_seq
+    }
+
+    /// Release a [`Inner::pin`].
+    fn unpin(&mut self, pin: u64) {
+        if let Some(n) = self.pins.get_mut(&pin) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(&pin);
+            }
+        }
+    }
+
     /// Bound memory: drop resident persons and cached ids whose state is durable.
     fn evict(&mut self) {
         let durable = self.writer.status().durable.0;
-        self.uuids.retain(|_, s| *s > durable);
+        let pinned_from = self.pins.keys().next().copied().unwrap_or(u64::MAX);
+        self.uuids.retain(|_, s| *s > durable || *s >= pinned_from);
         if self.actors.len() > self.config.max_resident_persons {
             let target = self.config.max_resident_persons * 9 / 10;
             let mut idle: Vec<_> = self
@@ -603,14 +626,16 @@ async fn snapshot(
 }
 
 async fn ingest(st: Shared, items: Vec<IngestItem>) -> Result<IngestOutcome, EngineError> {
-    let mut outcomes = Vec::with_capacity(items.len());
-    let mut wait_for: Option<Seq> = None;
-    for IngestItem { project, event } in &items {
-        let (seq, outcome) = process(&st, *project, event, None).await?;
-        wait_for = wait_for.max(seq);
-        outcomes.push(outcome);
-    }
-    st.borrow_mut().evict();
+    let (on_disk, pin) = {
+        let mut s = st.borrow_mut();
+        let on_disk = uuids_on_disk(&s.store, &items)?;
+        (on_disk, s.pin())
+    };
+    let result = process_all(&st, &items, &on_disk).await;
+    let mut s = st.borrow_mut();
+    s.unpin(pin);
+    s.evict();
+    let (wait_for, outcomes) = result?;
     Ok(IngestOutcome {
         wait_for,
         outcomes,
@@ -618,21 +643,58 @@ async fn ingest(st: Shared, items: Vec<IngestItem>) -> Result<IngestOutcome, Eng
     })
 }
 
+/// Whether each item's uuid was durable in the store before any of them was processed, in one
+/// batched lookup (false for an item without a uuid).
+fn uuids_on_disk(store: &Store, items: &[IngestItem]) -> Result<Vec<bool>, EngineError> {
+    let with_uuid = items
+        .iter()
+        .filter_map(|i| Some((i.project, i.event.uuid.as_deref()?)));
+    let mut seen = store.event_uuids_seen(with_uuid)?.into_iter();
+    Ok(items
+        .iter()
+        .map(|i| i.event.uuid.is_some() && seen.next().unwrap_or(false))
+        .collect())
+}
+
+/// Each item in order: a duplicate is answered at once, anything else goes through
+/// [`process`]. Returns the seq to wait for and each item's outcome.
+async fn process_all(
+    st: &Shared,
+    items: &[IngestItem],
+    on_disk: &[bool],
+) -> Result<(Option<Seq>, Vec<ItemOutcome>), EngineError> {
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut wait_for: Option<Seq> = None;
+    for (IngestItem { project, event }, on_disk) in items.iter().zip(on_disk) {
+        let (seq, outcome) = match duplicate_of(st, *project, event, *on_disk) {
+            Some(earlier) => {
+                st.borrow().metrics.events_duplicate.inc();
+                (earlier, ItemOutcome::Duplicate)
+            }
+            None => process(st, *project, event, None).await?,
+        };
+        wait_for = wait_for.max(seq);
+        outcomes.push(outcome);
+    }
+    Ok((wait_for, outcomes))
+}
+
 /// The seq of an earlier delivery of the event's uuid when it was accepted already (the uuid
 /// of an event waiting in the buffer counts), with `Some(None)` when that one is durable.
+/// `on_disk` says whether the uuid was durable when the request's lookup ran
+/// ([`uuids_on_disk`]): a uuid accepted since then is still in `uuids`, which the request's pin
+/// keeps from eviction ([`Inner::pin`]).
 fn duplicate_of(
     st: &Shared,
     project: ProjectId,
     event: &Normalized,
-) -> Result<Option<Option<Seq>>, EngineError> {
-    let Some(u) = &event.uuid else {
-        return Ok(None);
-    };
-    let s = st.borrow();
-    if let Some(seq) = s.uuids.get(&(project, u.clone())) {
-        return Ok(Some(Some(Seq(*seq))));
+    on_disk: bool,
+) -> Option<Option<Seq>> {
+    let u = event.uuid.as_ref()?;
+    if let Some(seq) = st.borrow().uuids.get(&(project, u.clone())) {
+        return Some(Some(Seq(*seq)));
     }
-    Ok(s.store.event_uuid_seen(project, u)?.then_some(None))
+    on_disk.then_some(None)
 }
 
 /// Delay the event in the conversion buffer when its project's buffer is on and it qualifies
@@ -658,21 +720,16 @@ fn buffer(
     Ok(Some(seq))
 }
 
-/// Process one event: drop a duplicate, delay it in the buffer, or decide and log it.
-/// `released` is the seq that buffered it, when the buffer releases it now: it is then
-/// processed as if it had just arrived, and its release is logged in the same entry.
+/// Process one event that is not a duplicate ([`duplicate_of`]): delay it in the buffer, or
+/// decide and log it. `released` is the seq that buffered it, when the buffer releases it
+/// now: it is then processed as if it had just arrived, and its release is logged in the same
+/// entry.
 async fn process(
     st: &Shared,
     project: ProjectId,
     event: &Normalized,
     released: Option<Seq>,
 ) -> Result<(Option<Seq>, ItemOutcome), EngineError> {
-    if released.is_none() {
-        if let Some(earlier) = duplicate_of(st, project, event)? {
-            st.borrow().metrics.events_duplicate.inc();
-            return Ok((earlier, ItemOutcome::Duplicate));
-        }
-    }
     let (into, other) = lookups(event);
     let into_person = snapshot(st, project, &into).await?;
     if released.is_none() {
@@ -892,5 +949,69 @@ impl Handler<ReleaseDue> for Router {
         AtomicResponse::new(Box::pin(actix::fut::wrap_future(release_due(
             self.inner.clone(),
         ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RawProps, StoredEvent};
+
+    fn stored(uuid: &str) -> Change {
+        Change::EventStored {
+            event: StoredEvent {
+                uuid: Some(uuid.into()),
+                event: "e".into(),
+                distinct_id: "d".into(),
+                properties: RawProps::empty(),
+                timestamp_ms: 0,
+                personless: true,
+            },
+        }
+    }
+
+    /// The batched duplicate check looks a request's uuids up in the store first: a uuid
+    /// accepted after that lookup must stay in `uuids`, even once durable, for as long as the
+    /// request runs, or a redelivery of it in that request would pass for new.
+    #[test]
+    fn a_pin_keeps_the_uuids_accepted_after_it_until_it_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Metrics::new();
+        let (writer, join) = WriterHandle::spawn(store.clone(), Seq(0), metrics.clone(), |_| {});
+        let router = Router::new(
+            store,
+            writer.clone(),
+            metrics,
+            EngineConfig::default(),
+            Seq(0),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let p = ProjectId(1);
+        let mut s = router.inner.borrow_mut();
+        s.commit(p, Some("before".into()), vec![stored("before")], &[])
+            .unwrap();
+        let pin = s.pin();
+        let after = s
+            .commit(p, Some("after".into()), vec![stored("after")], &[])
+            .unwrap();
+        rt.block_on(writer.wait_durable(after)).unwrap();
+        let has = |s: &Inner, u: &str| s.uuids.contains_key(&(p, u.to_string()));
+        s.evict();
+        assert!(!has(&s, "before"), "durable before the pin: evicted");
+        assert!(
+            has(&s, "after"),
+            "accepted after the pin: kept while pinned"
+        );
+        s.unpin(pin);
+        s.evict();
+        assert!(!has(&s, "after"), "released: evicted");
+        assert!(s.pins.is_empty());
+        drop(s);
+        writer.stop();
+        join.join().unwrap();
     }
 }
