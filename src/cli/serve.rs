@@ -104,12 +104,12 @@ pub struct ServeArgs {
     /// everything that was acknowledged. `exit`: exit with code 2 at once [default: degrade].
     #[arg(long, env = "IDSTITCH_ON_STORAGE_ERROR", value_enum)]
     pub on_storage_error: Option<OnStorageError>,
-    /// Reuse RocksDB's obsolete write-ahead log files instead of deleting them and creating
-    /// new ones: on ext4, a synced write then no longer waits behind a flush's filesystem
-    /// work, which cut the acknowledgement p99 at 10,000 events/s from ~30 to ~20 ms here.
-    /// The cost: a reused file keeps old log bytes until they are overwritten, so the events
-    /// of a person deleted with `delete_events=true` stay on disk for up to ~100 MB of later
-    /// writes. Off by default for that reason.
+    /// Reuse RocksDB's obsolete write-ahead log files instead of deleting them: deleting one
+    /// (~48 MB, every few seconds under load) can stall the synced writes next to it (on ext4
+    /// mounted with `discard`, the acknowledgement p99 at 10,000 events/s fell from ~30 to ~20
+    /// ms with this). The cost: a reused file keeps old log bytes until they are overwritten,
+    /// so the events of a person deleted with `delete_events=true` stay on disk for up to
+    /// ~100 MB of later writes. Off by default for that reason.
     #[arg(long, env = "IDSTITCH_RECYCLE_WAL")]
     pub recycle_wal: bool,
     /// Let tests move the conversion buffer's clock forward with `POST /api/_test/clock`

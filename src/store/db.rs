@@ -149,13 +149,13 @@ const RECYCLED_WALS: usize = 2;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenOptions {
     /// Reuse the write-ahead log files a flush has made obsolete instead of deleting them and
-    /// creating new ones (`serve --recycle-wal`). Overwriting blocks already allocated, a
-    /// synced write does not wait for the filesystem to allocate and journal new ones: the
-    /// synced group writes that ran next to each flush (every ~3 s at 10,000 events/s) took
-    /// 15-60 ms without it (benches/README.md). The cost: a reused file keeps the bytes of
-    /// the entries it held until they are overwritten, so a person deleted with its events
-    /// is not gone from disk after [`Store::compact_log`] until about two files' worth of
-    /// later writes.
+    /// creating new ones (`serve --recycle-wal`). Deleting a ~48 MB obsolete file stalled the
+    /// synced group writes next to it for 15-60 ms on this machine's ext4 (mounted with
+    /// `discard`), every ~3 s at 10,000 events/s; keeping the files (recycled, or archived
+    /// with RocksDB's `WAL_ttl_seconds`) removed the stalls (benches/README.md). The cost: a
+    /// reused file keeps the bytes of the entries it held until they are overwritten, so a
+    /// person deleted with its events is not gone from disk after [`Store::compact_log`]
+    /// until about two files' worth of later writes.
     pub recycle_wal: bool,
 }
 
