@@ -17,7 +17,7 @@ use crate::api::server::{self, ConnLimits};
 use crate::api::{ApiConfig, AppState, DecodeLimits};
 use crate::domain::{SettingsError, SettingsPatch};
 use crate::metrics::Metrics;
-use crate::store::{OpenOptions, Store};
+use crate::store::Store;
 
 /// Options of `idstitch serve`. Precedence: flags, then `IDSTITCH_*` environment variables,
 /// then the TOML file of `--config` (same names, with underscores), then the defaults shown.
@@ -104,14 +104,6 @@ pub struct ServeArgs {
     /// everything that was acknowledged. `exit`: exit with code 2 at once [default: degrade].
     #[arg(long, env = "IDSTITCH_ON_STORAGE_ERROR", value_enum)]
     pub on_storage_error: Option<OnStorageError>,
-    /// Reuse RocksDB's obsolete write-ahead log files instead of deleting them: deleting one
-    /// (~48 MB, every few seconds under load) can stall the synced writes next to it (on ext4
-    /// mounted with `discard`, the acknowledgement p99 at 10,000 events/s fell from ~30 to ~20
-    /// ms with this). The cost: a reused file keeps old log bytes until they are overwritten,
-    /// so the events of a person deleted with `delete_events=true` stay on disk for up to
-    /// ~100 MB of later writes. Off by default for that reason.
-    #[arg(long, env = "IDSTITCH_RECYCLE_WAL")]
-    pub recycle_wal: bool,
     /// Let tests move the conversion buffer's clock forward with `POST /api/_test/clock`
     /// (for tests only).
     #[arg(long, hide = true)]
@@ -143,7 +135,6 @@ struct FileConfig {
     keep_alive: Option<u64>,
     max_inflight_body_bytes: Option<usize>,
     on_storage_error: Option<OnStorageError>,
-    recycle_wal: Option<bool>,
 }
 
 /// What a failed log write does (`--on-storage-error`).
@@ -213,8 +204,6 @@ pub struct Settings {
     pub engine: EngineConfig,
     /// What a failed log write does.
     pub on_storage_error: OnStorageError,
-    /// How the store is opened (`--recycle-wal`).
-    pub store: OpenOptions,
     /// API settings.
     pub api: ApiConfig,
     /// Strict-mode projects (token, name).
@@ -353,9 +342,6 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
             .on_storage_error
             .or(f.on_storage_error)
             .unwrap_or_default(),
-        store: OpenOptions {
-            recycle_wal: a.recycle_wal || f.recycle_wal.unwrap_or(false),
-        },
         workers: a.workers.or(f.workers).unwrap_or(2).max(1),
         conn,
         data_dir,
@@ -421,7 +407,7 @@ fn claim_socket(socket: &Path) -> anyhow::Result<()> {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
     claim_socket(&s.socket)?;
-    let store = Store::open_with(&s.data_dir, s.store).map_err(|e| {
+    let store = Store::open(&s.data_dir).map_err(|e| {
         Failure::user(format!(
             "cannot open data dir {}: {e} (is another idstitch using it?)",
             s.data_dir.display()

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
 use super::keys;
+use super::wal;
 use crate::domain::buffer::BufferedEvent;
 use crate::domain::{Entry, Person, PersonUuid, ProjectId, ProjectSettings, Seq, Warning};
 
@@ -60,6 +61,9 @@ pub struct BufferedRecord {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// Removes obsolete write-ahead log files (a store opened for writing); declared after
+    /// `db`, so that the last clone closes the database before the reaper's final purge.
+    _reaper: Option<Arc<wal::WalReaper>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -141,46 +145,29 @@ static BACKGROUND_AT_LOW_PRIORITY: std::sync::LazyLock<Option<rocksdb::Env>> =
         Some(env)
     });
 
-/// Obsolete write-ahead log files kept for reuse with [`OpenOptions::recycle_wal`]; each is at
-/// most about [`WAL_LIMIT`].
-const RECYCLED_WALS: usize = 2;
-
-/// How [`Store::open_with`] opens a store for writing.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OpenOptions {
-    /// Reuse the write-ahead log files a flush has made obsolete instead of deleting them and
-    /// creating new ones (`serve --recycle-wal`). Deleting a ~48 MB obsolete file stalled the
-    /// synced group writes next to it for 15-60 ms on this machine's ext4 (mounted with
-    /// `discard`), every ~3 s at 10,000 events/s; keeping the files (recycled, or archived
-    /// with RocksDB's `WAL_ttl_seconds`) removed the stalls (benches/README.md). The cost: a
-    /// reused file keeps the bytes of the entries it held until they are overwritten, so a
-    /// person deleted with its events is not gone from disk after [`Store::compact_log`]
-    /// until about two files' worth of later writes.
-    pub recycle_wal: bool,
-}
-
 /// Most write-ahead log bytes a restart after a crash replays (see [`options`]).
 const WAL_LIMIT: u64 = 48 << 20;
 
 impl Store {
-    /// Open (or create) the store in `dir`.
+    /// Open (or create) the store in `dir`. Obsolete write-ahead log files go to its archive,
+    /// which a thread of the store empties a few megabytes at a time ([`wal`]).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, OpenOptions::default())
-    }
-
-    /// [`Store::open`] with `how`.
-    pub fn open_with(dir: &Path, how: OpenOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
         let cfs = keys::CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));
-        let mut o = options();
-        if how.recycle_wal {
-            o.set_recycle_log_file_num(RECYCLED_WALS);
-        }
+        let o = options()
+            .get_options_from_string(wal::ARCHIVE_OBSOLETE_WALS)
+            .map_err(|e| StoreError::Corrupt(format!("RocksDB refused its options: {e}")))?;
         let db = DB::open_cf_descriptors(&o, dir, cfs)?;
-        Ok(Store { db: Arc::new(db) })
+        let reaper = wal::WalReaper::start(dir).map_err(|e| {
+            StoreError::Corrupt(format!("cannot start the write-ahead log reaper: {e}"))
+        })?;
+        Ok(Store {
+            db: Arc::new(db),
+            _reaper: Some(Arc::new(reaper)),
+        })
     }
 
     /// Open read-only (verify, snapshot of a stopped data dir).
@@ -198,7 +185,10 @@ impl Store {
             .iter()
             .filter(|c| existing.is_empty() || existing.iter().any(|e| e == *c));
         let db = DB::open_cf_for_read_only(&options(), dir, cfs, false)?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            _reaper: None,
+        })
     }
 
     /// The raw database, for the writer and snapshots.
@@ -634,6 +624,11 @@ impl Store {
             .compact_range_cf(self.cf("log"), None::<&[u8]>, None::<&[u8]>);
         self.db
             .compact_range_cf(self.cf("evdid"), None::<&[u8]>, None::<&[u8]>);
+        let keep = self
+            .db
+            .property_int_value("rocksdb.min-log-number-to-keep")?
+            .unwrap_or(0);
+        wal::purge_obsolete(self.db.path(), keep, std::time::Duration::from_secs(5));
         Ok(())
     }
 

@@ -9,5 +9,6 @@ pub mod materialize;
 pub mod recovery;
 pub mod snapshot;
 pub mod verify;
+pub mod wal;
 
-pub use db::{OpenOptions, ProjectRecord, Store, StoreError};
+pub use db::{ProjectRecord, Store, StoreError};
