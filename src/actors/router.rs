@@ -231,8 +231,8 @@ struct Inner {
     ids: HashMap<(ProjectId, String), IdSlot>,
     actors: HashMap<(ProjectId, PersonUuid), Resident>,
     uuids: HashMap<(ProjectId, String), u64>,
-    /// Requests in progress that looked their uuids up in the store: the `next_seq` of each
-    /// lookup, with how many requests share it ([`Inner::pin`]).
+    /// Requests in progress that looked their uuids up in the store: the durable seq when each
+    /// lookup ran, with how many requests share it ([`Inner::pin`]).
     pins: BTreeMap<u64, usize>,
     limiter: WarningLimiter,
     tick: u64,
@@ -549,12 +549,14 @@ impl Inner {
         }
     }
 
-    /// Keep every uuid accepted from now on in `uuids`, durable or not, until [`Inner::unpin`]:
-    /// a request that looked its uuids up in the store before processing them must find there
-    /// any uuid accepted after that lookup.
-    fn pin(&mut self) -> u64 {
-        *self.pins.entry(self.next_seq).or_default() += 1;
-        self.next_seq
+    /// Keep every uuid accepted after seq `durable` in `uuids`, durable or not, until
+    /// [`Inner::unpin`]. A request reads the durable seq, then looks its uuids up in the store:
+    /// the entries up to that seq were visible to the lookup (the writer publishes a seq only
+    /// after its write), and every uuid after it was in `uuids` then (eviction had removed only
+    /// durable ones) and stays there while the request runs.
+    fn pin(&mut self, durable: u64) -> u64 {
+        *self.pins.entry(durable).or_default() += 1;
+        durable
     }
 
     /// Release a [`Inner::pin`].
@@ -570,8 +572,12 @@ impl Inner {
     /// Bound memory: drop resident persons and cached ids whose state is durable.
     fn evict(&mut self) {
         let durable = self.writer.status().durable.0;
-        let pinned_from = self.pins.keys().next().copied().unwrap_or(u64::MAX);
-        self.uuids.retain(|_, s| *s > durable || *s >= pinned_from);
+        let keep_after = self
+            .pins
+            .keys()
+            .next()
+            .map_or(durable, |p| (*p).min(durable));
+        self.uuids.retain(|_, s| *s > keep_after);
         if self.actors.len() > self.config.max_resident_persons {
             let target = self.config.max_resident_persons * 9 / 10;
             let mut idle: Vec<_> = self
@@ -628,8 +634,9 @@ async fn snapshot(
 async fn ingest(st: Shared, items: Vec<IngestItem>) -> Result<IngestOutcome, EngineError> {
     let (on_disk, pin) = {
         let mut s = st.borrow_mut();
+        let durable = s.writer.status().durable.0;
         let on_disk = uuids_on_disk(&s.store, &items)?;
-        (on_disk, s.pin())
+        (on_disk, s.pin(durable))
     };
     let result = process_all(&st, &items, &on_disk).await;
     let mut s = st.borrow_mut();
@@ -681,9 +688,9 @@ async fn process_all(
 
 /// The seq of an earlier delivery of the event's uuid when it was accepted already (the uuid
 /// of an event waiting in the buffer counts), with `Some(None)` when that one is durable.
-/// `on_disk` says whether the uuid was durable when the request's lookup ran
-/// ([`uuids_on_disk`]): a uuid accepted since then is still in `uuids`, which the request's pin
-/// keeps from eviction ([`Inner::pin`]).
+/// `on_disk` says whether the uuid was in the store when the request's lookup ran
+/// ([`uuids_on_disk`]); one that was not there yet is in `uuids`, which the request's pin keeps
+/// from eviction ([`Inner::pin`]).
 fn duplicate_of(
     st: &Shared,
     project: ProjectId,
@@ -970,11 +977,12 @@ mod tests {
         }
     }
 
-    /// The batched duplicate check looks a request's uuids up in the store first: a uuid
-    /// accepted after that lookup must stay in `uuids`, even once durable, for as long as the
-    /// request runs, or a redelivery of it in that request would pass for new.
+    /// The batched duplicate check looks a request's uuids up in the store first: a uuid not
+    /// durable when the lookup ran (accepted just before it, or after it) must stay in `uuids`,
+    /// even once durable, for as long as the request runs, or a redelivery of it in that
+    /// request would pass for new.
     #[test]
-    fn a_pin_keeps_the_uuids_accepted_after_it_until_it_is_released() {
+    fn a_pin_keeps_the_uuids_not_durable_at_the_lookup_until_it_is_released() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let metrics = Metrics::new();
@@ -992,23 +1000,26 @@ mod tests {
             .unwrap();
         let p = ProjectId(1);
         let mut s = router.inner.borrow_mut();
-        s.commit(p, Some("before".into()), vec![stored("before")], &[])
-            .unwrap();
-        let pin = s.pin();
-        let after = s
-            .commit(p, Some("after".into()), vec![stored("after")], &[])
-            .unwrap();
-        rt.block_on(writer.wait_durable(after)).unwrap();
+        let accept =
+            |s: &mut Inner, u: &str| s.commit(p, Some(u.into()), vec![stored(u)], &[]).unwrap();
+        let durable_before = accept(&mut s, "durable-before");
+        rt.block_on(writer.wait_durable(durable_before)).unwrap();
+        accept(&mut s, "pending-at-lookup");
+        // As if the request's lookup ran now, with only the first entry durable.
+        let pin = s.pin(durable_before.0);
+        let last = accept(&mut s, "accepted-after");
+        rt.block_on(writer.wait_durable(last)).unwrap();
         let has = |s: &Inner, u: &str| s.uuids.contains_key(&(p, u.to_string()));
         s.evict();
-        assert!(!has(&s, "before"), "durable before the pin: evicted");
+        assert!(!has(&s, "durable-before"), "durable at the lookup: evicted");
         assert!(
-            has(&s, "after"),
-            "accepted after the pin: kept while pinned"
+            has(&s, "pending-at-lookup"),
+            "not durable at the lookup: kept"
         );
+        assert!(has(&s, "accepted-after"), "accepted after the lookup: kept");
         s.unpin(pin);
         s.evict();
-        assert!(!has(&s, "after"), "released: evicted");
+        assert!(!has(&s, "pending-at-lookup") && !has(&s, "accepted-after"));
         assert!(s.pins.is_empty());
         drop(s);
         writer.stop();
