@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -114,6 +115,8 @@ fn shrink_and_remove(file: &Path, stop: &AtomicBool) -> std::io::Result<()> {
 /// what is left at once) when dropped.
 pub struct WalReaper {
     stop: Arc<AtomicBool>,
+    /// Dropped to wake the thread at once.
+    wake: Option<Sender<()>>,
     join: Option<JoinHandle<()>>,
     data_dir: PathBuf,
 }
@@ -122,21 +125,23 @@ impl WalReaper {
     /// Start reaping the archive of `data_dir`.
     pub fn start(data_dir: &Path) -> std::io::Result<WalReaper> {
         let stop = Arc::new(AtomicBool::new(false));
+        let (wake, sleep) = channel::<()>();
         let (flag, dir) = (stop.clone(), data_dir.to_path_buf());
         let join = std::thread::Builder::new()
             .name("idstitch-wal-reaper".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    for file in archived(&dir) {
-                        if let Err(e) = shrink_and_remove(&file, &flag) {
-                            tracing::warn!(file = %file.display(), error = %e, "Could not remove an obsolete write-ahead log file; will try again.");
-                        }
+            .spawn(move || loop {
+                for file in archived(&dir) {
+                    if let Err(e) = shrink_and_remove(&file, &flag) {
+                        tracing::warn!(file = %file.display(), error = %e, "Could not remove an obsolete write-ahead log file; will try again.");
                     }
-                    std::thread::sleep(EVERY);
+                }
+                if !matches!(sleep.recv_timeout(EVERY), Err(RecvTimeoutError::Timeout)) {
+                    return;
                 }
             })?;
         Ok(WalReaper {
             stop,
+            wake: Some(wake),
             join: Some(join),
             data_dir: data_dir.to_path_buf(),
         })
@@ -146,6 +151,7 @@ impl WalReaper {
 impl Drop for WalReaper {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        drop(self.wake.take());
         if let Some(j) = self.join.take() {
             let _ = j.join();
         }
