@@ -192,16 +192,7 @@ fn acknowledged_batches_survive_sigkill_at_random_moments() {
         "events stored under persons: {total} < {personful}"
     );
     d.terminate();
-    let out = Command::new(bin())
-        .args(["verify", "--data-dir"])
-        .arg(&d.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    d.assert_verifies();
 }
 
 #[test]
@@ -427,14 +418,5 @@ fn after_flushes_and_a_sigkill_nothing_is_lost_and_no_obsolete_log_stays() {
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(archived.is_empty(), "obsolete log files left: {archived:?}");
-    let out = Command::new(bin())
-        .args(["verify", "--data-dir"])
-        .arg(&d.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    d.assert_verifies();
 }

@@ -103,16 +103,7 @@ fn split_gives_each_id_its_own_person_and_its_events() {
     d.restart();
     check(&d);
     d.terminate();
-    let out = Command::new(bin())
-        .args(["verify", "--data-dir"])
-        .arg(&d.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    d.assert_verifies();
 }
 
 #[test]
@@ -155,16 +146,7 @@ fn a_deleted_person_disappears_and_a_later_event_starts_a_fresh_person() {
         json!({"new": true, "$creator_event_uuid": "fresh"})
     );
     d.terminate();
-    let out = Command::new(bin())
-        .args(["verify", "--data-dir"])
-        .arg(&d.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    d.assert_verifies();
 }
 
 #[test]

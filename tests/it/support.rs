@@ -279,6 +279,20 @@ impl Daemon {
     pub fn start_again(&mut self) {
         self.spawn();
     }
+
+    /// `idstitch verify` on the (stopped) data dir must pass.
+    pub fn assert_verifies(&self) {
+        let out = Command::new(bin())
+            .args(["verify", "--data-dir"])
+            .arg(&self.dir)
+            .output()
+            .expect("run verify");
+        assert!(
+            out.status.success(),
+            "verify: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
 
 impl Drop for Daemon {
