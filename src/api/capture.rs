@@ -42,9 +42,8 @@ async fn project_of(st: &AppState, token: &str) -> Result<Option<ProjectId>, Htt
     Ok(id)
 }
 
-/// Normalise, ingest and answer; `ok` is the body of a success.
-/// Normalise a decoded body's events and ingest them; `started` is when the handler began, so
-/// that the `decode` stage counts the body's decoding too.
+/// Normalise, ingest and answer; `ok` is the body of a success. `started` is when the handler
+/// began, so that the `decode` stage counts the body's decoding too.
 async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -> HttpResponse {
     let now = chrono::Utc::now().timestamp_millis();
     let mut items = Vec::with_capacity(body.events.len());

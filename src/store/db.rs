@@ -126,6 +126,9 @@ fn options() -> Options {
     // memtable is flushed (atomically) and the log starts over. Unbounded, it reached the
     // largest memtable's worth of writes (~110 MB at 1M persons, ~3 s to replay).
     o.set_max_total_wal_size(WAL_LIMIT);
+    // Obsolete write-ahead log files go to `archive/` instead of being deleted whole, for
+    // the store's reaper to remove gently (`wal`).
+    o.set_wal_ttl_seconds(wal::ARCHIVE_OBSOLETE_WALS_FOR_SECS);
     if let Some(env) = &*BACKGROUND_AT_LOW_PRIORITY {
         o.set_env(env);
     }
@@ -157,10 +160,7 @@ impl Store {
         let cfs = keys::CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));
-        let o = options()
-            .get_options_from_string(wal::ARCHIVE_OBSOLETE_WALS)
-            .map_err(|e| StoreError::Corrupt(format!("RocksDB refused its options: {e}")))?;
-        let db = DB::open_cf_descriptors(&o, dir, cfs)?;
+        let db = DB::open_cf_descriptors(&options(), dir, cfs)?;
         let reaper = wal::WalReaper::start(dir).map_err(|e| {
             StoreError::Corrupt(format!("cannot start the write-ahead log reaper: {e}"))
         })?;

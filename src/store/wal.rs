@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The RocksDB option that archives obsolete write-ahead log files instead of deleting them,
-/// for longer than any daemon runs (about 30 years): only the reaper deletes them.
-pub(crate) const ARCHIVE_OBSOLETE_WALS: &str = "WAL_ttl_seconds=1000000000";
+/// RocksDB's `WAL_ttl_seconds`: obsolete write-ahead log files are archived instead of
+/// deleted, for longer than any daemon runs (about 30 years), so only the reaper deletes them.
+pub(crate) const ARCHIVE_OBSOLETE_WALS_FOR_SECS: u64 = 1_000_000_000;
 
 /// Bytes an archived file shrinks by per step. 2 MiB and 8 MiB steps both removed the stalls
 /// (open loop at 10,000 events/s: group writes over 25.6 ms 0-1 per run, against 6-7 when
