@@ -181,17 +181,7 @@ fn a_full_disk_answers_503_keeps_serving_reads_and_loses_nothing_acknowledged() 
     assert!(d.person(TOKEN, "u9999-0").is_some());
     // verify opens the store itself: stop the daemon first.
     assert!(d.terminate().success());
-    let out = Command::new(crate::support::bin())
-        .arg("verify")
-        .arg("--data-dir")
-        .arg(&d.dir)
-        .output()
-        .expect("run verify");
-    assert!(
-        out.status.success(),
-        "verify after the disk-full episode: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.assert_verifies();
 }
 
 #[test]

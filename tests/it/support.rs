@@ -289,8 +289,9 @@ impl Daemon {
             .expect("run verify");
         assert!(
             out.status.success(),
-            "verify: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
