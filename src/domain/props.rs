@@ -15,10 +15,39 @@ impl Serialize for Props {
         if s.is_human_readable() {
             self.0.serialize(s)
         } else {
-            let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
-            s.serialize_str(&text)
+            // The JSON text goes through a buffer kept by the thread: the writer encodes a
+            // person at every change of it, and verify every replayed person, so a fresh
+            // `String` grown from 128 bytes each time was an allocation and a few copies per
+            // record. (A nested call, which our types never make, gets a buffer of its own.)
+            thread_local!(static TEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+            TEXT.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut text) => {
+                    text.clear();
+                    let done = serialize_text(&mut text, &self.0, s);
+                    if text.capacity() > KEPT_TEXT {
+                        *text = Vec::new();
+                    }
+                    done
+                }
+                Err(_) => serialize_text(&mut Vec::new(), &self.0, s),
+            })
         }
     }
+}
+
+/// The largest buffer a thread keeps for [`Props`]' JSON text (persons are at most 512 KiB).
+const KEPT_TEXT: usize = 1 << 20;
+
+/// `props` as one JSON string, through `text`.
+fn serialize_text<S: Serializer>(
+    text: &mut Vec<u8>,
+    props: &Map<String, Value>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    serde_json::to_writer(&mut *text, props).map_err(serde::ser::Error::custom)?;
+    // serde_json writes UTF-8.
+    let text = simdutf8::basic::from_utf8(text).map_err(serde::ser::Error::custom)?;
+    s.serialize_str(text)
 }
 
 impl<'de> Deserialize<'de> for Props {

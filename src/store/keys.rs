@@ -41,16 +41,31 @@ pub fn project(p: ProjectId) -> Vec<u8> {
     p.0.to_be_bytes().to_vec()
 }
 
+/// A key of `p`'s with room for `rest` more bytes: built in one allocation (the writer builds
+/// several keys per event, verify one per replayed person and ID).
+fn with_project(p: ProjectId, rest: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + rest);
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k
+}
+
 /// Key of a person record.
 pub fn person(p: ProjectId, uuid: PersonUuid) -> Vec<u8> {
-    let mut k = project(p);
+    let mut k = with_project(p, 16);
     k.extend_from_slice(uuid.0.as_bytes());
     k
 }
 
+/// [`person`] into `k`, which is cleared first.
+pub fn person_into(k: &mut Vec<u8>, p: ProjectId, uuid: PersonUuid) {
+    k.clear();
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k.extend_from_slice(uuid.0.as_bytes());
+}
+
 /// Key of a person in creation order.
 pub fn order(p: ProjectId, created: Seq, uuid: PersonUuid) -> Vec<u8> {
-    let mut k = project(p);
+    let mut k = with_project(p, 8 + 16);
     k.extend_from_slice(&created.0.to_be_bytes());
     k.extend_from_slice(uuid.0.as_bytes());
     k
@@ -64,16 +79,33 @@ pub fn uuid_suffix(key: &[u8]) -> Option<PersonUuid> {
 
 /// Key of a distinct ID (project, length-prefixed ID), also the prefix of its indexes.
 pub fn did(p: ProjectId, id: &str) -> Vec<u8> {
-    let mut k = project(p);
+    did_with_room(p, id, 0)
+}
+
+/// [`did`] into `k`, which is cleared first (a caller building many keys reuses one buffer).
+pub fn did_into(k: &mut Vec<u8>, p: ProjectId, id: &str) {
+    k.clear();
+    k.extend_from_slice(&p.0.to_be_bytes());
+    push_id(k, id);
+}
+
+/// [`did`] with room for `rest` more bytes.
+fn did_with_room(p: ProjectId, id: &str, rest: usize) -> Vec<u8> {
+    let mut k = with_project(p, 2 + id.len() + rest);
+    push_id(&mut k, id);
+    k
+}
+
+/// A length-prefixed ID (the length saturates at `u16::MAX`).
+fn push_id(k: &mut Vec<u8>, id: &str) {
     let bytes = id.as_bytes();
     k.extend_from_slice(&(bytes.len().min(u16::MAX as usize) as u16).to_be_bytes());
     k.extend_from_slice(bytes);
-    k
 }
 
 /// Key of a (distinct ID, seq) index entry.
 pub fn did_seq(p: ProjectId, id: &str, seq: Seq) -> Vec<u8> {
-    let mut k = did(p, id);
+    let mut k = did_with_room(p, id, 8);
     k.extend_from_slice(&seq.0.to_be_bytes());
     k
 }
@@ -86,14 +118,14 @@ pub fn seq_suffix(key: &[u8]) -> Option<Seq> {
 
 /// Key of a duplicate-delivery marker.
 pub fn event_uuid(p: ProjectId, uuid: &str) -> Vec<u8> {
-    let mut k = project(p);
+    let mut k = with_project(p, uuid.len());
     k.extend_from_slice(uuid.as_bytes());
     k
 }
 
 /// Key of a warning.
 pub fn warning(p: ProjectId, seq: Seq, index: u16) -> Vec<u8> {
-    let mut k = project(p);
+    let mut k = with_project(p, 8 + 2);
     k.extend_from_slice(&seq.0.to_be_bytes());
     k.extend_from_slice(&index.to_be_bytes());
     k
@@ -101,7 +133,7 @@ pub fn warning(p: ProjectId, seq: Seq, index: u16) -> Vec<u8> {
 
 /// Key of the rate limit of one warning kind for one distinct ID.
 pub fn limit(p: ProjectId, kind: u8, id: &str) -> Vec<u8> {
-    let mut k = project(p);
+    let mut k = with_project(p, 1 + id.len());
     k.push(kind);
     k.extend_from_slice(id.as_bytes());
     k
@@ -109,7 +141,8 @@ pub fn limit(p: ProjectId, kind: u8, id: &str) -> Vec<u8> {
 
 /// Key of a person-history index entry.
 pub fn hist(p: ProjectId, uuid: PersonUuid, seq: Seq) -> Vec<u8> {
-    let mut k = person(p, uuid);
+    let mut k = with_project(p, 16 + 8);
+    k.extend_from_slice(uuid.0.as_bytes());
     k.extend_from_slice(&seq.0.to_be_bytes());
     k
 }
@@ -155,7 +188,7 @@ pub fn event_name(p: ProjectId, name: &str) -> Vec<u8> {
 
 /// Key of one stored event in the insights index.
 pub fn event_by_name(p: ProjectId, name: &str, timestamp_ms: i64, seq: Seq) -> Vec<u8> {
-    let mut k = event_name(p, name);
+    let mut k = did_with_room(p, name, 8 + 8);
     k.extend_from_slice(&sortable_ms(timestamp_ms));
     k.extend_from_slice(&seq.0.to_be_bytes());
     k
@@ -178,4 +211,48 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![u8::MAX; prefix.len() + 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layouts are the on-disk format: these bytes must never change.
+    #[test]
+    fn every_key_layout_is_byte_for_byte_the_documented_one() {
+        let p = ProjectId(0x0102_0304);
+        let uuid = PersonUuid(uuid::Uuid::from_bytes([0xAA; 16]));
+        let seq = Seq(0x1122_3344_5566_7788);
+        let pb = [1u8, 2, 3, 4];
+        let sb = seq.0.to_be_bytes();
+        let cat = |parts: &[&[u8]]| parts.concat();
+
+        assert_eq!(person(p, uuid), cat(&[&pb, &[0xAA; 16]]));
+        assert_eq!(order(p, seq, uuid), cat(&[&pb, &sb, &[0xAA; 16]]));
+        assert_eq!(did(p, "ab"), cat(&[&pb, &[0, 2], b"ab"]));
+        assert_eq!(did_seq(p, "ab", seq), cat(&[&pb, &[0, 2], b"ab", &sb]));
+        assert_eq!(event_uuid(p, "u-1"), cat(&[&pb, b"u-1"]));
+        assert_eq!(warning(p, seq, 7), cat(&[&pb, &sb, &[0, 7]]));
+        assert_eq!(limit(p, 9, "ab"), cat(&[&pb, &[9], b"ab"]));
+        assert_eq!(hist(p, uuid, seq), cat(&[&pb, &[0xAA; 16], &sb]));
+        assert_eq!(
+            event_by_name(p, "$pageview", -1, seq),
+            cat(&[&pb, &[0, 9], b"$pageview", &sortable_ms(-1), &sb])
+        );
+        // A distinct ID longer than a u16 can say keeps all its bytes, its length saturated.
+        let long = "x".repeat(70_000);
+        assert_eq!(did(p, &long), cat(&[&pb, &[0xFF, 0xFF], long.as_bytes()]));
+    }
+
+    #[test]
+    fn keys_built_into_a_reused_buffer_equal_the_fresh_ones() {
+        let mut k = b"left over from the previous key".to_vec();
+        let (p, uuid) = (ProjectId(7), PersonUuid(uuid::Uuid::from_bytes([3; 16])));
+        person_into(&mut k, p, uuid);
+        assert_eq!(k, person(p, uuid));
+        did_into(&mut k, p, "anon-1");
+        assert_eq!(k, did(p, "anon-1"));
+        did_into(&mut k, ProjectId(8), "");
+        assert_eq!(k, did(ProjectId(8), ""));
+    }
 }

@@ -175,11 +175,12 @@ impl Digester {
     /// The replayed persons, as the live state would store them.
     fn replayed_persons(&self, scratch: &MemState) -> Digest {
         let mut d = Digest::default();
-        let mut encoded = Vec::new();
+        let (mut key, mut encoded) = (Vec::new(), Vec::new());
         for ((project, uuid), person) in &scratch.persons {
             encoded.clear();
             codec::encode_into(&mut encoded, person);
-            self.add(&mut d, &keys::person(*project, *uuid), &encoded);
+            keys::person_into(&mut key, *project, *uuid);
+            self.add(&mut d, &key, &encoded);
         }
         d
     }
@@ -187,8 +188,10 @@ impl Digester {
     /// The replayed distinct-ID map, as the live state would store it.
     fn replayed_dids(&self, scratch: &MemState) -> Digest {
         let mut d = Digest::default();
+        let mut key = Vec::new();
         for ((project, did), uuid) in &scratch.dids {
-            self.add(&mut d, &keys::did(*project, did), uuid.0.as_bytes());
+            keys::did_into(&mut key, *project, did);
+            self.add(&mut d, &key, uuid.0.as_bytes());
         }
         d
     }
