@@ -1,6 +1,6 @@
 # idstitch: `make run` starts the daemon, `make test` runs every test. Both install what is missing.
 #
-# Everything builds with the release profile so that RocksDB's C++ (about 9 minutes on two
+# Everything builds with the release profile so that RocksDB's C++ (10 to 25 minutes on two
 # cores) is compiled once and shared by run, test and bench.
 
 CARGO    ?= cargo

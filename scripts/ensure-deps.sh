@@ -21,3 +21,13 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# .cargo/config.toml compiles RocksDB for x86-64 CPUs with SSE4.2 and PCLMUL (hardware CRC32C).
+# On an older CPU the daemon could stop on an illegal instruction: say so
+# now, with the way around it, instead.
+if [ "$(uname -m)" = x86_64 ] && [ -z "${CXXFLAGS_x86_64_unknown_linux_gnu+set}" ] &&
+   ! { grep -qw sse4_2 /proc/cpuinfo && grep -qw pclmulqdq /proc/cpuinfo; }; then
+  echo "idstitch: this CPU lacks SSE4.2 or PCLMUL, which the RocksDB build flags in .cargo/config.toml assume." >&2
+  echo "  Build without them: CXXFLAGS_x86_64_unknown_linux_gnu= make run (or make test)" >&2
+  exit 1
+fi
