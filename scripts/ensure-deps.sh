@@ -23,8 +23,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # .cargo/config.toml compiles RocksDB for x86-64 CPUs with SSE4.2 and PCLMUL (hardware CRC32C).
-# On an older CPU the daemon could stop on an illegal instruction: say so
-# now, with the way around it, instead.
+# On an older CPU the daemon could stop on an illegal instruction: say so now, with the way
+# around it, instead.
 if [ "$(uname -m)" = x86_64 ] && [ -z "${CXXFLAGS_x86_64_unknown_linux_gnu+set}" ] &&
    ! { grep -qw sse4_2 /proc/cpuinfo && grep -qw pclmulqdq /proc/cpuinfo; }; then
   echo "idstitch: this CPU lacks SSE4.2 or PCLMUL, which the RocksDB build flags in .cargo/config.toml assume." >&2

@@ -586,15 +586,7 @@ impl Store {
         dids: &[&[u8]],
     ) -> Result<Vec<Option<PersonUuid>>, StoreError> {
         let cf = self.cf("dids");
-        let ks: Vec<Vec<u8>> = dids
-            .iter()
-            .map(|d| {
-                let mut k = keys::project(p);
-                k.extend_from_slice(&(d.len().min(u16::MAX as usize) as u16).to_be_bytes());
-                k.extend_from_slice(d);
-                k
-            })
-            .collect();
+        let ks: Vec<Vec<u8>> = dids.iter().map(|d| keys::did_bytes(p, d)).collect();
         self.db
             .batched_multi_get_cf(cf, ks.iter(), false)
             .into_iter()

@@ -51,9 +51,7 @@ fn with_project(p: ProjectId, rest: usize) -> Vec<u8> {
 
 /// Key of a person record.
 pub fn person(p: ProjectId, uuid: PersonUuid) -> Vec<u8> {
-    let mut k = with_project(p, 16);
-    k.extend_from_slice(uuid.0.as_bytes());
-    k
+    person_with_room(p, uuid, 0)
 }
 
 /// [`person`] into `k`, which is cleared first.
@@ -61,6 +59,13 @@ pub fn person_into(k: &mut Vec<u8>, p: ProjectId, uuid: PersonUuid) {
     k.clear();
     k.extend_from_slice(&p.0.to_be_bytes());
     k.extend_from_slice(uuid.0.as_bytes());
+}
+
+/// [`person`] with room for `rest` more bytes.
+fn person_with_room(p: ProjectId, uuid: PersonUuid, rest: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + 16 + rest);
+    person_into(&mut k, p, uuid);
+    k
 }
 
 /// Key of a person in creation order.
@@ -79,33 +84,37 @@ pub fn uuid_suffix(key: &[u8]) -> Option<PersonUuid> {
 
 /// Key of a distinct ID (project, length-prefixed ID), also the prefix of its indexes.
 pub fn did(p: ProjectId, id: &str) -> Vec<u8> {
+    did_with_room(p, id.as_bytes(), 0)
+}
+
+/// [`did`] of an ID given as bytes.
+pub fn did_bytes(p: ProjectId, id: &[u8]) -> Vec<u8> {
     did_with_room(p, id, 0)
 }
 
 /// [`did`] into `k`, which is cleared first (a caller building many keys reuses one buffer).
 pub fn did_into(k: &mut Vec<u8>, p: ProjectId, id: &str) {
+    did_bytes_into(k, p, id.as_bytes());
+}
+
+/// The one definition of the layout: project, length (saturated at `u16::MAX`), the ID.
+fn did_bytes_into(k: &mut Vec<u8>, p: ProjectId, id: &[u8]) {
     k.clear();
     k.extend_from_slice(&p.0.to_be_bytes());
-    push_id(k, id);
+    k.extend_from_slice(&(id.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    k.extend_from_slice(id);
 }
 
 /// [`did`] with room for `rest` more bytes.
-fn did_with_room(p: ProjectId, id: &str, rest: usize) -> Vec<u8> {
-    let mut k = with_project(p, 2 + id.len() + rest);
-    push_id(&mut k, id);
+fn did_with_room(p: ProjectId, id: &[u8], rest: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + 2 + id.len() + rest);
+    did_bytes_into(&mut k, p, id);
     k
-}
-
-/// A length-prefixed ID (the length saturates at `u16::MAX`).
-fn push_id(k: &mut Vec<u8>, id: &str) {
-    let bytes = id.as_bytes();
-    k.extend_from_slice(&(bytes.len().min(u16::MAX as usize) as u16).to_be_bytes());
-    k.extend_from_slice(bytes);
 }
 
 /// Key of a (distinct ID, seq) index entry.
 pub fn did_seq(p: ProjectId, id: &str, seq: Seq) -> Vec<u8> {
-    let mut k = did_with_room(p, id, 8);
+    let mut k = did_with_room(p, id.as_bytes(), 8);
     k.extend_from_slice(&seq.0.to_be_bytes());
     k
 }
@@ -141,8 +150,7 @@ pub fn limit(p: ProjectId, kind: u8, id: &str) -> Vec<u8> {
 
 /// Key of a person-history index entry.
 pub fn hist(p: ProjectId, uuid: PersonUuid, seq: Seq) -> Vec<u8> {
-    let mut k = with_project(p, 16 + 8);
-    k.extend_from_slice(uuid.0.as_bytes());
+    let mut k = person_with_room(p, uuid, 8);
     k.extend_from_slice(&seq.0.to_be_bytes());
     k
 }
@@ -188,7 +196,7 @@ pub fn event_name(p: ProjectId, name: &str) -> Vec<u8> {
 
 /// Key of one stored event in the insights index.
 pub fn event_by_name(p: ProjectId, name: &str, timestamp_ms: i64, seq: Seq) -> Vec<u8> {
-    let mut k = did_with_room(p, name, 8 + 8);
+    let mut k = did_with_room(p, name.as_bytes(), 8 + 8);
     k.extend_from_slice(&sortable_ms(timestamp_ms));
     k.extend_from_slice(&seq.0.to_be_bytes());
     k
@@ -254,5 +262,6 @@ mod tests {
         assert_eq!(k, did(p, "anon-1"));
         did_into(&mut k, ProjectId(8), "");
         assert_eq!(k, did(ProjectId(8), ""));
+        assert_eq!(did_bytes(p, b"anon-1"), did(p, "anon-1"));
     }
 }
