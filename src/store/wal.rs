@@ -9,8 +9,8 @@
 //! before removing it.
 //!
 //! Old log bytes stay on disk only until the reaper's next pass (a fraction of a second), and
-//! [`purge`] removes them at once where that matters (`Store::compact_log`, after a person is
-//! deleted with its events).
+//! [`purge_obsolete`] removes them at once where that matters (`Store::compact_log`, after a
+//! person is deleted with its events).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
