@@ -8,7 +8,7 @@ command -v cargo >/dev/null 2>&1 || {
   echo "idstitch: cargo is missing. Install Rust (rustup, stable >= 1.85) and run this again." >&2
   exit 1
 }
-ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+"$(dirname "$0")"/find-libclang.sh >/dev/null || need+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 

@@ -19,6 +19,7 @@ mod operators;
 mod replay;
 mod security;
 mod settings;
+mod setup;
 mod snapshots;
 mod support;
 mod world;
