@@ -5,11 +5,14 @@ use std::process::Command;
 
 /// `scripts/find-libclang.sh ROOT`: the path it prints, or `None` when it finds no libclang.
 fn find_libclang(root: &Path) -> Option<String> {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/find-libclang.sh"))
-        .arg(root)
-        .env_remove("LIBCLANG_PATH")
-        .output()
-        .expect("run find-libclang.sh");
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/find-libclang.sh"
+    ))
+    .arg(root)
+    .env_remove("LIBCLANG_PATH")
+    .output()
+    .expect("run find-libclang.sh");
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
