@@ -14,6 +14,11 @@ candidates=()
 if [ -n "${LIBCLANG_PATH:-}" ]; then
   candidates+=("$root$LIBCLANG_PATH"/libclang.so* "$root$LIBCLANG_PATH"/libclang-[0-9]*.so*)
 fi
+# llvm-config names the library directory of an LLVM installed elsewhere (clang-sys asks it too);
+# not for a fake ROOT, which must not see the real machine.
+if [ -z "$root" ] && command -v llvm-config >/dev/null 2>&1; then
+  dir=$(llvm-config --libdir 2>/dev/null) && candidates+=("$dir"/libclang.so* "$dir"/libclang-[0-9]*.so*)
+fi
 for dir in "$root"/usr/lib/llvm-*/lib "$root"/usr/lib "$root"/usr/lib/*-linux-gnu \
            "$root"/usr/lib64 "$root"/usr/local/lib; do
   candidates+=("$dir"/libclang.so* "$dir"/libclang-[0-9]*.so*)
