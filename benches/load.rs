@@ -25,7 +25,7 @@ mod runner;
 #[path = "load/workload.rs"]
 mod workload;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use daemon::{ProcStats, Spawned, Target};
-use report::{Groups, Latency, Machine, Process, RecordSize, Report, Stage};
+use report::{Groups, Latency, Machine, Process, RecordSize, Report, Stage, ThreadCpu};
 use runner::Pace;
 use workload::{ConnPlan, Knobs};
 
@@ -296,6 +296,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         requests_per_s: outcome.requests as f64 / elapsed_s,
         latency: latency(&outcome.latency_us, args.rate.is_some()),
         process: process_report(pid, &before, &after, proc_end, exit),
+        generator_cpu_s_during_load: after
+            .generator_cpu_s
+            .zip(before.generator_cpu_s)
+            .map(|(a, b)| a - b),
         groups,
         stages,
         log_record,
@@ -389,6 +393,10 @@ async fn start_target(
 struct Snapshot {
     metrics: anyhow::Result<HashMap<String, f64>>,
     process: Option<ProcStats>,
+    /// The daemon's CPU seconds by thread kind.
+    threads: Option<BTreeMap<String, f64>>,
+    /// This generator's own CPU seconds: it shares the machine with the daemon.
+    generator_cpu_s: Option<f64>,
     loadavg: String,
 }
 
@@ -397,6 +405,10 @@ impl Snapshot {
         Snapshot {
             metrics: daemon::metrics(target).await,
             process: pid.and_then(|p| daemon::proc_stats(p).ok()),
+            threads: pid.and_then(|p| daemon::thread_cpu(p).ok()),
+            generator_cpu_s: daemon::proc_stats(std::process::id())
+                .ok()
+                .map(|s| s.cpu_seconds),
             loadavg: Machine::loadavg(),
         }
     }
@@ -609,10 +621,24 @@ fn process_report(
     exit: Option<String>,
 ) -> Option<Process> {
     let (pid, b, a, e) = (pid?, before.process?, after.process?, end?);
+    let cpu_s_during_load = a.cpu_seconds - b.cpu_seconds;
+    let mut by_thread: Vec<ThreadCpu> = match (&before.threads, &after.threads) {
+        (Some(b), Some(a)) => a
+            .iter()
+            .map(|(kind, s)| ThreadCpu {
+                thread: kind.clone(),
+                cpu_s: s - b.get(kind).copied().unwrap_or(0.0),
+            })
+            .filter(|t| t.cpu_s > 0.0)
+            .collect(),
+        _ => Vec::new(),
+    };
+    by_thread.sort_by(|x, y| y.cpu_s.total_cmp(&x.cpu_s));
     Some(Process {
         pid,
         peak_rss_mib: e.peak_rss_kib as f64 / 1024.0,
-        cpu_s_during_load: a.cpu_seconds - b.cpu_seconds,
+        cpu_s_during_load,
+        cpu_by_thread_during_load: by_thread,
         cpu_s_total: e.cpu_seconds,
         exit: exit.unwrap_or_else(|| "not stopped by this run".to_string()),
     })

@@ -1,7 +1,7 @@
 //! The daemon under load: where it is, starting and stopping one, and what it reports about
 //! itself (`/metrics`, `/proc/<pid>`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -265,6 +265,51 @@ pub fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
         peak_rss_kib,
         cpu_seconds: cpu_ticks as f64 / clock_ticks() as f64,
     })
+}
+
+/// CPU seconds (user + system) of each thread of a process, summed by thread kind: the
+/// thread's name without a trailing number (`rocksdb:high0`, `rocksdb:high1` → `rocksdb:high`),
+/// and `main` for the main thread, whatever the binary is called. A thread that ended is not
+/// listed (its time is still in the process's total).
+pub fn thread_cpu(pid: u32) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut by_kind = BTreeMap::new();
+    let per_tick = 1.0 / clock_ticks() as f64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        // A thread may end between the listing and the read: skip it.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, ticks)) = parse_task_stat(&stat) else {
+            continue;
+        };
+        let kind = if task.file_name().to_str() == Some(&pid.to_string()) {
+            "main".to_string()
+        } else {
+            thread_kind(name).to_string()
+        };
+        *by_kind.entry(kind).or_insert(0.0) += ticks as f64 * per_tick;
+    }
+    Ok(by_kind)
+}
+
+/// The name and the user plus system ticks in one `/proc/<pid>/task/<tid>/stat` line. The
+/// name is between the first `(` and the last `)`: it may itself hold spaces and parentheses.
+fn parse_task_stat(stat: &str) -> Option<(&str, u64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((name, ticks(11)? + ticks(12)?))
+}
+
+/// A thread's name without the number that tells threads of one kind apart.
+fn thread_kind(name: &str) -> &str {
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if base.len() == name.len() || base.is_empty() {
+        return name;
+    }
+    base.strip_suffix(['-', ':', '_', '#']).unwrap_or(base)
 }
 
 /// `sysconf(_SC_CLK_TCK)`, via `getconf` (100 on every Linux we know).

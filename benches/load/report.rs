@@ -36,10 +36,22 @@ pub struct Process {
     pub peak_rss_mib: f64,
     /// CPU seconds (user + system) during the load.
     pub cpu_s_during_load: f64,
+    /// CPU seconds during the load by kind of thread (threads that ended during the load are
+    /// missing), most first.
+    pub cpu_by_thread_during_load: Vec<ThreadCpu>,
     /// CPU seconds (user + system) from its start to the end of the checks.
     pub cpu_s_total: f64,
     /// How it exited after SIGTERM.
     pub exit: String,
+}
+
+/// The CPU time of one kind of the daemon's threads (see `daemon::thread_cpu`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadCpu {
+    /// The threads' name without its number; `main` is the main thread.
+    pub thread: String,
+    /// CPU seconds (user + system) during the load.
+    pub cpu_s: f64,
 }
 
 /// The daemon's group commit over the run, from `/metrics`.
@@ -138,6 +150,9 @@ pub struct Report {
     pub latency: Latency,
     /// The daemon's process, when this run started it.
     pub process: Option<Process>,
+    /// This generator's own CPU seconds (user + system) during the load: on a small machine
+    /// it competes with the daemon for the same cores.
+    pub generator_cpu_s_during_load: Option<f64>,
     /// The daemon's groups, from `/metrics`.
     pub groups: Option<Groups>,
     /// Where the daemon's time per request went, by stage, from `/metrics`.
@@ -205,6 +220,26 @@ impl Report {
             println!(
                 "  daemon (pid {})  peak RSS {:.1} MiB, CPU {:.2} s during load ({:.2} s total), exit after SIGTERM: {}",
                 p.pid, p.peak_rss_mib, p.cpu_s_during_load, p.cpu_s_total, p.exit
+            );
+            // Per event, so that runs of different lengths and rates compare.
+            let per_event = |s: f64| s * 1e6 / self.events.max(1) as f64;
+            if !p.cpu_by_thread_during_load.is_empty() {
+                let parts: Vec<String> = p
+                    .cpu_by_thread_during_load
+                    .iter()
+                    .map(|t| format!("{} {:.2} s ({:.1})", t.thread, t.cpu_s, per_event(t.cpu_s)))
+                    .collect();
+                println!(
+                    "  daemon CPU by thread  {:.1} µs/event in all: {} (s, and µs/event)",
+                    per_event(p.cpu_s_during_load),
+                    parts.join(", ")
+                );
+            }
+        }
+        if let Some(g) = self.generator_cpu_s_during_load {
+            println!(
+                "  generator CPU       {g:.2} s during the load ({:.1} µs/event)",
+                g * 1e6 / self.events.max(1) as f64
             );
         }
         if let Some(b) = &self.baseline {
