@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the engine's three hot loops (issue 2 targets):
 //! - normalise + decide + apply one typical event in memory (target: 1,000,000 events/s);
+//! - (no target of its own) a capture worker's decoding and normalising of a batch of 100;
 //! - log append through the group-commit writer (target: 500,000 entries/s);
 //! - full replay of the log into scratch state (target: 1,000,000 entries/s).
 //!
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use idstitch::actors::WriterHandle;
+use idstitch::api::decode::{decode_capture, RawRequest};
+use idstitch::api::DecodeLimits;
 use idstitch::domain::memstate::MemState;
 use idstitch::domain::{
     apply_entry, decide, lookups, normalize_wire, Ctx, Entry, ProjectId, Seq, WarningLimiter,
@@ -122,6 +125,34 @@ fn entries(n: u64) -> Vec<(Seq, Arc<Entry>)> {
         .collect()
 }
 
+/// What a capture worker does with a `/batch/` request of 100 typical events before the
+/// router sees them: decode the body (UTF-8, the envelope, every event checked and indexed)
+/// and normalise each event. The daemon's HTTP workers spend most of their time here.
+fn bench_capture_decode(c: &mut Criterion) {
+    let events: Vec<Value> = (0..100).map(|i| typical(i, 1_000)).collect();
+    let body = json!({"api_key": "phc_bench", "batch": events}).to_string();
+    let limits = DecodeLimits::default();
+    let mut g = c.benchmark_group("capture");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("decode_normalize_batch_of_100", |b| {
+        b.iter(|| {
+            let req = RawRequest {
+                body: body.as_bytes(),
+                content_encoding: None,
+                content_type: Some("application/json"),
+                query: "",
+            };
+            let decoded = decode_capture(&req, &limits).expect("valid batch");
+            decoded
+                .events
+                .into_iter()
+                .map(|ev| normalize_wire(ev, 0).expect("valid event"))
+                .collect::<Vec<_>>()
+        })
+    });
+    g.finish();
+}
+
 fn bench_append(c: &mut Criterion) {
     let batch = entries(50_000);
     let mut g = c.benchmark_group("log");
@@ -171,5 +202,11 @@ fn bench_replay(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_append, bench_replay);
+criterion_group!(
+    benches,
+    bench_decide,
+    bench_capture_decode,
+    bench_append,
+    bench_replay
+);
 criterion_main!(benches);
