@@ -455,17 +455,24 @@ fn checked_events(
     } else if count > limit {
         return Err(DecodeError::TooManyEvents { count, limit });
     }
+    // Every event's depth is checked before any event's fields are parsed; the pass that
+    // indexes an event's properties measures their depth.
     let limit = limits.max_depth;
-    if let Some(i) = events.iter().position(|e| e.depth() > limit) {
-        return Err(DecodeError::TooDeep {
-            index: Some(i),
-            limit,
-        });
+    let mut indexed = Vec::with_capacity(events.len());
+    for (index, e) in events.into_iter().enumerate() {
+        let e = e.index();
+        if e.depth > limit {
+            return Err(DecodeError::TooDeep {
+                index: Some(index),
+                limit,
+            });
+        }
+        indexed.push(e);
     }
     let limit = limits.max_properties;
-    let mut parsed = Vec::with_capacity(events.len());
-    for (index, e) in events.into_iter().enumerate() {
-        let event = WireEvent::from_skimmed(e).map_err(json_error)?;
+    let mut parsed = Vec::with_capacity(indexed.len());
+    for (index, e) in indexed.into_iter().enumerate() {
+        let event = WireEvent::from_indexed(e).map_err(json_error)?;
         let count = property_count(&event);
         if count > limit {
             return Err(DecodeError::TooManyProperties {

@@ -180,12 +180,21 @@ impl EventProps {
     /// when it is not an object. Crate-private: on text that is not JSON it finds nonsense
     /// (never a panic: every span starts and ends at an ASCII byte).
     pub(crate) fn from_valid(text: Box<str>) -> Option<EventProps> {
+        EventProps::from_valid_with_depth(text).map(|(props, _)| props)
+    }
+
+    /// [`EventProps::from_valid`], and the object's nesting depth ([`json_depth`]), measured
+    /// by the same pass.
+    fn from_valid_with_depth(text: Box<str>) -> Option<(EventProps, usize)> {
         // Spans are u32: the body limit keeps any event far below 4 GiB.
         if text.len() > u32::MAX as usize {
             return None;
         }
-        let entries = index_object(&text)?;
-        Some(EventProps::indexed(RawProps::from_text(text), entries))
+        let (entries, depth) = index_object(&text)?;
+        Some((
+            EventProps::indexed(RawProps::from_text(text), entries),
+            depth,
+        ))
     }
 
     fn indexed(text: RawProps, entries: Vec<EntrySpan>) -> EventProps {
@@ -336,22 +345,29 @@ fn skip_space(b: &[u8], mut i: usize) -> usize {
 /// measure.
 pub fn json_depth(text: &str) -> usize {
     let b = text.as_bytes();
-    value_end(b, skip_space(b, 0)).map_or(0, |(_, d)| d)
+    let start = skip_space(b, 0);
+    // A scalar (most values: strings, numbers) has depth 0 without a scan to its end.
+    if !matches!(b.get(start), Some(b'{' | b'[')) {
+        return 0;
+    }
+    value_end(b, start).map_or(0, |(_, d)| d)
 }
 
 /// The top-level entries of `text`, the valid JSON text of an object, found in one pass
 /// (see [`string_end`]). `None` when `text` is not an object (or, were it not valid JSON, on
 /// anything unexpected).
-fn index_object(text: &str) -> Option<Vec<EntrySpan>> {
+fn index_object(text: &str) -> Option<(Vec<EntrySpan>, usize)> {
     let b = text.as_bytes();
     let mut i = skip_space(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
     let mut entries = Vec::with_capacity(32);
+    // The object's nesting depth ([`json_depth`]): 1 + its deepest value's.
+    let mut depth = 1;
     i = skip_space(b, i + 1);
     if b.get(i) == Some(&b'}') {
-        return Some(entries);
+        return Some((entries, depth));
     }
     loop {
         if b.get(i) != Some(&b'"') {
@@ -368,7 +384,8 @@ fn index_object(text: &str) -> Option<Vec<EntrySpan>> {
             return None;
         }
         let start = skip_space(b, i + 1);
-        let (end, _) = value_end(b, start)?;
+        let (end, deepest) = value_end(b, start)?;
+        depth = depth.max(1 + deepest);
         entries.push(EntrySpan {
             key,
             value: (start as u32, end as u32),
@@ -376,7 +393,7 @@ fn index_object(text: &str) -> Option<Vec<EntrySpan>> {
         i = skip_space(b, end);
         match b.get(i) {
             Some(b',') => i = skip_space(b, i + 1),
-            Some(b'}') => return Some(entries),
+            Some(b'}') => return Some((entries, depth)),
             _ => return None,
         }
     }
@@ -384,7 +401,7 @@ fn index_object(text: &str) -> Option<Vec<EntrySpan>> {
 
 /// One event of a request body after serde_json's skim of the body (which checks that it is
 /// JSON, without recursion): an object's entries as JSON text, or the nesting depth of
-/// anything else. Measured ([`SkimmedEvent::depth`]) before anything in it is parsed.
+/// anything else. Measured ([`SkimmedEvent::index`]) before anything in it is parsed.
 #[derive(Debug)]
 pub enum SkimmedEvent<'a> {
     /// An object: its entries in order, each value as JSON text.
@@ -393,18 +410,73 @@ pub enum SkimmedEvent<'a> {
     Other(usize),
 }
 
-impl SkimmedEvent<'_> {
+/// A skimmed event with its `properties` indexed and its nesting depth measured, its other
+/// fields still JSON text: the depth limit can be checked before any of them is parsed
+/// ([`WireEvent::from_indexed`]).
+#[derive(Debug)]
+pub struct IndexedEvent<'a> {
     /// Nesting depth: 0 for a scalar, 1 + the deepest child for an array or object.
-    pub fn depth(&self) -> usize {
-        match self {
-            SkimmedEvent::Object(entries) => {
-                1 + entries
-                    .iter()
-                    .map(|(_, v)| json_depth(v.get()))
-                    .max()
-                    .unwrap_or(0)
+    pub depth: usize,
+    /// The fields but `properties`; `None` when the event is not an object.
+    fields: Option<Vec<(Key<'a>, &'a RawValue)>>,
+    properties: Option<EventProps>,
+    other_properties: Option<Box<str>>,
+}
+
+impl<'a> SkimmedEvent<'a> {
+    /// Index the event's `properties` and measure its depth. The properties are most of an
+    /// event's bytes: the pass that indexes them also measures them, instead of a pass of
+    /// its own. The last `properties` of an object wins, as any repeated field does.
+    pub fn index(self) -> IndexedEvent<'a> {
+        let entries = match self {
+            SkimmedEvent::Object(entries) => entries,
+            SkimmedEvent::Other(depth) => {
+                return IndexedEvent {
+                    depth,
+                    fields: None,
+                    properties: None,
+                    other_properties: None,
+                }
             }
-            SkimmedEvent::Other(depth) => *depth,
+        };
+        let mut deepest = 0;
+        let mut props: Option<&RawValue> = None;
+        let mut fields = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            if key.0 == "properties" {
+                // One sent earlier is dropped, but its depth still counts.
+                if let Some(earlier) = props.replace(value) {
+                    deepest = deepest.max(json_depth(earlier.get()));
+                }
+            } else {
+                deepest = deepest.max(json_depth(value.get()));
+                fields.push((key, value));
+            }
+        }
+        let (mut properties, mut other_properties) = (None, None);
+        if let Some(text) = props.map(|p| p.get().trim()) {
+            let indexed = match text.starts_with('{') {
+                true => EventProps::from_valid_with_depth(text.into()),
+                false => None,
+            };
+            match indexed {
+                Some((p, depth)) => {
+                    deepest = deepest.max(depth);
+                    properties = Some(p);
+                }
+                None => {
+                    deepest = deepest.max(json_depth(text));
+                    if !text.starts_with('{') {
+                        other_properties = Some(text.into());
+                    }
+                }
+            }
+        }
+        IndexedEvent {
+            depth: 1 + deepest,
+            fields: Some(fields),
+            properties,
+            other_properties,
         }
     }
 }
@@ -475,19 +547,23 @@ impl WireEvent {
 
     /// Parse a skimmed event's fields (all but `properties`, which are indexed).
     pub fn from_skimmed(event: SkimmedEvent<'_>) -> Result<WireEvent, serde_json::Error> {
-        let SkimmedEvent::Object(entries) = event else {
+        WireEvent::from_indexed(event.index())
+    }
+
+    /// Parse an indexed event's fields (all but `properties`, indexed already).
+    pub fn from_indexed(event: IndexedEvent<'_>) -> Result<WireEvent, serde_json::Error> {
+        let Some(entries) = event.fields else {
             return Ok(WireEvent::NotAnObject);
         };
         let mut fields = Map::new();
-        let mut props: Option<&RawValue> = None;
         for (Key(k), v) in entries {
-            if k == "properties" {
-                props = Some(v);
-            } else {
-                fields.insert(k.into_owned(), serde_json::from_str(v.get())?);
-            }
+            fields.insert(k.into_owned(), serde_json::from_str(v.get())?);
         }
-        Ok(Self::with_properties(fields, props.map(RawValue::get)))
+        Ok(WireEvent::Object {
+            fields,
+            properties: event.properties,
+            other_properties: event.other_properties,
+        })
     }
 
     /// An event already parsed (tests, files, the admin tools): its properties serialised.
@@ -681,6 +757,49 @@ mod tests {
                 prop_assert_eq!(json_depth(&serde_json::to_string_pretty(v).unwrap()), depth_of(v));
                 prop_assert_eq!(EventProps::from_valid(v.to_string().into()).is_some(), v.is_object());
             }
+        }
+    }
+
+    proptest! {
+        /// An event indexed in one pass has the depth of the definition, and holds what
+        /// serde_json parses from the same text, whatever its `properties` are (an object, a
+        /// scalar, an array, absent, sent twice).
+        #[test]
+        fn an_indexed_event_has_its_depth_and_is_the_event_serde_json_parses(
+            fields in prop::collection::vec(("[a-c\"\\$ ]{0,3}", json()), 0..4),
+            properties in prop::collection::vec(json(), 0..3),
+            pretty: bool,
+        ) {
+            let mut text = String::from("{");
+            let mut object = Map::new();
+            let props = properties.iter().map(|p| ("properties".to_string(), p.clone()));
+            for (k, v) in fields.into_iter().chain(props) {
+                let (k, v) = (Value::from(k), v.clone());
+                let v_text = if pretty { serde_json::to_string_pretty(&v).unwrap() } else { v.to_string() };
+                if text.len() > 1 {
+                    text.push(',');
+                }
+                text.push_str(&format!("{k}: {v_text}"));
+                // Every entry counts for depth, a repeated key's last value is the field.
+                object.insert(k.as_str().unwrap().to_string(), v);
+            }
+            text.push('}');
+            let skimmed: SkimmedEvent = serde_json::from_str(&text).unwrap();
+            // Depth by the definition, over every entry sent (a dropped `properties` too).
+            let sent: Vec<(String, Value)> = match serde_json::from_str::<SkimmedEvent>(&text).unwrap() {
+                SkimmedEvent::Object(entries) => entries
+                    .into_iter()
+                    .map(|(Key(k), v)| (k.into_owned(), serde_json::from_str(v.get()).unwrap()))
+                    .collect(),
+                SkimmedEvent::Other(_) => unreachable!("an object"),
+            };
+            let want_depth = 1 + sent.iter().map(|(_, v)| depth_of(v)).max().unwrap_or(0);
+            let indexed = skimmed.index();
+            prop_assert_eq!(indexed.depth, want_depth);
+            // The same fields and properties (the properties keep the text as sent, so they
+            // are compared as values).
+            let got = WireEvent::from_indexed(indexed).unwrap();
+            prop_assert_eq!(got.to_value(), Value::Object(object));
         }
     }
 
