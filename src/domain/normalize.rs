@@ -484,7 +484,11 @@ fn rewrite(props: &EventProps, top_set: Option<Value>, top_set_once: Option<Valu
 fn promoted_of(props: &EventProps) -> Vec<PromotedProp> {
     let mut out: Vec<PromotedProp> = Vec::new();
     for (k, text) in props.iter() {
-        let (Some((key, initial)), Some(v)) = (promoted_key(k), parse_value(text)) else {
+        // Only a promoted key's value is parsed (a pair in one pattern would parse them all).
+        let Some((key, initial)) = promoted_key(k) else {
+            continue;
+        };
+        let Some(v) = parse_value(text) else {
             continue;
         };
         match out.iter_mut().find(|p| p.0 == key) {
