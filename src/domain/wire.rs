@@ -296,12 +296,37 @@ pub fn parse_value(text: &str) -> Option<Value> {
 /// The index just past the string whose opening quote is at `open`, in valid JSON text:
 /// jumps from quote or backslash to the next (strings are most of an event's bytes).
 fn string_end(b: &[u8], open: usize) -> Option<usize> {
-    let mut i = open + 1;
+    string_end_escaped(b, open).map(|(end, _)| end)
+}
+
+/// [`string_end`], and whether the string holds a backslash escape. The bytes are looked at
+/// eight at a time (SWAR: a word holds a quote or a backslash when a byte of it XOR that byte
+/// is zero): most strings are a few dozen bytes, too short to repay a vector search's setup.
+fn string_end_escaped(b: &[u8], open: usize) -> Option<(usize, bool)> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let (mut i, mut escaped) = (open + 1, false);
     loop {
-        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        match b[i] {
-            b'"' => return Some(i + 1),
-            _ => i += 2,
+        while let Some(chunk) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().ok()?);
+            let found =
+                has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\')));
+            if found != 0 {
+                // The lowest flagged byte is exact (a false flag only follows a true one), and
+                // little-endian puts the first byte lowest.
+                i += (found.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        match *b.get(i)? {
+            b'"' => return Some((i + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
         }
     }
 }
@@ -373,11 +398,13 @@ fn index_object(text: &str) -> Option<(Vec<EntrySpan>, usize)> {
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let key_end = string_end(b, i)?;
-        let quoted = &text[i..key_end];
-        let key = match quoted.contains('\\') {
+        let (key_end, escaped) = string_end_escaped(b, i)?;
+        let key = match escaped {
             false => KeyText::Span(i as u32 + 1, key_end as u32 - 1),
-            true => KeyText::Unescaped(serde_json::from_str::<String>(quoted).ok()?.into()),
+            true => {
+                let quoted = &text[i..key_end];
+                KeyText::Unescaped(serde_json::from_str::<String>(quoted).ok()?.into())
+            }
         };
         i = skip_space(b, key_end);
         if b.get(i) != Some(&b':') {
