@@ -63,7 +63,7 @@ pub struct Store {
     db: Arc<DB>,
     /// Removes obsolete write-ahead log files (a store opened for writing); declared after
     /// `db`, so that the last clone closes the database before the reaper's final purge.
-    _reaper: Option<Arc<wal::WalReaper>>,
+    reaper: Option<Arc<wal::WalReaper>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -166,7 +166,7 @@ impl Store {
         })?;
         Ok(Store {
             db: Arc::new(db),
-            _reaper: Some(Arc::new(reaper)),
+            reaper: Some(Arc::new(reaper)),
         })
     }
 
@@ -187,7 +187,7 @@ impl Store {
         let db = DB::open_cf_for_read_only(&options(), dir, cfs, false)?;
         Ok(Store {
             db: Arc::new(db),
-            _reaper: None,
+            reaper: None,
         })
     }
 
@@ -620,8 +620,17 @@ impl Store {
             .db
             .property_int_value("rocksdb.min-log-number-to-keep")?
             .unwrap_or(0);
-        wal::purge_obsolete(self.db.path(), keep, std::time::Duration::from_secs(5));
+        wal::wait_archived(self.db.path(), keep, std::time::Duration::from_secs(5));
+        let _held = self.hold_wal_archive();
+        wal::purge(self.db.path());
         Ok(())
+    }
+
+    /// While the guard lives, nothing removes or shrinks the archived write-ahead log files
+    /// (none when the store has no reaper: opened read-only). A checkpoint must hold it: RocksDB
+    /// lists the archive and then reads each file's size ([`wal::WalReaper::hold`]).
+    pub fn hold_wal_archive(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.reaper.as_deref().map(wal::WalReaper::hold)
     }
 
     /// Number of keys RocksDB estimates in a column family (for stats and metrics).

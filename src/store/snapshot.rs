@@ -221,9 +221,14 @@ pub fn create(
     fs::create_dir_all(out).map_err(|e| io("cannot create", out, e))?;
     let started = Instant::now();
     let db_dir = out.join("db");
-    rocksdb::checkpoint::Checkpoint::new(store.db())
-        .and_then(|c| c.create_checkpoint(&db_dir))
-        .map_err(StoreError::from)?;
+    {
+        // The reaper must not remove an archived WAL file between RocksDB's listing and its
+        // reading of that file's size.
+        let _held = store.hold_wal_archive();
+        rocksdb::checkpoint::Checkpoint::new(store.db())
+            .and_then(|c| c.create_checkpoint(&db_dir))
+            .map_err(StoreError::from)?;
+    }
     let checkpointed = Instant::now();
     let snap = Store::open_read_only(&db_dir)?;
     let last_seq = snap.last_log_seq()?.0;

@@ -9,13 +9,13 @@
 //! before removing it.
 //!
 //! Old log bytes stay on disk only until the reaper's next pass (a fraction of a second), and
-//! [`purge_obsolete`] removes them at once where that matters (`Store::compact_log`, after a
+//! [`wait_archived`] then [`purge`] remove them at once where that matters (`Store::compact_log`, after a
 //! person is deleted with its events).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -47,11 +47,11 @@ pub fn purge(data_dir: &Path) -> usize {
         .count()
 }
 
-/// [`purge`], once RocksDB has moved every write-ahead log file numbered below `keep` (its
+/// Wait until RocksDB has moved every write-ahead log file numbered below `keep` (its
 /// `rocksdb.min-log-number-to-keep`: the files no memtable needs any more) out of `data_dir`
-/// into the archive, which it does just after a flush; waits at most `patience` for that.
-/// Returns how many files it removed.
-pub fn purge_obsolete(data_dir: &Path, keep: u64, patience: Duration) -> usize {
+/// into the archive, which it does just after a flush; at most `patience`. Then [`purge`]
+/// can remove them all.
+pub fn wait_archived(data_dir: &Path, keep: u64, patience: Duration) {
     let deadline = std::time::Instant::now() + patience;
     let obsolete_left = || {
         logs_in(data_dir).any(|p| {
@@ -64,7 +64,6 @@ pub fn purge_obsolete(data_dir: &Path, keep: u64, patience: Duration) -> usize {
     while obsolete_left() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    purge(data_dir)
 }
 
 /// The `*.log` files directly in `dir`.
@@ -90,8 +89,10 @@ fn remove(file: &Path) -> std::io::Result<()> {
 }
 
 /// Shrink `file` by [`STEP`] at a time, each step synced, then remove it; stop early (the
-/// file stays, shorter) when `stop` is set.
-fn shrink_and_remove(file: &Path, stop: &AtomicBool) -> std::io::Result<()> {
+/// file stays, shorter) when `stop` is set. Each step, and the removal, is taken under
+/// `hold` (see [`WalReaper::hold`]).
+fn shrink_and_remove(file: &Path, stop: &AtomicBool, hold: &Mutex<()>) -> std::io::Result<()> {
+    let held = || hold.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let f = match std::fs::OpenOptions::new().write(true).open(file) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -103,11 +104,15 @@ fn shrink_and_remove(file: &Path, stop: &AtomicBool) -> std::io::Result<()> {
             return Ok(());
         }
         len -= STEP;
-        f.set_len(len)?;
-        f.sync_all()?;
+        {
+            let _held = held();
+            f.set_len(len)?;
+            f.sync_all()?;
+        }
         std::thread::sleep(PAUSE);
     }
     drop(f);
+    let _held = held();
     remove(file)
 }
 
@@ -115,6 +120,8 @@ fn shrink_and_remove(file: &Path, stop: &AtomicBool) -> std::io::Result<()> {
 /// what is left at once) when dropped.
 pub struct WalReaper {
     stop: Arc<AtomicBool>,
+    /// Held by the reaper while it changes a file, and by [`WalReaper::hold`]'s callers.
+    hold: Arc<Mutex<()>>,
     /// Dropped to wake the thread at once.
     wake: Option<Sender<()>>,
     join: Option<JoinHandle<()>>,
@@ -125,13 +132,14 @@ impl WalReaper {
     /// Start reaping the archive of `data_dir`.
     pub fn start(data_dir: &Path) -> std::io::Result<WalReaper> {
         let stop = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(Mutex::new(()));
         let (wake, sleep) = channel::<()>();
-        let (flag, dir) = (stop.clone(), data_dir.to_path_buf());
+        let (flag, dir, held) = (stop.clone(), data_dir.to_path_buf(), hold.clone());
         let join = std::thread::Builder::new()
             .name("idstitch-wal-reaper".into())
             .spawn(move || loop {
                 for file in archived(&dir) {
-                    if let Err(e) = shrink_and_remove(&file, &flag) {
+                    if let Err(e) = shrink_and_remove(&file, &flag, &held) {
                         tracing::warn!(file = %file.display(), error = %e, "Could not remove an obsolete write-ahead log file; will try again.");
                     }
                 }
@@ -141,10 +149,23 @@ impl WalReaper {
             })?;
         Ok(WalReaper {
             stop,
+            hold,
             wake: Some(wake),
             join: Some(join),
             data_dir: data_dir.to_path_buf(),
         })
+    }
+}
+
+impl WalReaper {
+    /// The archive's files stay as they are while the guard lives: RocksDB lists them when it
+    /// makes a checkpoint and then reads each one's size, and a file the reaper shrank or
+    /// removed in between failed the checkpoint ("No such file or directory: while stat a
+    /// file for size"). Waits for at most one step of the reaper.
+    pub fn hold(&self) -> MutexGuard<'_, ()> {
+        self.hold
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -179,6 +200,38 @@ mod tests {
         }
         assert!(archived(dir.path()).is_empty(), "archived logs removed");
         assert!(archive.join("keep.txt").exists(), "other files stay");
+        drop(reaper);
+    }
+
+    #[test]
+    fn the_archive_stays_as_it_is_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = archive_dir(dir.path());
+        std::fs::create_dir_all(&archive).unwrap();
+        let big = archive.join("000021.log");
+        let full = 40 * STEP;
+        std::fs::write(&big, vec![7u8; full as usize]).unwrap();
+        let size = || std::fs::metadata(&big).map(|m| m.len()).ok();
+        let reaper = WalReaper::start(dir.path()).unwrap();
+        // Hold it in the middle of its work on the file: it has shrunk it, and is not done.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size() == Some(full) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let held = reaper.hold();
+        let at = size();
+        assert!(
+            at.is_some_and(|n| n < full),
+            "the reaper started on the file: {at:?}"
+        );
+        // Unheld, it would take a step every few milliseconds.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(size(), at, "nothing changed while held");
+        drop(held);
+        while size().is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(size(), None, "removed once released");
         drop(reaper);
     }
 
