@@ -15,6 +15,19 @@ fn idstitch(args: &[&str]) -> Output {
         .expect("run idstitch")
 }
 
+/// `idstitch args` must exit 0; the failure names its stderr.
+fn succeeds(args: &[&str]) -> Output {
+    let out = idstitch(args);
+    assert!(
+        out.status.success(),
+        "idstitch {}: {}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
@@ -68,7 +81,7 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
         serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
     let seq = manifest["last_seq"].as_u64().unwrap();
     assert!(seq > 0);
-    assert!(idstitch(&["snapshot", "verify", s(&snap)]).status.success());
+    succeeds(&["snapshot", "verify", s(&snap)]);
 
     let restored = tmp.path().join("restored");
     let out = idstitch(&["snapshot", "restore", s(&snap), "--data-dir", s(&restored)]);
@@ -77,20 +90,14 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(idstitch(&["verify", "--data-dir", s(&restored)])
-        .status
-        .success());
+    succeeds(&["verify", "--data-dir", s(&restored)]);
     let r = Daemon::on(&restored, &[]);
     let n = r.all_persons(T).len() as u64;
     assert_eq!(n, manifest["counts"]["persons"].as_u64().unwrap());
     // The online snapshot equals the source's whole log replayed up to the manifest's seq.
     d.terminate();
     let full = tmp.path().join("full");
-    assert!(
-        idstitch(&["snapshot", "create", s(&full), "--data-dir", s(&d.dir)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&full), "--data-dir", s(&d.dir)]);
     let replayed = tmp.path().join("replayed");
     let out = idstitch(&[
         "snapshot",
@@ -130,11 +137,7 @@ fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
     );
     d.terminate();
     let snap = tmp.path().join("s1");
-    assert!(
-        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
     let victim = manifest["files"]
@@ -181,11 +184,7 @@ fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
     d.capture(T, json!([{"event": "e", "distinct_id": "y"}]));
     d.terminate();
     let other = tmp.path().join("s2");
-    assert!(
-        idstitch(&["snapshot", "create", s(&other), "--data-dir", s(&d.dir)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&other), "--data-dir", s(&d.dir)]);
     std::fs::copy(other.join("manifest.json"), snap.join("manifest.json")).unwrap();
     assert_eq!(
         idstitch(&["snapshot", "verify", s(&snap)]).status.code(),
@@ -304,9 +303,7 @@ fn restore_with_full_verify_restores_a_good_snapshot() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(idstitch(&["verify", "--data-dir", s(&restored)])
-        .status
-        .success());
+    succeeds(&["verify", "--data-dir", s(&restored)]);
     let r = Daemon::on(&restored, &[]);
     assert_eq!(
         r.all_persons(T).len() as u64,
@@ -321,11 +318,7 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
     d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
     d.terminate();
     let snap = tmp.path().join("s");
-    assert!(
-        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
     let target = tmp.path().join("busy");
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("keep.txt"), "old").unwrap();
@@ -335,16 +328,14 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
             .code(),
         Some(1)
     );
-    assert!(idstitch(&[
+    succeeds(&[
         "snapshot",
         "restore",
         s(&snap),
         "--data-dir",
         s(&target),
-        "--force"
-    ])
-    .status
-    .success());
+        "--force",
+    ]);
     let aside: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -375,11 +366,7 @@ fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
     assert_eq!(d.all_persons(T).len(), 1);
     d.terminate();
     let snap = tmp.path().join("s");
-    assert!(
-        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
     let restored = tmp.path().join("r");
     let out = idstitch(&[
         "snapshot",
@@ -399,9 +386,7 @@ fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
     assert_eq!(r.all_persons(T).len(), 2);
     assert_eq!(dids(&r.person(T, "anon").unwrap()), vec!["anon"]);
     drop(r);
-    assert!(idstitch(&["verify", "--data-dir", s(&restored)])
-        .status
-        .success());
+    succeeds(&["verify", "--data-dir", s(&restored)]);
 }
 
 #[test]
@@ -411,34 +396,18 @@ fn snapshot_restore_ingest_snapshot_restore_stays_consistent() {
     d.capture(T, json!([{"event": "$identify", "distinct_id": "u", "properties": {"$anon_distinct_id": "a"}}]));
     d.terminate();
     let s1 = tmp.path().join("s1");
-    assert!(
-        idstitch(&["snapshot", "create", s(&s1), "--data-dir", s(&d.dir)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&s1), "--data-dir", s(&d.dir)]);
     let r1 = tmp.path().join("r1");
-    assert!(
-        idstitch(&["snapshot", "restore", s(&s1), "--data-dir", s(&r1)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "restore", s(&s1), "--data-dir", s(&r1)]);
     let mut d1 = Daemon::on(&r1, &[]);
     d1.capture(T, json!([{"event": "$identify", "distinct_id": "u", "properties": {"$anon_distinct_id": "b"}}]));
     let want = persons(&d1);
     d1.terminate();
     let s2 = tmp.path().join("s2");
-    assert!(
-        idstitch(&["snapshot", "create", s(&s2), "--data-dir", s(&r1)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&s2), "--data-dir", s(&r1)]);
     let r2 = tmp.path().join("r2");
-    assert!(
-        idstitch(&["snapshot", "restore", s(&s2), "--data-dir", s(&r2)])
-            .status
-            .success()
-    );
-    assert!(idstitch(&["verify", "--data-dir", s(&r2)]).status.success());
+    succeeds(&["snapshot", "restore", s(&s2), "--data-dir", s(&r2)]);
+    succeeds(&["verify", "--data-dir", s(&r2)]);
     let d2 = Daemon::on(&r2, &[]);
     assert_eq!(persons(&d2), want);
 }
@@ -479,11 +448,7 @@ fn restore_as_of_a_time_cuts_the_log_at_that_moment() {
     d.capture(T, json!([{"event": "e", "distinct_id": "late"}]));
     d.terminate();
     let snap = tmp.path().join("s");
-    assert!(
-        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
     let restored = tmp.path().join("r");
     let out = idstitch(&[
         "snapshot",
@@ -510,11 +475,7 @@ fn small_snapshot(tmp: &std::path::Path) -> (std::path::PathBuf, Value) {
     d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
     d.terminate();
     let snap = tmp.join("s");
-    assert!(
-        idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)])
-            .status
-            .success()
-    );
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
     (snap, manifest)
