@@ -149,10 +149,25 @@ async function waitDelivered(page, requests, sent, what) {
   }
 }
 
-// No request to the daemon still in flight (so a reload aborts nothing).
+// No request to the daemon in flight, and none started for QUIET_MS (so a reload aborts
+// nothing): posthog-js starts some requests a moment after the call that causes them (reset()
+// reloads the feature flags), and a reload at that moment aborted a /flags/ request
+// (net::ERR_ABORTED) on a slow host.
+const QUIET_MS = 500;
 async function waitIdle(requests, what) {
+  let seen = -1;
+  let since = Date.now();
+  const quiet = () => {
+    const open = requests.some((r) => r.status === null && r.error === null);
+    if (open || requests.length !== seen) {
+      seen = requests.length;
+      since = Date.now();
+      return false;
+    }
+    return Date.now() - since >= QUIET_MS;
+  };
   try {
-    await waitFor(() => requests.every((r) => r.status !== null || r.error !== null), DELIVERY_TIMEOUT_MS, what);
+    await waitFor(quiet, DELIVERY_TIMEOUT_MS, what);
   } catch (e) {
     const open = requests.filter((r) => r.status === null && r.error === null).map((r) => `${r.method} ${r.path}`);
     check(FLOW, `${what}: daemon answered every request`, false, JSON.stringify(open));
