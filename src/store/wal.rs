@@ -184,13 +184,19 @@ impl Drop for WalReaper {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_reaper_removes_archived_logs_and_nothing_else() {
+    /// A data dir whose archive holds one log file `name` of `len` bytes.
+    fn archive_with(name: &str, len: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let archive = archive_dir(dir.path());
         std::fs::create_dir_all(&archive).unwrap();
-        let big = archive.join("000012.log");
-        std::fs::write(&big, vec![7u8; (5 * STEP + 123) as usize]).unwrap();
+        let file = archive.join(name);
+        std::fs::write(&file, vec![7u8; len as usize]).unwrap();
+        (dir, archive, file)
+    }
+
+    #[test]
+    fn the_reaper_removes_archived_logs_and_nothing_else() {
+        let (dir, archive, _) = archive_with("000012.log", 5 * STEP + 123);
         std::fs::write(archive.join("000013.log"), b"small").unwrap();
         std::fs::write(archive.join("keep.txt"), b"not a log").unwrap();
         let reaper = WalReaper::start(dir.path()).unwrap();
@@ -205,12 +211,8 @@ mod tests {
 
     #[test]
     fn the_archive_stays_as_it_is_while_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = archive_dir(dir.path());
-        std::fs::create_dir_all(&archive).unwrap();
-        let big = archive.join("000021.log");
         let full = 40 * STEP;
-        std::fs::write(&big, vec![7u8; full as usize]).unwrap();
+        let (dir, _, big) = archive_with("000021.log", full);
         let size = || std::fs::metadata(&big).map(|m| m.len()).ok();
         let reaper = WalReaper::start(dir.path()).unwrap();
         // Hold it in the middle of its work on the file: it has shrunk it, and is not done.
