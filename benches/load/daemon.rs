@@ -248,19 +248,7 @@ pub fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
         .and_then(|v| v.parse().ok())
         .context("no VmHWM in /proc/<pid>/status")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("bad /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .context("bad /proc/<pid>/stat")
-    };
-    let cpu_ticks = ticks(11)? + ticks(12)?;
+    let (_, cpu_ticks) = parse_task_stat(&stat).context("bad /proc/<pid>/stat")?;
     Ok(ProcStats {
         peak_rss_kib,
         cpu_seconds: cpu_ticks as f64 / clock_ticks() as f64,
@@ -293,8 +281,9 @@ pub fn thread_cpu(pid: u32) -> anyhow::Result<BTreeMap<String, f64>> {
     Ok(by_kind)
 }
 
-/// The name and the user plus system ticks in one `/proc/<pid>/task/<tid>/stat` line. The
-/// name is between the first `(` and the last `)`: it may itself hold spaces and parentheses.
+/// The name and the user plus system ticks (fields 14 and 15) in a `/proc/<pid>/stat` or
+/// `/proc/<pid>/task/<tid>/stat` line. The name is between the first `(` and the last `)`: it
+/// may itself hold spaces and parentheses.
 fn parse_task_stat(stat: &str) -> Option<(&str, u64)> {
     let (head, rest) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1;

@@ -216,13 +216,13 @@ impl Report {
                 .collect();
             println!("  daemon stages (ms)  {}", parts.join(" | "));
         }
+        // CPU per event, so that runs of different lengths and rates compare.
+        let per_event = |s: f64| s * 1e6 / self.events.max(1) as f64;
         if let Some(p) = &self.process {
             println!(
                 "  daemon (pid {})  peak RSS {:.1} MiB, CPU {:.2} s during load ({:.2} s total), exit after SIGTERM: {}",
                 p.pid, p.peak_rss_mib, p.cpu_s_during_load, p.cpu_s_total, p.exit
             );
-            // Per event, so that runs of different lengths and rates compare.
-            let per_event = |s: f64| s * 1e6 / self.events.max(1) as f64;
             if !p.cpu_by_thread_during_load.is_empty() {
                 let parts: Vec<String> = p
                     .cpu_by_thread_during_load
@@ -239,7 +239,7 @@ impl Report {
         if let Some(g) = self.generator_cpu_s_during_load {
             println!(
                 "  generator CPU       {g:.2} s during the load ({:.1} µs/event)",
-                g * 1e6 / self.events.max(1) as f64
+                per_event(g)
             );
         }
         if let Some(b) = &self.baseline {
