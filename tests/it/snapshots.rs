@@ -70,12 +70,7 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
         }
     });
     let snap = snaps.join("during");
-    let out = idstitch(&["snapshot", "create", s(&snap), "--socket", s(&d.socket)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&["snapshot", "create", s(&snap), "--socket", s(&d.socket)]);
     writer.join().unwrap();
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
@@ -84,12 +79,7 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
     succeeds(&["snapshot", "verify", s(&snap)]);
 
     let restored = tmp.path().join("restored");
-    let out = idstitch(&["snapshot", "restore", s(&snap), "--data-dir", s(&restored)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&["snapshot", "restore", s(&snap), "--data-dir", s(&restored)]);
     succeeds(&["verify", "--data-dir", s(&restored)]);
     let r = Daemon::on(&restored, &[]);
     let n = r.all_persons(T).len() as u64;
@@ -99,7 +89,7 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
     let full = tmp.path().join("full");
     succeeds(&["snapshot", "create", s(&full), "--data-dir", s(&d.dir)]);
     let replayed = tmp.path().join("replayed");
-    let out = idstitch(&[
+    succeeds(&[
         "snapshot",
         "restore",
         s(&full),
@@ -108,11 +98,6 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
         "--as-of",
         &seq.to_string(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let at_seq = Daemon::on(&replayed, &[]);
     assert_eq!(
         persons(&r),
@@ -290,7 +275,7 @@ fn restore_with_full_verify_restores_a_good_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let (snap, manifest) = small_snapshot(tmp.path());
     let restored = tmp.path().join("r");
-    let out = idstitch(&[
+    succeeds(&[
         "snapshot",
         "restore",
         s(&snap),
@@ -298,11 +283,6 @@ fn restore_with_full_verify_restores_a_good_snapshot() {
         s(&restored),
         "--full-verify",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     succeeds(&["verify", "--data-dir", s(&restored)]);
     let r = Daemon::on(&restored, &[]);
     assert_eq!(
@@ -368,7 +348,7 @@ fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
     let snap = tmp.path().join("s");
     succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
     let restored = tmp.path().join("r");
-    let out = idstitch(&[
+    succeeds(&[
         "snapshot",
         "restore",
         s(&snap),
@@ -377,11 +357,6 @@ fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
         "--as-of",
         &before_merge.to_string(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let r = Daemon::on(&restored, &[]);
     assert_eq!(r.all_persons(T).len(), 2);
     assert_eq!(dids(&r.person(T, "anon").unwrap()), vec!["anon"]);
@@ -450,7 +425,7 @@ fn restore_as_of_a_time_cuts_the_log_at_that_moment() {
     let snap = tmp.path().join("s");
     succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
     let restored = tmp.path().join("r");
-    let out = idstitch(&[
+    succeeds(&[
         "snapshot",
         "restore",
         s(&snap),
@@ -459,11 +434,6 @@ fn restore_as_of_a_time_cuts_the_log_at_that_moment() {
         "--as-of",
         &cut,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let r = Daemon::on(&restored, &[]);
     assert!(r.person(T, "early").is_some());
     assert!(r.person(T, "late").is_none());
