@@ -10,6 +10,7 @@ pub mod filters;
 pub mod funnel;
 pub mod ids;
 pub mod js;
+pub mod json_out;
 pub mod memstate;
 pub mod normalize;
 pub mod person;

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use super::json_out;
+
 /// A JSON object of properties.
 ///
 /// Serialised as a JSON object for humans and as one compact JSON string for bincode, which
@@ -44,8 +46,8 @@ fn serialize_text<S: Serializer>(
     props: &Map<String, Value>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    serde_json::to_writer(&mut *text, props).map_err(serde::ser::Error::custom)?;
-    // serde_json writes UTF-8.
+    json_out::write_object(text, props);
+    // The text is UTF-8: it is `props`' strings, ASCII punctuation and serde_json's numbers.
     let text = simdutf8::basic::from_utf8(text).map_err(serde::ser::Error::custom)?;
     s.serialize_str(text)
 }
@@ -92,11 +94,10 @@ impl RawProps {
         // Into a buffer of about the final size: grown from serde_json's 128 bytes, ~1 KiB of
         // properties was copied five times over.
         let mut text = Vec::with_capacity(map_size(props, ESTIMATE));
-        // Serialising a map of JSON values cannot fail (string keys, finite numbers), and
-        // serde_json writes UTF-8.
-        match serde_json::to_writer(&mut text, props).map(|()| String::from_utf8(text)) {
-            Ok(Ok(text)) => RawProps(text.into_boxed_str()),
-            _ => RawProps::empty(),
+        json_out::write_object(&mut text, props);
+        match String::from_utf8(text) {
+            Ok(text) => RawProps(text.into_boxed_str()),
+            Err(_) => RawProps::empty(),
         }
     }
 
@@ -166,9 +167,9 @@ pub const MAX_PERSON_PROPERTIES_BYTES: usize = 524_288;
 
 /// Size of `props` as compact UTF-8 JSON.
 pub fn serialized_size(props: &Map<String, Value>) -> usize {
-    serde_json::to_vec(props)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX)
+    let mut text = Vec::with_capacity(map_size(props, ESTIMATE));
+    json_out::write_object(&mut text, props);
+    text.len()
 }
 
 /// Longest compact JSON text of a number without `arbitrary_precision` (an `f64` such as
