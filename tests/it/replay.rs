@@ -131,12 +131,11 @@ fn dump(store: &Store) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// A group's derived rows do not go into its batch in entry order (persons are written once,
-/// as the group leaves them; the puts of some column families are sorted by key), so a group
-/// in which a row is put and then deleted, or a person changed and then merged away, split or
-/// deleted, must still leave every column family exactly as one entry per group does.
-#[test]
-fn every_column_family_is_the_same_however_the_log_was_grouped() {
+/// A log with every kind of change in it: pageviews, identifies that merge, `$set`s and
+/// `$unset`s, and every so often an operator splitting or deleting (with or without its
+/// events) the person who just sent an event, so that the same or the group before changed
+/// it.
+fn world_with_operators() -> World {
     use idstitch::domain::admin::{decide_delete, decide_split};
     let mut w = World::default();
     for i in 0..6_000u64 {
@@ -153,8 +152,6 @@ fn every_column_family_is_the_same_however_the_log_was_grouped() {
                                        "i": i}}),
         };
         w.send(event);
-        // Every so often an operator splits or deletes (with or without its events) the
-        // person who just sent an event, so that the same group changed it before.
         if i % 97 == 96 {
             let did = if i % 11 == 0 { user } else { anon };
             if let Some(p) = w.person(&did).cloned() {
@@ -184,31 +181,142 @@ fn every_column_family_is_the_same_however_the_log_was_grouped() {
     ] {
         assert!(kinds(kind) > 3, "{kind}: {}", kinds(kind));
     }
-    let log = log_of(&w);
-    let write = |group: usize| {
+    w
+}
+
+/// The first record where two dumps differ, or where one ends before the other.
+fn first_difference(
+    a: &[(&'static str, Vec<u8>, Vec<u8>)],
+    b: &[(&'static str, Vec<u8>, Vec<u8>)],
+) -> Option<String> {
+    a.iter()
+        .zip(b)
+        .find(|(a, b)| a != b)
+        .map(|(a, b)| {
+            format!(
+                "{} {:?} = {:?} against {} {:?} = {:?}",
+                a.0, a.1, a.2, b.0, b.1, b.2
+            )
+        })
+        .or_else(|| {
+            (a.len() != b.len()).then(|| format!("{} records against {}", a.len(), b.len()))
+        })
+}
+
+/// The log written one entry per group: what every other way of writing it must leave.
+fn written_one_by_one(log: &[(Seq, Arc<Entry>)]) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).expect("open");
+    let mut writer = GroupWriter::new(64);
+    for g in log.chunks(1) {
+        writer.write(&store, g, false).expect("write");
+    }
+    dump(&store)
+}
+
+/// A group's derived rows do not go into its batch in entry order (persons are written once,
+/// as the group leaves them; the puts of some column families are sorted by key), so a group
+/// in which a row is put and then deleted, or a person changed and then merged away, split or
+/// deleted, must still leave every column family exactly as one entry per group does.
+#[test]
+fn every_column_family_is_the_same_however_the_log_was_grouped() {
+    let log = log_of(&world_with_operators());
+    let one_by_one = written_one_by_one(&log);
+    for group in [50, 1_000, 10_000] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).expect("open");
         let mut writer = GroupWriter::new(64);
         for g in log.chunks(group) {
             writer.write(&store, g, false).expect("write");
         }
-        (dump(&store), dir)
+        assert_eq!(
+            first_difference(&dump(&store), &one_by_one),
+            None,
+            "groups of {group}"
+        );
+    }
+}
+
+/// The log writer prepares a group while the batch before it is being committed
+/// (`GroupWriter::prepare`, then `commit` one batch behind), and lets that batch finish first
+/// when the group reads more than persons from the store (`reads_the_store`). Written that
+/// way, every column family is still exactly what one entry per group leaves; without the
+/// wait, a deletion with its events misses events of the batch before it (the check that this
+/// test can fail).
+#[test]
+fn a_group_prepared_while_the_one_before_is_committed_writes_what_the_log_says() {
+    use idstitch::store::log::{commit, reads_the_store};
+    let log = log_of(&world_with_operators());
+    let one_by_one = written_one_by_one(&log);
+    let pipelined = |group: usize, wait: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).expect("open");
+        let mut writer = GroupWriter::new(64);
+        let mut in_flight = None;
+        for g in log.chunks(group) {
+            if wait && g.iter().any(|(_, e)| reads_the_store(e)) {
+                if let Some(b) = in_flight.take() {
+                    commit(&store, b, false).expect("commit");
+                }
+            }
+            let batch = writer.prepare(&store, g).expect("prepare");
+            if let Some(b) = in_flight.replace(batch) {
+                commit(&store, b, false).expect("commit");
+            }
+        }
+        if let Some(b) = in_flight {
+            commit(&store, b, false).expect("commit");
+        }
+        dump(&store)
     };
-    let (one_by_one, _d1) = write(1);
-    for group in [50, 1_000, 10_000] {
-        let (grouped, _d) = write(group);
-        let first_difference =
-            grouped
-                .iter()
-                .zip(&one_by_one)
-                .find(|(a, b)| a != b)
-                .map(|(a, b)| {
-                    format!(
-                        "{} {:?} = {:?} against {} {:?} = {:?}",
-                        a.0, a.1, a.2, b.0, b.1, b.2
-                    )
-                });
-        assert_eq!(first_difference, None, "groups of {group}");
-        assert_eq!(grouped.len(), one_by_one.len(), "groups of {group}");
+    for group in [7, 50, 1_000] {
+        assert_eq!(
+            first_difference(&pipelined(group, true), &one_by_one),
+            None,
+            "groups of {group}"
+        );
+    }
+    assert!(
+        first_difference(&pipelined(7, false), &one_by_one).is_some(),
+        "without the wait, a group that reads the store must miss what the batch before wrote"
+    );
+}
+
+/// The writer thread itself, fed the whole log as fast as it takes it: whatever groups it
+/// forms, and however they overlap with the commits before them, it leaves every column
+/// family as one entry per group does.
+#[test]
+fn the_writer_thread_leaves_every_column_family_as_the_log_says() {
+    use idstitch::actors::WriterHandle;
+    use idstitch::metrics::Metrics;
+    let log = log_of(&world_with_operators());
+    let one_by_one = written_one_by_one(&log);
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).expect("open");
+        let metrics = Metrics::new();
+        let (writer, join) = WriterHandle::spawn(store.clone(), Seq(0), metrics.clone(), |_| {});
+        for (i, (seq, entry)) in log.iter().enumerate() {
+            writer.append(*seq, entry.clone()).expect("append");
+            // Now and then a pause, so that groups of many sizes form.
+            if i % (97 + round * 31) == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        }
+        let last = log.last().expect("a log").0;
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(writer.wait_durable(last))
+            .expect("durable");
+        writer.stop();
+        join.join().expect("writer thread");
+        let groups = metrics.log_fsyncs.get();
+        assert!(groups > 3, "round {round}: {groups} groups");
+        assert_eq!(
+            first_difference(&dump(&store), &one_by_one),
+            None,
+            "round {round}, {groups} groups"
+        );
     }
 }
