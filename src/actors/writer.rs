@@ -36,6 +36,13 @@ enum Msg {
 /// Entries written per group at most.
 const MAX_GROUP: usize = 8192;
 
+/// A group this large means the writer is behind its queue: only then is the next group
+/// prepared while this one is committed. A smaller group is committed before the next is
+/// gathered, so that under a lighter load groups stay as large as without the pipeline (on
+/// two cores, preparing ahead of small groups halved them and added syncs, for no
+/// throughput: benches/README.md).
+const PIPELINE_FROM: usize = 1024;
+
 /// A group write (materialising, writing, syncing) this slow is logged as a warning: a disk
 /// stall or a RocksDB memtable switch shows in the log with its time.
 const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(100);
@@ -127,9 +134,10 @@ enum Prepared {
 
 /// The writer is two threads in a pipeline: this one gathers a group and prepares its batch
 /// (encodes the log records, derives the rows, encodes the changed persons) while the
-/// committer writes and syncs the batch before it. A group is prepared at most one batch
-/// ahead of the disk, and only its persons are read ahead ([`GroupWriter::prepare`]): a group
-/// that reads other derived state waits for the batch before it to be committed.
+/// committer writes and syncs the batch before it, once the groups are large enough to show
+/// that the writer is behind ([`PIPELINE_FROM`]). A group is prepared at most one batch ahead
+/// of the disk, and only its persons are read ahead ([`GroupWriter::prepare`]): a group that
+/// reads other derived state waits for the batch before it to be committed.
 fn run(
     store: Store,
     rx: Receiver<Msg>,
@@ -211,6 +219,9 @@ fn prepare_all(
             return;
         }
         in_flight += 1;
+        if group.len() < PIPELINE_FROM && !settle(&mut in_flight) {
+            return;
+        }
         group.clear();
     }
     settle(&mut in_flight);
