@@ -22,6 +22,11 @@ pub struct MemState {
     pub dids: HashMap<(ProjectId, String), PersonUuid, RandomState>,
     /// Stored event count per project.
     pub events: HashMap<ProjectId, u64, RandomState>,
+    /// When set, `dids` is not kept: every distinct ID is in its person's `distinct_ids` (the
+    /// map is only ever written, never read, by `apply`), so a replay that only digests or
+    /// counts the map reads it off the persons ([`MemState::each_did`]) instead of building
+    /// millions of keys it would throw away.
+    pub dids_from_persons: bool,
 }
 
 impl MemState {
@@ -31,8 +36,56 @@ impl MemState {
         MemState {
             persons: HashMap::with_capacity_and_hasher(persons, RandomState::default()),
             dids: HashMap::with_capacity_and_hasher(dids, RandomState::default()),
-            events: HashMap::default(),
+            ..MemState::default()
         }
+    }
+
+    /// Empty, with room for about `persons` persons, and no distinct-ID map kept
+    /// ([`MemState::dids_from_persons`]).
+    pub fn persons_only(persons: usize) -> Self {
+        MemState {
+            dids_from_persons: true,
+            ..MemState::with_capacity(persons, 0)
+        }
+    }
+
+    /// Every distinct ID with its person, in no particular order: the map, or when it is not
+    /// kept, the persons' distinct IDs.
+    pub fn each_did(&self, mut f: impl FnMut(ProjectId, &str, PersonUuid)) {
+        if self.dids_from_persons {
+            for ((project, uuid), p) in &self.persons {
+                for did in &p.distinct_ids {
+                    f(*project, did, *uuid);
+                }
+            }
+        } else {
+            for ((project, did), uuid) in &self.dids {
+                f(*project, did, *uuid);
+            }
+        }
+    }
+
+    /// How many distinct IDs map to a person.
+    pub fn distinct_id_count(&self) -> usize {
+        if self.dids_from_persons {
+            self.persons.values().map(|p| p.distinct_ids.len()).sum()
+        } else {
+            self.dids.len()
+        }
+    }
+
+    /// The same state with its distinct-ID map built (from the persons, when it was not kept).
+    pub fn with_dids(mut self) -> Self {
+        if self.dids_from_persons {
+            let mut dids =
+                HashMap::with_capacity_and_hasher(self.distinct_id_count(), RandomState::default());
+            self.each_did(|project, did, uuid| {
+                dids.insert((project, did.to_string()), uuid);
+            });
+            self.dids = dids;
+            self.dids_from_persons = false;
+        }
+        self
     }
 
     /// Count `n` more stored events in `project`.
@@ -67,6 +120,9 @@ impl State for MemState {
     }
 
     fn map_id(&mut self, project: ProjectId, distinct_id: &str, person: Option<PersonUuid>) {
+        if self.dids_from_persons {
+            return;
+        }
         let key = (project, distinct_id.to_string());
         match person {
             Some(u) => self.dids.insert(key, u),

@@ -21,7 +21,7 @@ pub const STRIPE: u64 = 4_096;
 pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, StoreError> {
     // Room for what the live state holds (RocksDB's estimate; bounded, as it is only a hint).
     let room = |cf| (store.estimate_keys(cf) as usize).min(1 << 28);
-    let mut scratch = MemState::with_capacity(room("persons"), room("dids"));
+    let mut scratch = MemState::persons_only(room("persons"));
     let last = store.last_log_seq()?.0;
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)) as u64;
     std::thread::scope(|scope| {
@@ -189,10 +189,10 @@ impl Digester {
     fn replayed_dids(&self, scratch: &MemState) -> Digest {
         let mut d = Digest::default();
         let mut key = Vec::new();
-        for ((project, did), uuid) in &scratch.dids {
-            keys::did_into(&mut key, *project, did);
+        scratch.each_did(|project, did, uuid| {
+            keys::did_into(&mut key, project, did);
             self.add(&mut d, &key, uuid.0.as_bytes());
-        }
+        });
         d
     }
 }
@@ -262,6 +262,17 @@ fn compare_dids(
     scratch: &MemState,
     max_report: usize,
 ) -> Result<Vec<String>, StoreError> {
+    // Only after the digests disagreed: the map the comparison looks up, built if the replay
+    // did not keep it.
+    let mut replayed_dids = std::collections::HashMap::with_hasher(scratch.dids.hasher().clone());
+    let dids = if scratch.dids_from_persons {
+        scratch.each_did(|project, did, uuid| {
+            replayed_dids.insert((project, did.to_string()), uuid);
+        });
+        &replayed_dids
+    } else {
+        &scratch.dids
+    };
     let mut diffs = Vec::new();
     let mut live_count = 0usize;
     let mut it = store.full_scan("dids");
@@ -286,7 +297,7 @@ fn compare_dids(
         key.0 = project;
         key.1.clear();
         key.1.push_str(did);
-        let replayed = scratch.dids.get(&key).copied();
+        let replayed = dids.get(&key).copied();
         if live != replayed {
             diffs.push(format!(
                 "distinct id {did:?} (project {project}): live {}, replayed {}",
@@ -300,10 +311,10 @@ fn compare_dids(
         it.next();
     }
     it.status()?;
-    if live_count == scratch.dids.len() {
+    if live_count == dids.len() {
         return Ok(diffs);
     }
-    for ((project, did), uuid) in &scratch.dids {
+    for ((project, did), uuid) in dids {
         if store.person_of(*project, did)?.is_none() {
             diffs.push(format!(
                 "distinct id {did:?} (project {project}): live none, replayed {uuid}"
