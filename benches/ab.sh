@@ -40,7 +40,8 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="load" and m.get("executable"): print(m["executable"])' | tail -1)
 OUT=$ROOT/target/ab
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+# Only this run's reports and logs: a longer earlier run's would be read as this one's.
+rm -f "$OUT"/*.json "$OUT"/*.log
 echo "== $PAIRS pairs: A=$A B=$B; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for i in $(seq "$PAIRS"); do
   for side in A B; do
