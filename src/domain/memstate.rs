@@ -1,5 +1,6 @@
 //! State in plain `HashMap`s: scratch replays (`idstitch verify`) and tests.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
@@ -8,6 +9,9 @@ use super::apply::State;
 use super::change::Change;
 use super::ids::{PersonUuid, ProjectId, Seq};
 use super::person::Person;
+
+/// Which person each (project, distinct ID) belongs to.
+pub type DidMap = HashMap<(ProjectId, String), PersonUuid, RandomState>;
 
 /// Persons and the distinct-ID map of every project, in memory.
 ///
@@ -19,7 +23,7 @@ pub struct MemState {
     /// Persons by (project, uuid).
     pub persons: HashMap<(ProjectId, PersonUuid), Person, RandomState>,
     /// Which person each distinct ID belongs to.
-    pub dids: HashMap<(ProjectId, String), PersonUuid, RandomState>,
+    pub dids: DidMap,
     /// Stored event count per project.
     pub events: HashMap<ProjectId, u64, RandomState>,
     /// When set, `dids` is not kept: every distinct ID is in its person's `distinct_ids` (the
@@ -74,15 +78,23 @@ impl MemState {
         }
     }
 
-    /// The same state with its distinct-ID map built (from the persons, when it was not kept).
+    /// The distinct-ID map: the one kept, or one built from the persons when it is not.
+    pub fn dids_map(&self) -> Cow<'_, DidMap> {
+        if !self.dids_from_persons {
+            return Cow::Borrowed(&self.dids);
+        }
+        let mut dids =
+            HashMap::with_capacity_and_hasher(self.distinct_id_count(), RandomState::default());
+        self.each_did(|project, did, uuid| {
+            dids.insert((project, did.to_string()), uuid);
+        });
+        Cow::Owned(dids)
+    }
+
+    /// The same state with its distinct-ID map kept ([`MemState::dids_map`]).
     pub fn with_dids(mut self) -> Self {
         if self.dids_from_persons {
-            let mut dids =
-                HashMap::with_capacity_and_hasher(self.distinct_id_count(), RandomState::default());
-            self.each_did(|project, did, uuid| {
-                dids.insert((project, did.to_string()), uuid);
-            });
-            self.dids = dids;
+            self.dids = self.dids_map().into_owned();
             self.dids_from_persons = false;
         }
         self

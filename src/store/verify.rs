@@ -264,15 +264,7 @@ fn compare_dids(
 ) -> Result<Vec<String>, StoreError> {
     // Only after the digests disagreed: the map the comparison looks up, built if the replay
     // did not keep it.
-    let mut replayed_dids = std::collections::HashMap::with_hasher(scratch.dids.hasher().clone());
-    let dids = if scratch.dids_from_persons {
-        scratch.each_did(|project, did, uuid| {
-            replayed_dids.insert((project, did.to_string()), uuid);
-        });
-        &replayed_dids
-    } else {
-        &scratch.dids
-    };
+    let dids = scratch.dids_map();
     let mut diffs = Vec::new();
     let mut live_count = 0usize;
     let mut it = store.full_scan("dids");
@@ -314,7 +306,7 @@ fn compare_dids(
     if live_count == dids.len() {
         return Ok(diffs);
     }
-    for ((project, did), uuid) in dids {
+    for ((project, did), uuid) in dids.iter() {
         if store.person_of(*project, did)?.is_none() {
             diffs.push(format!(
                 "distinct id {did:?} (project {project}): live none, replayed {uuid}"
