@@ -9,6 +9,8 @@
 
 use serde_json::{Map, Value};
 
+use super::swar;
+
 /// Append the compact JSON text of `map` to `out`, exactly as `serde_json::to_writer` would.
 pub fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
     out.push(b'{');
@@ -65,19 +67,12 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// The index of the first byte at or after `from` that must be escaped. Eight bytes per step
-/// (SWAR): a byte needs escaping when it is below 0x20, or XOR `"` or `\` makes it zero.
+/// The index of the first byte at or after `from` that must be escaped: below 0x20, `"` or
+/// `\`, found eight bytes at a time ([`swar`]).
 fn next_escape(b: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    // A byte below 0x20: subtracting 0x20 sets its high bit, which was clear.
-    let has_control = |x: u64| x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
     let flagged = |word: [u8; 8]| {
         let w = u64::from_le_bytes(word);
-        has_control(w)
-            | has_zero(w ^ (ONES * u64::from(b'"')))
-            | has_zero(w ^ (ONES * u64::from(b'\\')))
+        swar::control_bytes(w) | swar::quotes_or_backslashes(w)
     };
     let mut i = from;
     while let Some(chunk) = b.get(i..i + 8) {
@@ -85,9 +80,7 @@ fn next_escape(b: &[u8], from: usize) -> Option<usize> {
         word.copy_from_slice(chunk);
         let found = flagged(word);
         if found != 0 {
-            // The lowest flagged byte is exact (a false flag only follows a true one), and
-            // little-endian puts the first byte lowest.
-            return Some(i + (found.trailing_zeros() / 8) as usize);
+            return Some(i + swar::first(found));
         }
         i += 8;
     }
@@ -97,7 +90,7 @@ fn next_escape(b: &[u8], from: usize) -> Option<usize> {
     word[..rest.len()].copy_from_slice(rest);
     match flagged(word) {
         0 => None,
-        found => Some(i + (found.trailing_zeros() / 8) as usize),
+        found => Some(i + swar::first(found)),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod normalize;
 pub mod person;
 pub mod props;
 pub mod settings;
+pub(crate) mod swar;
 pub mod warnings;
 pub mod wire;
 

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::props::RawProps;
+use super::swar;
 
 /// Where one top-level key of an [`EventProps`] is: a span of the text, or (for a key written
 /// with escapes) the key unescaped.
@@ -303,19 +304,12 @@ fn string_end(b: &[u8], open: usize) -> Option<usize> {
 /// eight at a time (SWAR: a word holds a quote or a backslash when a byte of it XOR that byte
 /// is zero): most strings are a few dozen bytes, too short to repay a vector search's setup.
 fn string_end_escaped(b: &[u8], open: usize) -> Option<(usize, bool)> {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let (mut i, mut escaped) = (open + 1, false);
     loop {
         while let Some(chunk) = b.get(i..i + 8) {
-            let w = u64::from_le_bytes(chunk.try_into().ok()?);
-            let found =
-                has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\')));
+            let found = swar::quotes_or_backslashes(u64::from_le_bytes(chunk.try_into().ok()?));
             if found != 0 {
-                // The lowest flagged byte is exact (a false flag only follows a true one), and
-                // little-endian puts the first byte lowest.
-                i += (found.trailing_zeros() / 8) as usize;
+                i += swar::first(found);
                 break;
             }
             i += 8;
