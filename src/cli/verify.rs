@@ -22,7 +22,7 @@ pub fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let (scratch, diffs) = verify(&store, |s| bar.set_position(s.0), 50)
         .map_err(|e| Failure::corrupt(e.to_string()))?;
     bar.finish_and_clear();
-    let (persons, dids) = (scratch.persons.len(), scratch.distinct_id_count());
+    let (persons, dids) = (scratch.person_count(), scratch.distinct_id_count());
     discard(scratch);
     if diffs.is_empty() {
         println!(

@@ -166,25 +166,57 @@ pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
 /// is left the same; only the `PersonCreated` change is recorded before its person is saved
 /// rather than after (no [`State::record`] reads the person a change creates).
 pub fn apply_entry_owned<S: State>(state: &mut S, seq: Seq, entry: Entry) {
-    let project = entry.project;
-    // The changes to persons' own fields, for `update_touched` (most entries have none).
-    let mut rest = Vec::new();
+    let mut applying = Applying::new(entry.project, seq, entry.at_ms);
     for change in entry.changes {
+        applying.change(state, change);
+    }
+    applying.finish(state);
+}
+
+/// [`apply_entry_owned`] one change at a time, for a replay that does some of an entry's
+/// changes itself (`store::verify` keeps a created person as the bytes of its row): feed the
+/// entry's other changes in order to [`Applying::change`], then call [`Applying::finish`].
+pub struct Applying {
+    project: ProjectId,
+    seq: Seq,
+    at_ms: i64,
+    /// The changes to persons' own fields, for `update_touched` (most entries have none).
+    rest: Vec<Change>,
+}
+
+impl Applying {
+    /// Start applying the entry at `seq`.
+    pub fn new(project: ProjectId, seq: Seq, at_ms: i64) -> Self {
+        Applying {
+            project,
+            seq,
+            at_ms,
+            rest: Vec::new(),
+        }
+    }
+
+    /// Apply the entry's next change.
+    pub fn change<S: State>(&mut self, state: &mut S, change: Change) {
+        let (project, seq) = (self.project, self.seq);
         if let Change::PersonCreated { .. } = change {
-            state.record(project, seq, entry.at_ms, &change);
+            state.record(project, seq, self.at_ms, &change);
         }
         match into_created_person(project, seq, change) {
             Ok(p) => create(state, p),
             Err(other) => {
                 apply_to_state(state, project, seq, &other);
-                state.record(project, seq, entry.at_ms, &other);
+                state.record(project, seq, self.at_ms, &other);
                 if other.touched().is_some() {
-                    rest.push(other);
+                    self.rest.push(other);
                 }
             }
         }
     }
-    update_touched(state, project, &rest);
+
+    /// Apply the changes to the persons' own fields, once all of the entry's are in place.
+    pub fn finish<S: State>(self, state: &mut S) {
+        update_touched(state, self.project, &self.rest);
+    }
 }
 
 fn create<S: State>(state: &mut S, p: Person) {

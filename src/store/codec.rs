@@ -3,7 +3,7 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::domain::Entry;
+use crate::domain::{Change, Entry, PersonUuid, ProjectId, Seq};
 
 /// Format of log envelopes. Bump it (with a fixture) for any change that is not an append of a
 /// new enum variant.
@@ -73,16 +73,21 @@ pub struct Skimmed {
 /// The position of `Change::EventStored` among `Change`'s variants (bincode stores it as u32).
 const EVENT_STORED_TAG: u32 = 8;
 
-/// Decode a log entry without copying the bodies of the events it stored; see [`Skimmed`].
-pub fn skim_entry(bytes: &[u8]) -> Result<Skimmed, CodecError> {
-    use serde::Deserialize;
+/// The position of `Change::PersonCreated` among `Change`'s variants.
+const PERSON_CREATED_TAG: u32 = 1;
 
-    /// `StoredEvent`'s fields, in order, borrowed from the record (`skim_agrees_with_decode`
-    /// in the tests keeps the two in step).
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct EventBody<'a>(Option<&'a str>, &'a str, &'a str, &'a str, i64, bool);
+/// `StoredEvent`'s fields, in order, borrowed from the record (`skim_agrees_with_decode` in the
+/// tests keeps the two in step).
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct EventBody<'a>(Option<&'a str>, &'a str, &'a str, &'a str, i64, bool);
 
+/// Walk a log entry: its header, then each change's tag handed to `change` with `rest` at the
+/// tag, to read the change (tag included) and leave `rest` after it.
+fn walk_entry<'de>(
+    bytes: &'de [u8],
+    mut change: impl FnMut(Option<u32>, &mut &'de [u8]) -> Result<(), CodecError>,
+) -> Result<Entry, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion(version));
@@ -90,28 +95,183 @@ pub fn skim_entry(bytes: &[u8]) -> Result<Skimmed, CodecError> {
     let mut rest = body;
     let (project, at_ms, cause, n): (crate::domain::ProjectId, i64, Option<String>, u64) =
         read(&mut rest)?;
-    let mut skimmed = Skimmed {
-        entry: Entry {
-            project,
-            at_ms,
-            cause,
-            changes: Vec::new(),
-        },
-        events: 0,
-    };
     for _ in 0..n {
-        match rest
+        let tag = rest
             .get(..4)
-            .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]))
-        {
-            Some(EVENT_STORED_TAG) => {
-                let _: (u32, EventBody<'_>) = read(&mut rest)?;
-                skimmed.events += 1;
-            }
-            _ => skimmed.entry.changes.push(read(&mut rest)?),
-        }
+            .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]));
+        change(tag, &mut rest)?;
     }
-    Ok(skimmed)
+    Ok(Entry {
+        project,
+        at_ms,
+        cause,
+        changes: Vec::new(),
+    })
+}
+
+/// Skip a stored event's change, checking it as [`decode_entry`] would.
+fn skip_event(rest: &mut &[u8]) -> Result<(), CodecError> {
+    let _: (u32, EventBody<'_>) = read(rest)?;
+    Ok(())
+}
+
+/// Decode a log entry without copying the bodies of the events it stored; see [`Skimmed`].
+pub fn skim_entry(bytes: &[u8]) -> Result<Skimmed, CodecError> {
+    let (mut changes, mut events) = (Vec::new(), 0);
+    let entry = walk_entry(bytes, |tag, rest| {
+        if tag == Some(EVENT_STORED_TAG) {
+            events += 1;
+            skip_event(rest)
+        } else {
+            changes.push(read(rest)?);
+            Ok(())
+        }
+    })?;
+    Ok(Skimmed {
+        entry: Entry { changes, ..entry },
+        events,
+    })
+}
+
+/// One change of a log entry as a scratch replay takes it ([`skim_for_replay`]).
+#[derive(Debug, PartialEq)]
+pub enum ReplayChange {
+    /// Any change but a creation or a stored event.
+    Change(Change),
+    /// A person created: the `persons` row the live state holds for it until a later change,
+    /// as [`encode`] writes the person, built from the change's bytes without decoding its
+    /// properties.
+    Created {
+        /// The person.
+        person: PersonUuid,
+        /// Its row.
+        row: Box<[u8]>,
+    },
+}
+
+/// A log entry as a scratch replay takes it: [`Skimmed`], and each created person already as
+/// its `persons` row ([`ReplayChange::Created`]). Its changes are in a list of the caller's,
+/// which many entries share (one allocation per entry, made on a decoder thread and freed on
+/// the applying one, cost a replay a fifth of its applying thread).
+#[derive(Debug, PartialEq)]
+pub struct ReplayEntry {
+    /// The project it happened in.
+    pub project: ProjectId,
+    /// Ingestion time.
+    pub at_ms: i64,
+    /// How many changes (not counting stored events) it pushed onto the list, in order.
+    pub changes: u32,
+    /// How many `EventStored` changes it had.
+    pub events: u32,
+}
+
+/// Decode the log entry at `seq` for a scratch replay: [`skim_entry`], with each created
+/// person turned into the row `encode(&person)` would give, by copying the change's bytes.
+/// The changes go onto `changes` (on an error, some may have).
+///
+/// A `PersonCreated` change holds the person's fields from its uuid to its creation time in
+/// the order and encoding of `Person`'s; a new person's row is the format byte, the project,
+/// those bytes, version 0 and its seq. Every length, string and flag is checked as
+/// [`decode_entry`] checks it; the properties' JSON text is not parsed (a replay compares the
+/// rows as bytes, and parses one only to change the person or to explain a difference).
+pub fn skim_for_replay(
+    bytes: &[u8],
+    seq: Seq,
+    changes: &mut Vec<ReplayChange>,
+) -> Result<ReplayEntry, CodecError> {
+    /// A created person's fields after its uuid, borrowed and checked, not kept.
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct CreatedFields<'a>(Strs, &'a str, bool, i64);
+
+    let (before, mut events) = (changes.len(), 0);
+    let project = header_project(bytes);
+    let entry = walk_entry(bytes, |tag, rest| {
+        match tag {
+            Some(EVENT_STORED_TAG) => {
+                events += 1;
+                skip_event(rest)?;
+            }
+            Some(PERSON_CREATED_TAG) => {
+                *rest = &rest[4..];
+                let fields = *rest;
+                let person: PersonUuid = read(rest)?;
+                let _: CreatedFields<'_> = read(rest)?;
+                let fields = &fields[..fields.len() - rest.len()];
+                let mut row = Vec::with_capacity(1 + 4 + fields.len() + 16);
+                row.push(FORMAT_VERSION);
+                row.extend_from_slice(&project.0.to_le_bytes());
+                row.extend_from_slice(fields);
+                row.extend_from_slice(&0u64.to_le_bytes());
+                row.extend_from_slice(&seq.0.to_le_bytes());
+                changes.push(ReplayChange::Created {
+                    person,
+                    row: row.into_boxed_slice(),
+                });
+            }
+            _ => changes.push(ReplayChange::Change(read(rest)?)),
+        }
+        Ok(())
+    })?;
+    Ok(ReplayEntry {
+        project: entry.project,
+        at_ms: entry.at_ms,
+        changes: (changes.len() - before) as u32,
+        events,
+    })
+}
+
+/// The project of an entry (the first field after the format byte; one too short to hold it
+/// fails to decode anyway).
+fn header_project(bytes: &[u8]) -> ProjectId {
+    ProjectId(u32::from_le_bytes(
+        bytes
+            .get(1..5)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or_default(),
+    ))
+}
+
+/// A sequence of strings, each checked as UTF-8, none kept.
+struct Strs;
+
+impl<'de> serde::Deserialize<'de> for Strs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Each;
+        impl<'de> serde::de::Visitor<'de> for Each {
+            type Value = Strs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence of strings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strs, A::Error> {
+                while seq.next_element::<&'de str>()?.is_some() {}
+                Ok(Strs)
+            }
+        }
+        d.deserialize_seq(Each)
+    }
+}
+
+/// The distinct IDs of a `persons` row (as [`encode`] writes a person: the format byte, the
+/// project, the uuid, then the IDs), in order. A row that does not hold them gives none, or
+/// those before the first that is cut short or is not UTF-8.
+pub fn row_distinct_ids(row: &[u8]) -> impl Iterator<Item = &str> {
+    /// Format byte, project (4), the uuid's length (8) and bytes (16).
+    const IDS_AT: usize = 1 + 4 + 8 + 16;
+    /// A length (bincode's u64) off the front of `rest`.
+    fn len(rest: &mut &[u8]) -> Option<usize> {
+        let (n, tail) = rest.split_first_chunk::<8>()?;
+        *rest = tail;
+        usize::try_from(u64::from_le_bytes(*n)).ok()
+    }
+    let mut rest = row.get(IDS_AT..).unwrap_or_default();
+    let n = len(&mut rest).unwrap_or(0);
+    (0..n).map_while(move |_| {
+        let n = len(&mut rest)?;
+        let (id, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        std::str::from_utf8(id).ok()
+    })
 }
 
 /// Deserialise one value from the front of `rest` (with [`decode`]'s options), leaving `rest`

@@ -436,7 +436,7 @@ pub fn verify(
     }
     let c = Counts {
         projects: store.projects()?.len() as u64,
-        persons: scratch.persons.len() as u64,
+        persons: scratch.person_count() as u64,
         distinct_ids: scratch.distinct_id_count() as u64,
         events: events?,
         log_entries: last,

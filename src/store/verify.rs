@@ -1,27 +1,235 @@
 //! `idstitch verify`: replay the whole log into scratch state and compare with the live
 //! derived state.
 
-use super::codec;
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
+
+use super::codec::{self, CodecError, ReplayChange, ReplayEntry};
 use super::db::{Store, StoreError};
 use super::keys;
-use crate::domain::memstate::MemState;
-use crate::domain::{apply_entry_owned, Person, PersonUuid, ProjectId, Seq};
+use crate::domain::memstate::{DidMap, MemState};
+use crate::domain::{Applying, Change, Person, PersonUuid, ProjectId, Seq, State};
 
 /// Log entries per stripe: the log is cut into stripes of consecutive seqs, read and decoded
 /// by several threads at once and applied in order.
 pub const STRIPE: u64 = 4_096;
 
+/// The state a replay rebuilds: the persons, and the stored events counted per project.
+///
+/// A person no later entry changes stays the `persons` row its creation gives
+/// ([`codec::skim_for_replay`]): most persons of a log never change after their creation, and
+/// for those a replay neither parses their properties nor encodes them again to compare them
+/// with the live rows. A person a later entry changes is decoded then, and stays decoded.
+pub struct Replayed {
+    /// Persons as their rows, by (project, uuid).
+    rows: HashMap<(ProjectId, PersonUuid), Box<[u8]>, RandomState>,
+    /// Persons changed since their creation (no distinct-ID map: see
+    /// [`MemState::persons_only`]), and the stored events.
+    decoded: MemState,
+    /// The first row that did not decode when a change needed its person.
+    corrupt: Option<(PersonUuid, CodecError)>,
+}
+
+impl std::fmt::Debug for Replayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replayed")
+            .field("rows", &self.rows.len())
+            .field("decoded", &self.decoded.persons.len())
+            .field("events", &self.decoded.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A replayed person: its row, or decoded.
+pub enum ReplayedPerson<'a> {
+    /// As the `persons` row of its creation.
+    Row(&'a [u8]),
+    /// Decoded, changed since.
+    Decoded(&'a Person),
+}
+
+impl Replayed {
+    /// Empty, with room for about `persons` persons.
+    pub fn with_capacity(persons: usize) -> Self {
+        Replayed {
+            rows: HashMap::with_capacity_and_hasher(persons, RandomState::default()),
+            decoded: MemState::persons_only(0),
+            corrupt: None,
+        }
+    }
+
+    /// Fold one log entry in, as [`crate::domain::apply_entry_owned`] would fold the entry it
+    /// skims: a created person is saved (no distinct-ID map to point at it, and nothing
+    /// recorded for it), any other change is applied.
+    /// Its changes are the next `entry.changes` of `changes`.
+    pub fn apply(
+        &mut self,
+        seq: Seq,
+        entry: ReplayEntry,
+        changes: &mut impl Iterator<Item = ReplayChange>,
+    ) {
+        self.decoded
+            .count_events(entry.project, u64::from(entry.events));
+        let mut applying = Applying::new(entry.project, seq, entry.at_ms);
+        for change in changes.take(entry.changes as usize) {
+            match change {
+                ReplayChange::Created { person, row } => {
+                    let key = (entry.project, person);
+                    // A creation overwrites, as `State::save` does.
+                    if !self.decoded.persons.is_empty() {
+                        self.decoded.persons.remove(&key);
+                    }
+                    self.rows.insert(key, row);
+                }
+                ReplayChange::Change(change) => applying.change(self, change),
+            }
+        }
+        applying.finish(self);
+    }
+
+    /// How many persons there are.
+    pub fn person_count(&self) -> usize {
+        self.rows.len() + self.decoded.persons.len()
+    }
+
+    /// How many distinct IDs map to a person.
+    pub fn distinct_id_count(&self) -> usize {
+        let in_rows: usize = self
+            .rows
+            .values()
+            .map(|row| codec::row_distinct_ids(row).count())
+            .sum();
+        in_rows + self.decoded.distinct_id_count()
+    }
+
+    /// Stored events per project.
+    pub fn events(&self) -> &HashMap<ProjectId, u64, RandomState> {
+        &self.decoded.events
+    }
+
+    /// The person with this uuid.
+    pub fn get(&self, project: ProjectId, uuid: PersonUuid) -> Option<ReplayedPerson<'_>> {
+        let key = (project, uuid);
+        match self.rows.get(&key) {
+            Some(row) => Some(ReplayedPerson::Row(row)),
+            None => self.decoded.persons.get(&key).map(ReplayedPerson::Decoded),
+        }
+    }
+
+    /// Every distinct ID with its person, in no particular order.
+    pub fn each_did(&self, mut f: impl FnMut(ProjectId, &str, PersonUuid)) {
+        for (&(project, uuid), row) in &self.rows {
+            for did in codec::row_distinct_ids(row) {
+                f(project, did, uuid);
+            }
+        }
+        self.decoded.each_did(f);
+    }
+
+    /// The distinct-ID map.
+    pub fn dids_map(&self) -> DidMap {
+        let mut dids = self.decoded.dids_map().into_owned();
+        dids.reserve(self.rows.len());
+        for (&(project, uuid), row) in &self.rows {
+            for did in codec::row_distinct_ids(row) {
+                dids.insert((project, did.to_string()), uuid);
+            }
+        }
+        dids
+    }
+
+    /// The whole state decoded (without a distinct-ID map: [`MemState::with_dids`] adds it).
+    pub fn into_state(self) -> Result<MemState, StoreError> {
+        let mut state = self.decoded;
+        for ((_, uuid), row) in self.rows {
+            let person = decode_row(uuid, &row)?;
+            state.save(person);
+        }
+        Ok(state)
+    }
+
+    /// A person decoded out of its row; a row that does not decode is remembered, and
+    /// reported by [`replay`] when it is done.
+    fn decoded_row(
+        &mut self,
+        uuid: PersonUuid,
+        decoded: Result<Person, CodecError>,
+    ) -> Option<Person> {
+        match decoded {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.corrupt.get_or_insert((uuid, e));
+                None
+            }
+        }
+    }
+}
+
+/// A person out of the row the replay built for it.
+fn decode_row(uuid: PersonUuid, row: &[u8]) -> Result<Person, StoreError> {
+    codec::decode(row).map_err(|e| not_decoded(uuid, e))
+}
+
+fn not_decoded(uuid: PersonUuid, e: CodecError) -> StoreError {
+    StoreError::Corrupt(format!(
+        "corrupt record in log: the creation of person {uuid} does not decode: {e}"
+    ))
+}
+
+impl State for Replayed {
+    fn load(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        if let Some(p) = self.decoded.persons.get(&(project, uuid)) {
+            return Some(p.clone());
+        }
+        let decoded = codec::decode(self.rows.get(&(project, uuid))?);
+        self.decoded_row(uuid, decoded)
+    }
+
+    fn take(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        if let Some(p) = self.decoded.persons.remove(&(project, uuid)) {
+            return Some(p);
+        }
+        let decoded = codec::decode(&self.rows.remove(&(project, uuid))?);
+        self.decoded_row(uuid, decoded)
+    }
+
+    fn save(&mut self, person: Person) {
+        self.rows.remove(&(person.project, person.uuid));
+        self.decoded.save(person);
+    }
+
+    fn update(&mut self, person: Person) {
+        // Taken, so not among the rows any more.
+        self.decoded.save(person);
+    }
+
+    fn remove(&mut self, project: ProjectId, uuid: PersonUuid) {
+        self.rows.remove(&(project, uuid));
+        self.decoded.remove(project, uuid);
+    }
+
+    fn map_id(&mut self, project: ProjectId, distinct_id: &str, person: Option<PersonUuid>) {
+        self.decoded.map_id(project, distinct_id, person);
+    }
+
+    fn record(&mut self, project: ProjectId, seq: Seq, at_ms: i64, change: &Change) {
+        self.decoded.record(project, seq, at_ms, change);
+    }
+}
+
 /// Replay the whole log, from seq 1, into scratch state.
 ///
 /// Decoding is most of a replay's work and needs no order, applying needs order and is
 /// cheap. So the log is cut into stripes of [`STRIPE`] seqs; each of a few decoder threads
-/// reads and skims every n-th stripe (its own RocksDB iterator, see [`codec::skim_entry`]:
-/// stored events are checked and counted, not copied), and this thread applies the stripes
-/// in seq order as they come. Each decoder runs at most two stripes ahead.
-pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, StoreError> {
+/// reads and skims every n-th stripe (its own RocksDB iterator, see
+/// [`codec::skim_for_replay`]: stored events are checked and counted, not copied, and created
+/// persons become their rows), and this thread applies the stripes in seq order as they come.
+/// Each decoder runs at most two stripes ahead.
+pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<Replayed, StoreError> {
     // Room for what the live state holds (RocksDB's estimate; bounded, as it is only a hint).
     let room = |cf| (store.estimate_keys(cf) as usize).min(1 << 28);
-    let mut scratch = MemState::persons_only(room("persons"));
+    let mut scratch = Replayed::with_capacity(room("persons"));
     let last = store.last_log_seq()?.0;
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)) as u64;
     std::thread::scope(|scope| {
@@ -32,13 +240,15 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, 
             scope.spawn(move || {
                 for stripe in (first..last.div_ceil(STRIPE)).step_by(decoders as usize) {
                     let from = 1 + stripe * STRIPE;
-                    let mut chunk = Vec::with_capacity(STRIPE as usize);
+                    let mut entries = Vec::with_capacity(STRIPE as usize);
+                    let mut changes = Vec::with_capacity(STRIPE as usize);
                     let read = store.each_log_record(Seq(from), Seq(from + STRIPE), |seq, v| {
-                        let skimmed = codec::skim_entry(v)
+                        let skimmed = codec::skim_for_replay(v, seq, &mut changes)
                             .map_err(|source| StoreError::Codec { cf: "log", source })?;
-                        chunk.push((seq, skimmed));
+                        entries.push((seq, skimmed));
                         Ok(())
                     });
+                    let chunk = (entries, changes);
                     let failed = read.is_err();
                     // A closed channel means the applier stopped at an error: stop too.
                     if tx.send(read.map(|()| chunk)).is_err() || failed {
@@ -49,15 +259,15 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, 
         }
         let mut expected = 1u64;
         for stripe in 0..last.div_ceil(STRIPE) {
-            let chunk = stripes[(stripe % decoders) as usize]
+            let (entries, changes) = stripes[(stripe % decoders) as usize]
                 .recv()
                 .map_err(|_| StoreError::Corrupt("a log decoder stopped".into()))??;
-            for (seq, skimmed) in chunk {
+            let mut changes = changes.into_iter();
+            for (seq, skimmed) in entries {
                 if seq.0 != expected {
                     return Err(gap(expected, seq));
                 }
-                scratch.count_events(skimmed.entry.project, skimmed.events.into());
-                apply_entry_owned(&mut scratch, seq, skimmed.entry);
+                scratch.apply(seq, skimmed, &mut changes);
                 if seq.0 % 65_536 == 0 {
                     progress(seq);
                 }
@@ -69,13 +279,16 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<MemState, 
         }
         Ok(())
     })?;
+    if let Some((uuid, e)) = scratch.corrupt.take() {
+        return Err(not_decoded(uuid, e));
+    }
     Ok(scratch)
 }
 
 /// Free a replayed state on a thread of its own: dropping millions of persons one allocation
 /// at a time takes a good part of a second, which the caller (often a command about to exit,
 /// where the thread simply ends with the process) need not wait for.
-pub fn discard(state: MemState) {
+pub fn discard(state: Replayed) {
     std::thread::spawn(move || drop(state));
 }
 
@@ -96,7 +309,7 @@ pub fn verify(
     store: &Store,
     progress: impl FnMut(Seq),
     max_report: usize,
-) -> Result<(MemState, Vec<String>), StoreError> {
+) -> Result<(Replayed, Vec<String>), StoreError> {
     let started = std::time::Instant::now();
     let scratch = replay(store, progress)?;
     tracing::debug!(
@@ -173,10 +386,14 @@ impl Digester {
     }
 
     /// The replayed persons, as the live state would store them.
-    fn replayed_persons(&self, scratch: &MemState) -> Digest {
+    fn replayed_persons(&self, scratch: &Replayed) -> Digest {
         let mut d = Digest::default();
         let (mut key, mut encoded) = (Vec::new(), Vec::new());
-        for ((project, uuid), person) in &scratch.persons {
+        for (&(project, uuid), row) in &scratch.rows {
+            keys::person_into(&mut key, project, uuid);
+            self.add(&mut d, &key, row);
+        }
+        for ((project, uuid), person) in &scratch.decoded.persons {
             encoded.clear();
             codec::encode_into(&mut encoded, person);
             keys::person_into(&mut key, *project, *uuid);
@@ -186,7 +403,7 @@ impl Digester {
     }
 
     /// The replayed distinct-ID map, as the live state would store it.
-    fn replayed_dids(&self, scratch: &MemState) -> Digest {
+    fn replayed_dids(&self, scratch: &Replayed) -> Digest {
         let mut d = Digest::default();
         let mut key = Vec::new();
         scratch.each_did(|project, did, uuid| {
@@ -199,7 +416,7 @@ impl Digester {
 
 fn compare_persons(
     store: &Store,
-    scratch: &MemState,
+    scratch: &Replayed,
     max_report: usize,
 ) -> Result<Vec<String>, StoreError> {
     let mut diffs = Vec::new();
@@ -214,7 +431,7 @@ fn compare_persons(
                 .unwrap_or_default(),
         ));
         let uuid = keys::uuid_suffix(k).unwrap_or(PersonUuid(uuid::Uuid::nil()));
-        match scratch.persons.get(&(project, uuid)) {
+        match scratch.get(project, uuid) {
             None => diffs.push(format!(
                 "person {uuid} (project {project}) is live but not in the replayed log"
             )),
@@ -222,18 +439,28 @@ fn compare_persons(
                 // Equal bytes are an equal person (encoding is deterministic and decodes back
                 // exactly), and encoding is much cheaper than decoding. Only different bytes
                 // are decoded, to tell a real difference from one of encoding alone.
-                encoded.clear();
-                codec::encode_into(&mut encoded, replayed);
-                if encoded != v {
+                let same = match replayed {
+                    ReplayedPerson::Row(row) => row == v,
+                    ReplayedPerson::Decoded(p) => {
+                        encoded.clear();
+                        codec::encode_into(&mut encoded, p);
+                        encoded == v
+                    }
+                };
+                if !same {
+                    let replayed = match replayed {
+                        ReplayedPerson::Row(row) => decode_row(uuid, row)?,
+                        ReplayedPerson::Decoded(p) => p.clone(),
+                    };
                     let live: Person = codec::decode(v).map_err(|source| StoreError::Codec {
                         cf: "persons",
                         source,
                     })?;
-                    if *replayed != live {
+                    if replayed != live {
                         diffs.push(format!(
                             "person {uuid} (project {project}) differs:\n  live:     {}\n  replayed: {}",
                             person_line(&live),
-                            person_line(replayed)
+                            person_line(&replayed)
                         ));
                     }
                 }
@@ -245,10 +472,10 @@ fn compare_persons(
         it.next();
     }
     it.status()?;
-    if live_count != scratch.persons.len() {
+    if live_count != scratch.person_count() {
         diffs.push(format!(
             "live state has {live_count} persons, the replayed log {}",
-            scratch.persons.len()
+            scratch.person_count()
         ));
     }
     Ok(diffs)
@@ -259,11 +486,10 @@ fn compare_persons(
 /// one, to name those the live state lacks.
 fn compare_dids(
     store: &Store,
-    scratch: &MemState,
+    scratch: &Replayed,
     max_report: usize,
 ) -> Result<Vec<String>, StoreError> {
-    // Only after the digests disagreed: the map the comparison looks up, built if the replay
-    // did not keep it.
+    // Only after the digests disagreed: the map the comparison looks up.
     let dids = scratch.dids_map();
     let mut diffs = Vec::new();
     let mut live_count = 0usize;

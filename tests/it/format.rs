@@ -2,12 +2,17 @@
 //! entries. Regenerate only for a new format, with `IDSTITCH_WRITE_FIXTURES=1`, and keep the old
 //! file next to the new one.
 
+use idstitch::domain::apply::created_person;
 use idstitch::domain::change::{AttachRule, StoredEvent};
 use idstitch::domain::warnings::{Warning, WarningKind};
+use idstitch::domain::Seq;
 use idstitch::domain::{
     person_uuid, Change, Entry, MergeKind, ProjectId, Props, RawProps, RefusalReason,
 };
-use idstitch::store::codec::{decode_entry, encode_entry, skim_entry, Skimmed};
+use idstitch::store::codec::{
+    self, decode_entry, encode_entry, row_distinct_ids, skim_entry, skim_for_replay, ReplayChange,
+    Skimmed,
+};
 use serde_json::json;
 
 fn props(v: serde_json::Value) -> Props {
@@ -300,6 +305,80 @@ fn skim_agrees_with_decode() {
         let bytes = encode_entry(&entry);
         assert_eq!(skim_entry(&bytes).expect("skims"), skimmed(&entry));
     }
+}
+
+/// What a replay's skim of `entry` at `seq` must give: the skim's changes, each creation as
+/// the row `encode` writes for the person it creates.
+fn replay_skimmed(entry: &Entry, seq: Seq) -> Vec<ReplayChange> {
+    skimmed(entry)
+        .entry
+        .changes
+        .into_iter()
+        .map(|c| match created_person(entry.project, seq, &c) {
+            Some(p) => ReplayChange::Created {
+                person: p.uuid,
+                row: codec::encode(&p).into_boxed_slice(),
+            },
+            None => ReplayChange::Change(c),
+        })
+        .collect()
+}
+
+#[test]
+fn a_replay_skim_gives_each_created_person_its_row_byte_for_byte() {
+    let mut created = 0;
+    for (i, entry) in every_kind().iter().enumerate() {
+        let seq = Seq(1_000 + i as u64);
+        let bytes = encode_entry(entry);
+        // Onto a list that already holds another entry's changes.
+        let mut changes = vec![ReplayChange::Change(Change::PersonIdentified {
+            person: person_uuid(ProjectId(9), "before"),
+        })];
+        let got = skim_for_replay(&bytes, seq, &mut changes).expect("skims");
+        let want = replay_skimmed(entry, seq);
+        assert_eq!(got.changes as usize, want.len());
+        assert_eq!(got.events, skimmed(entry).events);
+        assert_eq!((got.project, got.at_ms), (entry.project, entry.at_ms));
+        assert_eq!(changes[1..], want[..], "{entry:?}");
+        for c in &changes[1..] {
+            if let ReplayChange::Created { row, .. } = c {
+                created += 1;
+                let person: idstitch::domain::Person = codec::decode(row).expect("decodes");
+                assert!(row_distinct_ids(row).eq(person.distinct_ids.iter().map(String::as_str)));
+            }
+        }
+        // Cut short anywhere, it fails where decoding fails.
+        for n in 0..bytes.len() {
+            assert_eq!(
+                skim_for_replay(&bytes[..n], seq, &mut Vec::new()).is_err(),
+                decode_entry(&bytes[..n]).is_err(),
+                "{n} bytes of {entry:?}"
+            );
+        }
+    }
+    assert!(created >= 2, "the fixture creates persons");
+    // Several distinct IDs, and IDs that are not there.
+    let p = idstitch::domain::Person {
+        distinct_ids: vec!["a".into(), "bé".into(), String::new(), "d".repeat(300)],
+        ..created_person(
+            ProjectId(3),
+            Seq(5),
+            &entries()
+                .into_iter()
+                .flat_map(|e| e.changes)
+                .find(|c| matches!(c, Change::PersonCreated { .. }))
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let row = codec::encode(&p);
+    assert!(row_distinct_ids(&row).eq(p.distinct_ids.iter().map(String::as_str)));
+    assert_eq!(
+        row_distinct_ids(&row[..40]).count(),
+        0,
+        "cut in the IDs' count or the first"
+    );
+    assert_eq!(row_distinct_ids(&[]).count(), 0);
 }
 
 #[test]

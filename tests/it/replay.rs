@@ -55,7 +55,7 @@ fn a_log_of_several_stripes_replays_to_the_state_applied_entry_by_entry() {
     let (w, store) = world_and_store(dir.path());
     let replayed = replay(&store, |_| {}).expect("replay");
     assert!(w.state.persons.len() > 1_000, "{}", w.state.persons.len());
-    assert_eq!(replayed.with_dids(), w.state);
+    assert_eq!(replayed.into_state().expect("decodes").with_dids(), w.state);
 }
 
 /// The log writer keeps the persons it wrote decoded across groups (`GroupWriter`): written
@@ -75,7 +75,7 @@ fn persons_cached_across_groups_are_written_as_the_log_says() {
     }
     let (replayed, diffs) = verify(&store, |_| {}, 10).expect("verify");
     assert_eq!(diffs, Vec::<String>::new());
-    assert_eq!(replayed.with_dids(), w.state);
+    assert_eq!(replayed.into_state().expect("decodes").with_dids(), w.state);
 }
 
 #[test]
@@ -115,6 +115,76 @@ fn a_gap_or_an_undecodable_record_in_any_stripe_is_an_error() {
             .put_cf(log, missing.0.to_be_bytes(), was)
             .unwrap();
     }
+}
+
+/// A created person is replayed as the row its creation gives, its properties not parsed
+/// until a later entry changes it: a change to them in the log is found all the same, as a
+/// difference while they are JSON and as an undecodable creation when they are not, whether
+/// the person stayed as created (version 0) or changed later.
+#[test]
+fn a_created_persons_properties_changed_in_the_log_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, store) = world_and_store(dir.path());
+    let log = store.cf("log");
+    // `"$creator_event_uuid":"ev-…"` in the creation's properties: set at creation, and
+    // neither a `$set` nor a merge changes it later.
+    let text = |p: &idstitch::domain::Person| {
+        let v = p.properties.0.get("$creator_event_uuid")?;
+        Some(format!("\"$creator_event_uuid\":{v}"))
+    };
+    let creation = |p: &idstitch::domain::Person| {
+        let record = store
+            .db()
+            .get_cf(log, p.created_seq.0.to_be_bytes())
+            .unwrap()?;
+        let text = text(p)?;
+        // Where the value's last digit is.
+        let at = record
+            .windows(text.len())
+            .position(|w| w == text.as_bytes())?
+            + text.len()
+            - 2;
+        Some((record, text, at))
+    };
+    let mut persons: Vec<_> = w.state.persons.values().collect();
+    persons.sort_by_key(|p| p.created_seq);
+    let first = |changed: bool| {
+        persons
+            .iter()
+            .find(|p| (p.version > 0) == changed && creation(p).is_some())
+            .expect("a person created by a pageview")
+    };
+    for person in [first(false), first(true)] {
+        let (good, text, at) = creation(person).expect("found");
+        let key = person.created_seq.0.to_be_bytes();
+        let uuid = person.uuid.0.to_string();
+        // Still JSON: another value.
+        let mut bad = good.clone();
+        bad[at] = if bad[at] == b'7' { b'8' } else { b'7' };
+        store.db().put_cf(log, key, &bad).unwrap();
+        let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+        let tampered = String::from_utf8_lossy(&bad[at + 2 - text.len()..at + 2]).into_owned();
+        assert_ne!(tampered, text);
+        assert!(
+            diffs.len() == 1 && diffs[0].contains(&uuid) && diffs[0].contains(&tampered),
+            "version {}: {diffs:?}",
+            person.version
+        );
+        // Not JSON: the string ends one byte early.
+        bad[at] = b'"';
+        store.db().put_cf(log, key, &bad).unwrap();
+        let err = verify(&store, |_| {}, 10)
+            .expect_err("an undecodable creation")
+            .to_string();
+        assert!(
+            err.contains(&uuid) && err.contains("does not decode"),
+            "version {}: {err}",
+            person.version
+        );
+        store.db().put_cf(log, key, &good).unwrap();
+    }
+    let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    assert_eq!(diffs, Vec::<String>::new());
 }
 
 /// Every record of every column family, in key order.
