@@ -215,7 +215,9 @@ impl Applying {
 
     /// Apply the changes to the persons' own fields, once all of the entry's are in place.
     pub fn finish<S: State>(self, state: &mut S) {
-        update_touched(state, self.project, &self.rest);
+        if !self.rest.is_empty() {
+            update_touched(state, self.project, &self.rest);
+        }
     }
 }
 

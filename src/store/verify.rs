@@ -2,6 +2,7 @@
 //! derived state.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use foldhash::fast::RandomState;
 
@@ -21,14 +22,34 @@ pub const STRIPE: u64 = 4_096;
 /// ([`codec::skim_for_replay`]): most persons of a log never change after their creation, and
 /// for those a replay neither parses their properties nor encodes them again to compare them
 /// with the live rows. A person a later entry changes is decoded then, and stays decoded.
+///
+/// The rows of each stripe stay in the buffer its decoder wrote them into ([`Arena`]), in log
+/// order: walking every row (the digests, the distinct IDs) reads memory in order instead of
+/// jumping from one allocation to the next in the map's order, a cache miss each.
 pub struct Replayed {
-    /// Persons as their rows, by (project, uuid).
-    rows: HashMap<(ProjectId, PersonUuid), Box<[u8]>, RandomState>,
+    /// Where each person still as its row is.
+    rows: HashMap<(ProjectId, PersonUuid), Loc, RandomState>,
+    /// The rows, a stripe's in each.
+    arenas: Vec<Arena>,
     /// Persons changed since their creation (no distinct-ID map: see
     /// [`MemState::persons_only`]), and the stored events.
     decoded: MemState,
     /// The first row that did not decode when a change needed its person.
     corrupt: Option<(PersonUuid, CodecError)>,
+}
+
+/// The rows of the persons a stripe created, back to back, and where each is: an empty range
+/// once the person is no longer its row (changed, merged away, deleted).
+struct Arena {
+    bytes: Vec<u8>,
+    rows: Vec<Range<usize>>,
+}
+
+/// Where a row is: its arena, and its place among the arena's rows.
+#[derive(Clone, Copy)]
+struct Loc {
+    arena: u32,
+    row: u32,
 }
 
 impl std::fmt::Debug for Replayed {
@@ -54,15 +75,25 @@ impl Replayed {
     pub fn with_capacity(persons: usize) -> Self {
         Replayed {
             rows: HashMap::with_capacity_and_hasher(persons, RandomState::default()),
+            arenas: Vec::new(),
             decoded: MemState::persons_only(0),
             corrupt: None,
         }
     }
 
+    /// Take the rows a decoder wrote for the entries applied next (`rows` of
+    /// [`codec::skim_for_replay`]; their changes name where each row is in it).
+    pub fn add_rows(&mut self, rows: Vec<u8>) {
+        self.arenas.push(Arena {
+            bytes: rows,
+            rows: Vec::new(),
+        });
+    }
+
     /// Fold one log entry in, as [`crate::domain::apply_entry_owned`] would fold the entry it
     /// skims: a created person is saved (no distinct-ID map to point at it, and nothing
-    /// recorded for it), any other change is applied.
-    /// Its changes are the next `entry.changes` of `changes`.
+    /// recorded for it), any other change is applied. Its changes are the next
+    /// `entry.changes` of `changes`, and the rows they name are in the rows added last.
     pub fn apply(
         &mut self,
         seq: Seq,
@@ -80,9 +111,20 @@ impl Replayed {
                     if !self.decoded.persons.is_empty() {
                         self.decoded.persons.remove(&key);
                     }
-                    self.rows.insert(key, row);
+                    let arena = self.arenas.len().saturating_sub(1);
+                    let Some(a) = self.arenas.get_mut(arena) else {
+                        continue;
+                    };
+                    let loc = Loc {
+                        arena: arena as u32,
+                        row: a.rows.len() as u32,
+                    };
+                    a.rows.push(row);
+                    if let Some(old) = self.rows.insert(key, loc) {
+                        self.forget(old);
+                    }
                 }
-                ReplayChange::Change(change) => applying.change(self, change),
+                ReplayChange::Change(change) => applying.change(self, *change),
             }
         }
         applying.finish(self);
@@ -96,8 +138,7 @@ impl Replayed {
     /// How many distinct IDs map to a person.
     pub fn distinct_id_count(&self) -> usize {
         let in_rows: usize = self
-            .rows
-            .values()
+            .each_row()
             .map(|row| codec::row_distinct_ids(row).count())
             .sum();
         in_rows + self.decoded.distinct_id_count()
@@ -112,14 +153,35 @@ impl Replayed {
     pub fn get(&self, project: ProjectId, uuid: PersonUuid) -> Option<ReplayedPerson<'_>> {
         let key = (project, uuid);
         match self.rows.get(&key) {
-            Some(row) => Some(ReplayedPerson::Row(row)),
+            Some(&loc) => Some(ReplayedPerson::Row(self.row(loc))),
             None => self.decoded.persons.get(&key).map(ReplayedPerson::Decoded),
         }
     }
 
+    /// Every person still as its row, in log order.
+    fn each_row(&self) -> impl Iterator<Item = &[u8]> {
+        self.arenas.iter().flat_map(|a| {
+            a.rows
+                .iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| &a.bytes[r.clone()])
+        })
+    }
+
+    fn row(&self, loc: Loc) -> &[u8] {
+        let a = &self.arenas[loc.arena as usize];
+        &a.bytes[a.rows[loc.row as usize].clone()]
+    }
+
+    /// The row at `loc` is no longer a person's.
+    fn forget(&mut self, loc: Loc) {
+        self.arenas[loc.arena as usize].rows[loc.row as usize] = 0..0;
+    }
+
     /// Every distinct ID with its person, in no particular order.
     pub fn each_did(&self, mut f: impl FnMut(ProjectId, &str, PersonUuid)) {
-        for (&(project, uuid), row) in &self.rows {
+        for row in self.each_row() {
+            let (project, uuid) = codec::row_key(row);
             for did in codec::row_distinct_ids(row) {
                 f(project, did, uuid);
             }
@@ -131,31 +193,30 @@ impl Replayed {
     pub fn dids_map(&self) -> DidMap {
         let mut dids = self.decoded.dids_map().into_owned();
         dids.reserve(self.rows.len());
-        for (&(project, uuid), row) in &self.rows {
-            for did in codec::row_distinct_ids(row) {
-                dids.insert((project, did.to_string()), uuid);
-            }
-        }
+        self.each_did(|project, did, uuid| {
+            dids.insert((project, did.to_string()), uuid);
+        });
         dids
     }
 
     /// The whole state decoded (without a distinct-ID map: [`MemState::with_dids`] adds it).
     pub fn into_state(self) -> Result<MemState, StoreError> {
+        let mut persons = Vec::with_capacity(self.rows.len());
+        for row in self.each_row() {
+            persons.push(decode_row(codec::row_key(row).1, row)?);
+        }
         let mut state = self.decoded;
-        for ((_, uuid), row) in self.rows {
-            let person = decode_row(uuid, &row)?;
+        for person in persons {
             state.save(person);
         }
         Ok(state)
     }
 
-    /// A person decoded out of its row; a row that does not decode is remembered, and
-    /// reported by [`replay`] when it is done.
-    fn decoded_row(
-        &mut self,
-        uuid: PersonUuid,
-        decoded: Result<Person, CodecError>,
-    ) -> Option<Person> {
+    /// The person at `loc`, out of its row, which it leaves; a row that does not decode is
+    /// remembered, and reported by [`replay`] when it is done.
+    fn take_row(&mut self, uuid: PersonUuid, loc: Loc) -> Option<Person> {
+        let decoded = codec::decode(self.row(loc));
+        self.forget(loc);
         match decoded {
             Ok(p) => Some(p),
             Err(e) => {
@@ -182,20 +243,28 @@ impl State for Replayed {
         if let Some(p) = self.decoded.persons.get(&(project, uuid)) {
             return Some(p.clone());
         }
-        let decoded = codec::decode(self.rows.get(&(project, uuid))?);
-        self.decoded_row(uuid, decoded)
+        let loc = *self.rows.get(&(project, uuid))?;
+        match codec::decode(self.row(loc)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.corrupt.get_or_insert((uuid, e));
+                None
+            }
+        }
     }
 
     fn take(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
         if let Some(p) = self.decoded.persons.remove(&(project, uuid)) {
             return Some(p);
         }
-        let decoded = codec::decode(&self.rows.remove(&(project, uuid))?);
-        self.decoded_row(uuid, decoded)
+        let loc = self.rows.remove(&(project, uuid))?;
+        self.take_row(uuid, loc)
     }
 
     fn save(&mut self, person: Person) {
-        self.rows.remove(&(person.project, person.uuid));
+        if let Some(loc) = self.rows.remove(&(person.project, person.uuid)) {
+            self.forget(loc);
+        }
         self.decoded.save(person);
     }
 
@@ -205,7 +274,9 @@ impl State for Replayed {
     }
 
     fn remove(&mut self, project: ProjectId, uuid: PersonUuid) {
-        self.rows.remove(&(project, uuid));
+        if let Some(loc) = self.rows.remove(&(project, uuid)) {
+            self.forget(loc);
+        }
         self.decoded.remove(project, uuid);
     }
 
@@ -238,17 +309,22 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<Replayed, 
             let (tx, rx) = std::sync::mpsc::sync_channel(2);
             stripes.push(rx);
             scope.spawn(move || {
+                // Room for the rows as many as the last stripe's and a little more: a buffer
+                // grown by doubling copies itself and keeps up to twice what it holds.
+                let mut room = 0;
                 for stripe in (first..last.div_ceil(STRIPE)).step_by(decoders as usize) {
                     let from = 1 + stripe * STRIPE;
                     let mut entries = Vec::with_capacity(STRIPE as usize);
                     let mut changes = Vec::with_capacity(STRIPE as usize);
+                    let mut rows = Vec::with_capacity(room + room / 8);
                     let read = store.each_log_record(Seq(from), Seq(from + STRIPE), |seq, v| {
-                        let skimmed = codec::skim_for_replay(v, seq, &mut changes)
+                        let skimmed = codec::skim_for_replay(v, seq, &mut changes, &mut rows)
                             .map_err(|source| StoreError::Codec { cf: "log", source })?;
                         entries.push((seq, skimmed));
                         Ok(())
                     });
-                    let chunk = (entries, changes);
+                    room = rows.len();
+                    let chunk = (entries, changes, rows);
                     let failed = read.is_err();
                     // A closed channel means the applier stopped at an error: stop too.
                     if tx.send(read.map(|()| chunk)).is_err() || failed {
@@ -259,9 +335,10 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<Replayed, 
         }
         let mut expected = 1u64;
         for stripe in 0..last.div_ceil(STRIPE) {
-            let (entries, changes) = stripes[(stripe % decoders) as usize]
+            let (entries, changes, rows) = stripes[(stripe % decoders) as usize]
                 .recv()
                 .map_err(|_| StoreError::Corrupt("a log decoder stopped".into()))??;
+            scratch.add_rows(rows);
             let mut changes = changes.into_iter();
             for (seq, skimmed) in entries {
                 if seq.0 != expected {
@@ -311,22 +388,29 @@ pub fn verify(
     max_report: usize,
 ) -> Result<(Replayed, Vec<String>), StoreError> {
     let started = std::time::Instant::now();
-    let scratch = replay(store, progress)?;
-    tracing::debug!(
-        secs = started.elapsed().as_secs_f64(),
-        "verify: log replayed"
-    );
-    let started = std::time::Instant::now();
     let digester = Digester::default();
-    let (persons_agree, dids_agree) = std::thread::scope(|scope| {
-        let (d, s) = (&digester, &scratch);
+    // The live side's digests need nothing from the replay: they read beside it.
+    let (scratch, live_persons, live_dids) = std::thread::scope(|scope| {
+        let d = &digester;
         let live_persons = scope.spawn(move || d.live(store, "persons"));
         let live_dids = scope.spawn(move || d.live(store, "dids"));
+        let scratch = replay(store, progress);
+        tracing::debug!(
+            secs = started.elapsed().as_secs_f64(),
+            "verify: log replayed"
+        );
+        (scratch, joined(live_persons), joined(live_dids))
+    });
+    let scratch = scratch?;
+    let (live_persons, live_dids) = (live_persons?, live_dids?);
+    let started = std::time::Instant::now();
+    let (persons_agree, dids_agree) = std::thread::scope(|scope| {
+        let (d, s) = (&digester, &scratch);
         let replayed_dids = scope.spawn(move || Ok(d.replayed_dids(s)));
         let replayed_persons = d.replayed_persons(s);
         Ok::<_, StoreError>((
-            joined(live_persons)? == replayed_persons,
-            joined(live_dids)? == joined(replayed_dids)?,
+            live_persons == replayed_persons,
+            live_dids == joined(replayed_dids)?,
         ))
     })?;
     tracing::debug!(
@@ -389,7 +473,8 @@ impl Digester {
     fn replayed_persons(&self, scratch: &Replayed) -> Digest {
         let mut d = Digest::default();
         let (mut key, mut encoded) = (Vec::new(), Vec::new());
-        for (&(project, uuid), row) in &scratch.rows {
+        for row in scratch.each_row() {
+            let (project, uuid) = codec::row_key(row);
             keys::person_into(&mut key, project, uuid);
             self.add(&mut d, &key, row);
         }

@@ -309,17 +309,14 @@ fn skim_agrees_with_decode() {
 
 /// What a replay's skim of `entry` at `seq` must give: the skim's changes, each creation as
 /// the row `encode` writes for the person it creates.
-fn replay_skimmed(entry: &Entry, seq: Seq) -> Vec<ReplayChange> {
+fn replay_skimmed(entry: &Entry, seq: Seq) -> Vec<Result<Change, Vec<u8>>> {
     skimmed(entry)
         .entry
         .changes
         .into_iter()
         .map(|c| match created_person(entry.project, seq, &c) {
-            Some(p) => ReplayChange::Created {
-                person: p.uuid,
-                row: codec::encode(&p).into_boxed_slice(),
-            },
-            None => ReplayChange::Change(c),
+            Some(p) => Err(codec::encode(&p)),
+            None => Ok(c),
         })
         .collect()
 }
@@ -330,27 +327,39 @@ fn a_replay_skim_gives_each_created_person_its_row_byte_for_byte() {
     for (i, entry) in every_kind().iter().enumerate() {
         let seq = Seq(1_000 + i as u64);
         let bytes = encode_entry(entry);
-        // Onto a list that already holds another entry's changes.
-        let mut changes = vec![ReplayChange::Change(Change::PersonIdentified {
+        // Onto lists that already hold another entry's change and row.
+        let mut changes = vec![ReplayChange::Created {
             person: person_uuid(ProjectId(9), "before"),
-        })];
-        let got = skim_for_replay(&bytes, seq, &mut changes).expect("skims");
+            row: 0..3,
+        }];
+        let mut rows = vec![7, 7, 7];
+        let got = skim_for_replay(&bytes, seq, &mut changes, &mut rows).expect("skims");
         let want = replay_skimmed(entry, seq);
         assert_eq!(got.changes as usize, want.len());
         assert_eq!(got.events, skimmed(entry).events);
         assert_eq!((got.project, got.at_ms), (entry.project, entry.at_ms));
-        assert_eq!(changes[1..], want[..], "{entry:?}");
-        for c in &changes[1..] {
-            if let ReplayChange::Created { row, .. } = c {
-                created += 1;
-                let person: idstitch::domain::Person = codec::decode(row).expect("decodes");
-                assert!(row_distinct_ids(row).eq(person.distinct_ids.iter().map(String::as_str)));
-            }
+        let got: Vec<_> = changes[1..]
+            .iter()
+            .map(|c| match c {
+                ReplayChange::Change(c) => Ok((**c).clone()),
+                ReplayChange::Created { person, row } => {
+                    let row = &rows[row.clone()];
+                    assert_eq!(codec::row_key(row), (entry.project, *person));
+                    Err(row.to_vec())
+                }
+            })
+            .collect();
+        assert_eq!(got, want, "{entry:?}");
+        assert_eq!(rows[..3], [7, 7, 7]);
+        for row in got.iter().filter_map(|c| c.as_ref().err()) {
+            created += 1;
+            let person: idstitch::domain::Person = codec::decode(row).expect("decodes");
+            assert!(row_distinct_ids(row).eq(person.distinct_ids.iter().map(String::as_str)));
         }
         // Cut short anywhere, it fails where decoding fails.
         for n in 0..bytes.len() {
             assert_eq!(
-                skim_for_replay(&bytes[..n], seq, &mut Vec::new()).is_err(),
+                skim_for_replay(&bytes[..n], seq, &mut Vec::new(), &mut Vec::new()).is_err(),
                 decode_entry(&bytes[..n]).is_err(),
                 "{n} bytes of {entry:?}"
             );
@@ -410,6 +419,16 @@ fn skim_refuses_what_decode_refuses() {
     assert!(skim_entry(&bad).is_err());
     let mut bad = bytes.clone();
     *bad.last_mut().unwrap() = 2;
+    assert!(decode_entry(&bad).is_err());
+    assert!(skim_entry(&bad).is_err());
+    // The event's uuid is an `Option`: a tag byte other than 0 or 1 does not decode either.
+    let uuid = bytes
+        .windows(8)
+        .position(|w| w == b"0190a3b0")
+        .expect("the event's uuid");
+    let mut bad = bytes.clone();
+    assert_eq!(bad[uuid - 9], 1, "Some");
+    bad[uuid - 9] = 2;
     assert!(decode_entry(&bad).is_err());
     assert!(skim_entry(&bad).is_err());
 }
