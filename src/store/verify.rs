@@ -26,9 +26,17 @@ pub const STRIPE: u64 = 4_096;
 /// The rows of each stripe stay in the buffer its decoder wrote them into ([`Arena`]), in log
 /// order: walking every row (the digests, the distinct IDs) reads memory in order instead of
 /// jumping from one allocation to the next in the map's order, a cache miss each.
+///
+/// Rows are indexed by person only when something looks a person up: a change to an existing
+/// person, or a comparison after the digests disagreed. A log of creations alone (most of a
+/// log that is mostly new visitors) never pays for the inserts into a map of millions, a cache
+/// miss each. Until then a person created twice (which no log `decide` wrote holds: a second
+/// creation always follows a lookup) has two rows, and the digests disagree with the live state.
 pub struct Replayed {
-    /// Where each person still as its row is.
+    /// Where each indexed person still as its row is.
     rows: HashMap<(ProjectId, PersonUuid), Loc, RandomState>,
+    /// The first row not indexed yet.
+    unindexed: Loc,
     /// The rows, a stripe's in each.
     arenas: Vec<Arena>,
     /// Persons changed since their creation (no distinct-ID map: see
@@ -75,6 +83,7 @@ impl Replayed {
     pub fn with_capacity(persons: usize) -> Self {
         Replayed {
             rows: HashMap::with_capacity_and_hasher(persons, RandomState::default()),
+            unindexed: Loc { arena: 0, row: 0 },
             arenas: Vec::new(),
             decoded: MemState::persons_only(0),
             corrupt: None,
@@ -111,17 +120,8 @@ impl Replayed {
                     if !self.decoded.persons.is_empty() {
                         self.decoded.persons.remove(&key);
                     }
-                    let arena = self.arenas.len().saturating_sub(1);
-                    let Some(a) = self.arenas.get_mut(arena) else {
-                        continue;
-                    };
-                    let loc = Loc {
-                        arena: arena as u32,
-                        row: a.rows.len() as u32,
-                    };
-                    a.rows.push(row);
-                    if let Some(old) = self.rows.insert(key, loc) {
-                        self.forget(old);
+                    if let Some(a) = self.arenas.last_mut() {
+                        a.rows.push(row);
                     }
                 }
                 ReplayChange::Change(change) => applying.change(self, *change),
@@ -130,9 +130,31 @@ impl Replayed {
         applying.finish(self);
     }
 
-    /// How many persons there are.
+    /// Index every row not indexed yet (see [`Replayed`]): a later one of the same person
+    /// replaces an earlier one, as a later creation does.
+    pub fn index(&mut self) {
+        let Loc { mut arena, mut row } = self.unindexed;
+        while let Some(a) = self.arenas.get(arena as usize) {
+            if let Some(range) = a.rows.get(row as usize) {
+                if !range.is_empty() {
+                    let key = codec::row_key(&a.bytes[range.clone()]);
+                    if let Some(old) = self.rows.insert(key, Loc { arena, row }) {
+                        self.forget(old);
+                    }
+                }
+                row += 1;
+            } else if (arena as usize) + 1 < self.arenas.len() {
+                (arena, row) = (arena + 1, 0);
+            } else {
+                break;
+            }
+        }
+        self.unindexed = Loc { arena, row };
+    }
+
+    /// How many persons there are (once indexed: see [`Replayed`]).
     pub fn person_count(&self) -> usize {
-        self.rows.len() + self.decoded.persons.len()
+        self.each_row().count() + self.decoded.persons.len()
     }
 
     /// How many distinct IDs map to a person.
@@ -149,8 +171,8 @@ impl Replayed {
         &self.decoded.events
     }
 
-    /// The person with this uuid.
-    pub fn get(&self, project: ProjectId, uuid: PersonUuid) -> Option<ReplayedPerson<'_>> {
+    /// The person with this uuid, once every row is indexed ([`Replayed::index`]).
+    fn get(&self, project: ProjectId, uuid: PersonUuid) -> Option<ReplayedPerson<'_>> {
         let key = (project, uuid);
         match self.rows.get(&key) {
             Some(&loc) => Some(ReplayedPerson::Row(self.row(loc))),
@@ -192,7 +214,6 @@ impl Replayed {
     /// The distinct-ID map.
     pub fn dids_map(&self) -> DidMap {
         let mut dids = self.decoded.dids_map().into_owned();
-        dids.reserve(self.rows.len());
         self.each_did(|project, did, uuid| {
             dids.insert((project, did.to_string()), uuid);
         });
@@ -200,7 +221,8 @@ impl Replayed {
     }
 
     /// The whole state decoded (without a distinct-ID map: [`MemState::with_dids`] adds it).
-    pub fn into_state(self) -> Result<MemState, StoreError> {
+    pub fn into_state(mut self) -> Result<MemState, StoreError> {
+        self.index();
         let mut persons = Vec::with_capacity(self.rows.len());
         for row in self.each_row() {
             persons.push(decode_row(codec::row_key(row).1, row)?);
@@ -240,6 +262,7 @@ fn not_decoded(uuid: PersonUuid, e: CodecError) -> StoreError {
 
 impl State for Replayed {
     fn load(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        self.index();
         if let Some(p) = self.decoded.persons.get(&(project, uuid)) {
             return Some(p.clone());
         }
@@ -254,6 +277,7 @@ impl State for Replayed {
     }
 
     fn take(&mut self, project: ProjectId, uuid: PersonUuid) -> Option<Person> {
+        self.index();
         if let Some(p) = self.decoded.persons.remove(&(project, uuid)) {
             return Some(p);
         }
@@ -262,6 +286,7 @@ impl State for Replayed {
     }
 
     fn save(&mut self, person: Person) {
+        self.index();
         if let Some(loc) = self.rows.remove(&(person.project, person.uuid)) {
             self.forget(loc);
         }
@@ -274,6 +299,7 @@ impl State for Replayed {
     }
 
     fn remove(&mut self, project: ProjectId, uuid: PersonUuid) {
+        self.index();
         if let Some(loc) = self.rows.remove(&(project, uuid)) {
             self.forget(loc);
         }
@@ -420,6 +446,10 @@ pub fn verify(
         "verify: digests compared"
     );
     let mut diffs = Vec::new();
+    let mut scratch = scratch;
+    if !(persons_agree && dids_agree) {
+        scratch.index();
+    }
     if !persons_agree {
         diffs.extend(compare_persons(store, &scratch, max_report)?);
     }

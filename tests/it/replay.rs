@@ -187,6 +187,70 @@ fn a_created_persons_properties_changed_in_the_log_are_found() {
     assert_eq!(diffs, Vec::<String>::new());
 }
 
+/// Rows are indexed by person only when something looks a person up (`Replayed`): a person
+/// created again, with or without a lookup in between, is the later creation, once.
+#[test]
+fn a_person_created_again_is_the_later_creation_indexed_or_not() {
+    use idstitch::domain::{person_uuid, Change, Person, ProjectId, Props};
+    use idstitch::store::codec::{encode_entry, skim_for_replay};
+    use idstitch::store::verify::Replayed;
+    let p = ProjectId(1);
+    let (a, b) = (person_uuid(p, "a"), person_uuid(p, "b"));
+    let created = |person, n: u64| Change::PersonCreated {
+        person,
+        distinct_ids: vec![format!("id-{n}")],
+        properties: Props(json!({ "n": n }).as_object().cloned().unwrap()),
+        is_identified: false,
+        created_at_ms: n as i64,
+    };
+    let entry = |changes| Entry {
+        project: p,
+        at_ms: 0,
+        cause: None,
+        changes,
+    };
+    let identified = |person| Change::PersonIdentified { person };
+    for lookup_between in [false, true] {
+        let mut log = vec![entry(vec![created(a, 1)]), entry(vec![created(b, 2)])];
+        if lookup_between {
+            log.push(entry(vec![identified(a)]));
+        }
+        // Each entry's rows in a buffer of their own, as a stripe's; then once more, with a
+        // lookup of the other person in the same entry.
+        log.push(entry(vec![created(a, 3)]));
+        let mut state = Replayed::with_capacity(0);
+        for (i, e) in log.iter().enumerate() {
+            let (mut changes, mut rows) = (Vec::new(), Vec::new());
+            let skimmed =
+                skim_for_replay(&encode_entry(e), Seq(i as u64 + 1), &mut changes, &mut rows)
+                    .expect("skims");
+            state.add_rows(rows);
+            state.apply(Seq(i as u64 + 1), skimmed, &mut changes.into_iter());
+        }
+        let mut again = log.len() as u64 + 1;
+        let (mut changes, mut rows) = (Vec::new(), Vec::new());
+        let e = entry(vec![created(a, 4), identified(b)]);
+        let skimmed =
+            skim_for_replay(&encode_entry(&e), Seq(again), &mut changes, &mut rows).expect("skims");
+        state.add_rows(rows);
+        state.apply(Seq(again), skimmed, &mut changes.into_iter());
+        again += 1;
+        state.index();
+        assert_eq!(state.person_count(), 2, "lookup between: {lookup_between}");
+        let persons = state.into_state().expect("decodes").persons;
+        let person = |u| -> &Person { &persons[&(p, u)] };
+        assert_eq!(persons.len(), 2, "lookup between: {lookup_between}");
+        assert_eq!(person(a).properties.0["n"], 4);
+        assert_eq!(person(a).distinct_ids, ["id-4"]);
+        assert_eq!(
+            (person(a).version, person(a).created_seq),
+            (0, Seq(again - 1))
+        );
+        assert!(!person(a).is_identified);
+        assert_eq!((person(b).version, person(b).is_identified), (1, true));
+    }
+}
+
 /// Every record of every column family, in key order.
 fn dump(store: &Store) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
