@@ -81,26 +81,20 @@ const PERSON_CREATED_TAG: u32 = 1;
 fn walk_entry<'de>(
     bytes: &'de [u8],
     mut change: impl FnMut(Option<u32>, &mut &'de [u8]) -> Result<(), CodecError>,
-) -> Result<Entry, CodecError> {
+) -> Result<(ProjectId, i64, Option<&'de str>), CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion(version));
     }
     let mut rest = body;
-    let (project, at_ms, cause, n): (crate::domain::ProjectId, i64, Option<String>, u64) =
-        read(&mut rest)?;
+    let (project, at_ms, cause, n): (ProjectId, i64, Option<&str>, u64) = read(&mut rest)?;
     for _ in 0..n {
         let tag = rest
             .get(..4)
             .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]));
         change(tag, &mut rest)?;
     }
-    Ok(Entry {
-        project,
-        at_ms,
-        cause,
-        changes: Vec::new(),
-    })
+    Ok((project, at_ms, cause))
 }
 
 /// Skip a stored event's change (`rest` at its tag), checking it as [`decode_entry`] would:
@@ -156,7 +150,7 @@ fn skip_event(rest: &mut &[u8]) -> Result<(), CodecError> {
 /// Decode a log entry without copying the bodies of the events it stored; see [`Skimmed`].
 pub fn skim_entry(bytes: &[u8]) -> Result<Skimmed, CodecError> {
     let (mut changes, mut events) = (Vec::new(), 0);
-    let entry = walk_entry(bytes, |tag, rest| {
+    let (project, at_ms, cause) = walk_entry(bytes, |tag, rest| {
         if tag == Some(EVENT_STORED_TAG) {
             events += 1;
             skip_event(rest)
@@ -166,7 +160,12 @@ pub fn skim_entry(bytes: &[u8]) -> Result<Skimmed, CodecError> {
         }
     })?;
     Ok(Skimmed {
-        entry: Entry { changes, ..entry },
+        entry: Entry {
+            project,
+            at_ms,
+            cause: cause.map(str::to_string),
+            changes,
+        },
         events,
     })
 }
@@ -226,7 +225,7 @@ pub fn skim_for_replay(
 
     let (before, mut events) = (changes.len(), 0);
     let project = header_project(bytes);
-    let entry = walk_entry(bytes, |tag, rest| {
+    let (_, at_ms, _) = walk_entry(bytes, |tag, rest| {
         match tag {
             Some(EVENT_STORED_TAG) => {
                 events += 1;
@@ -254,8 +253,8 @@ pub fn skim_for_replay(
         Ok(())
     })?;
     Ok(ReplayEntry {
-        project: entry.project,
-        at_ms: entry.at_ms,
+        project,
+        at_ms,
         changes: (changes.len() - before) as u32,
         events,
     })

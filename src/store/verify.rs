@@ -330,18 +330,24 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<Replayed, 
     let last = store.last_log_seq()?.0;
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)) as u64;
     std::thread::scope(|scope| {
-        let mut stripes = Vec::new();
+        let (mut stripes, mut spent) = (Vec::new(), Vec::new());
         for first in 0..decoders {
             let (tx, rx) = std::sync::mpsc::sync_channel(2);
             stripes.push(rx);
+            // The lists of a stripe applied come back to be filled again: fresh ones would be
+            // fresh pages for the kernel to zero, each stripe.
+            let (back, lists) = std::sync::mpsc::channel::<(Vec<_>, Vec<_>)>();
+            spent.push(back);
             scope.spawn(move || {
                 // Room for the rows as many as the last stripe's and a little more: a buffer
                 // grown by doubling copies itself and keeps up to twice what it holds.
                 let mut room = 0;
                 for stripe in (first..last.div_ceil(STRIPE)).step_by(decoders as usize) {
                     let from = 1 + stripe * STRIPE;
-                    let mut entries = Vec::with_capacity(STRIPE as usize);
-                    let mut changes = Vec::with_capacity(STRIPE as usize);
+                    let (mut entries, mut changes) = lists.try_recv().unwrap_or_else(|_| {
+                        let n = STRIPE as usize;
+                        (Vec::with_capacity(n), Vec::with_capacity(n))
+                    });
                     let mut rows = Vec::with_capacity(room + room / 8);
                     let read = store.each_log_record(Seq(from), Seq(from + STRIPE), |seq, v| {
                         let skimmed = codec::skim_for_replay(v, seq, &mut changes, &mut rows)
@@ -361,21 +367,25 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<Replayed, 
         }
         let mut expected = 1u64;
         for stripe in 0..last.div_ceil(STRIPE) {
-            let (entries, changes, rows) = stripes[(stripe % decoders) as usize]
+            let decoder = (stripe % decoders) as usize;
+            let (mut entries, mut changes, rows) = stripes[decoder]
                 .recv()
                 .map_err(|_| StoreError::Corrupt("a log decoder stopped".into()))??;
             scratch.add_rows(rows);
-            let mut changes = changes.into_iter();
-            for (seq, skimmed) in entries {
+            let mut each_change = changes.drain(..);
+            for (seq, skimmed) in entries.drain(..) {
                 if seq.0 != expected {
                     return Err(gap(expected, seq));
                 }
-                scratch.apply(seq, skimmed, &mut changes);
+                scratch.apply(seq, skimmed, &mut each_change);
                 if seq.0 % 65_536 == 0 {
                     progress(seq);
                 }
                 expected += 1;
             }
+            drop(each_change);
+            // A decoder that has stopped needs no lists.
+            let _ = spent[decoder].send((entries, changes));
         }
         if expected <= last {
             return Err(gap(expected, Seq(last)));
