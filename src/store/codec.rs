@@ -76,6 +76,76 @@ const EVENT_STORED_TAG: u32 = 8;
 /// The position of `Change::PersonCreated` among `Change`'s variants.
 const PERSON_CREATED_TAG: u32 = 1;
 
+/// bincode's layout (fixed little-endian integers, a u64 before each string, a byte for a
+/// bool or an `Option`'s tag) read by hand, with bincode's errors, on a replay's hot paths: a
+/// log is mostly stored events and created persons, and serde's reader copies every integer
+/// through a call. The tests (`skim_agrees_with_decode`, `skim_refuses_what_decode_refuses`
+/// and the replay skim's) keep these paths in step with decoding.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> Raw<'a> {
+    fn cut_short() -> CodecError {
+        CodecError::Bincode(Box::new(bincode::ErrorKind::Io(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        )))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let (front, back) = self.0.split_at_checked(n).ok_or_else(Self::cut_short)?;
+        self.0 = back;
+        Ok(front)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let (front, back) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or_else(Self::cut_short)?;
+        self.0 = back;
+        Ok(*front)
+    }
+
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    /// A byte that must be 0 or 1 (`bad` makes the error for any other).
+    fn flag(&mut self, bad: fn(u8) -> bincode::ErrorKind) -> Result<bool, CodecError> {
+        match self.array::<1>()? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            [b] => Err(CodecError::Bincode(Box::new(bad(b)))),
+        }
+    }
+
+    fn bool(&mut self) -> Result<bool, CodecError> {
+        self.flag(bincode::ErrorKind::InvalidBoolEncoding)
+    }
+
+    /// An `Option`'s tag: whether a value follows.
+    fn some(&mut self) -> Result<bool, CodecError> {
+        self.flag(|b| bincode::ErrorKind::InvalidTagEncoding(b.into()))
+    }
+
+    /// A string's bytes, checked to be UTF-8.
+    fn text(&mut self) -> Result<&'a [u8], CodecError> {
+        let n = self.u64()?;
+        let bytes = self.take(usize::try_from(n).map_err(|_| Self::cut_short())?)?;
+        // Short strings (IDs, names) are mostly ASCII, checked without a call.
+        let valid =
+            (bytes.len() < 64 && bytes.is_ascii()) || simdutf8::basic::from_utf8(bytes).is_ok();
+        match valid {
+            true => Ok(bytes),
+            false => match std::str::from_utf8(bytes) {
+                Ok(_) => Ok(bytes),
+                Err(e) => Err(CodecError::Bincode(Box::new(
+                    bincode::ErrorKind::InvalidUtf8Encoding(e),
+                ))),
+            },
+        }
+    }
+}
+
 /// Walk a log entry: its header, then each change's tag handed to `change` with `rest` at the
 /// tag, to read the change (tag included) and leave `rest` after it.
 fn walk_entry<'de>(
@@ -86,8 +156,16 @@ fn walk_entry<'de>(
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion(version));
     }
-    let mut rest = body;
-    let (project, at_ms, cause, n): (ProjectId, i64, Option<&str>, u64) = read(&mut rest)?;
+    let mut raw = Raw(body);
+    let project = ProjectId(u32::from_le_bytes(raw.array()?));
+    let at_ms = i64::from_le_bytes(raw.array()?);
+    let cause = match raw.some()? {
+        // Checked UTF-8 by `text`; `from_utf8` cannot fail here.
+        true => std::str::from_utf8(raw.text()?).ok(),
+        false => None,
+    };
+    let n = raw.u64()?;
+    let mut rest = raw.0;
     for _ in 0..n {
         let tag = rest
             .get(..4)
@@ -97,53 +175,21 @@ fn walk_entry<'de>(
     Ok((project, at_ms, cause))
 }
 
-/// Skip a stored event's change (`rest` at its tag), checking it as [`decode_entry`] would:
-/// `StoredEvent`'s fields read by hand, as bincode lays them out (`skim_agrees_with_decode` and
-/// `skim_refuses_what_decode_refuses` in the tests keep the two in step), since a log is
-/// mostly events and serde's reader copies each length through a call.
+/// Skip a stored event's change (`rest` at its tag), checking it as [`decode_entry`] would.
 fn skip_event(rest: &mut &[u8]) -> Result<(), CodecError> {
-    fn cut_short() -> CodecError {
-        CodecError::Bincode(Box::new(bincode::ErrorKind::Io(
-            std::io::ErrorKind::UnexpectedEof.into(),
-        )))
+    let mut raw = Raw(rest);
+    raw.take(4)?;
+    // `StoredEvent`: uuid (an `Option<String>`), event, distinct_id, properties, timestamp_ms,
+    // personless.
+    if raw.some()? {
+        raw.text()?;
     }
-    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], CodecError> {
-        let (front, back) = rest.split_at_checked(n).ok_or_else(cut_short)?;
-        *rest = back;
-        Ok(front)
-    }
-    fn flag(rest: &mut &[u8], bad: fn(u8) -> bincode::ErrorKind) -> Result<bool, CodecError> {
-        match take(rest, 1)?[0] {
-            0 => Ok(false),
-            1 => Ok(true),
-            b => Err(CodecError::Bincode(Box::new(bad(b)))),
-        }
-    }
-    fn str(rest: &mut &[u8]) -> Result<(), CodecError> {
-        let n = take(rest, 8)?;
-        let n = u64::from_le_bytes(n.try_into().map_err(|_| cut_short())?);
-        let bytes = take(rest, usize::try_from(n).map_err(|_| cut_short())?)?;
-        if simdutf8::basic::from_utf8(bytes).is_err() {
-            if let Err(e) = std::str::from_utf8(bytes) {
-                return Err(CodecError::Bincode(Box::new(
-                    bincode::ErrorKind::InvalidUtf8Encoding(e),
-                )));
-            }
-        }
-        Ok(())
-    }
-    take(rest, 4)?;
-    // uuid: Option<String>
-    if flag(rest, |b| bincode::ErrorKind::InvalidTagEncoding(b.into()))? {
-        str(rest)?;
-    }
-    // event, distinct_id, properties
     for _ in 0..3 {
-        str(rest)?;
+        raw.text()?;
     }
-    // timestamp_ms, then personless
-    take(rest, 8)?;
-    flag(rest, bincode::ErrorKind::InvalidBoolEncoding)?;
+    raw.take(8)?;
+    raw.bool()?;
+    *rest = raw.0;
     Ok(())
 }
 
@@ -218,11 +264,6 @@ pub fn skim_for_replay(
     changes: &mut Vec<ReplayChange>,
     rows: &mut Vec<u8>,
 ) -> Result<ReplayEntry, CodecError> {
-    /// A created person's fields after its uuid, borrowed and checked, not kept.
-    #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
-    struct CreatedFields<'a>(Strs, &'a str, bool, i64);
-
     let (before, mut events) = (changes.len(), 0);
     let project = header_project(bytes);
     let (_, at_ms, _) = walk_entry(bytes, |tag, rest| {
@@ -232,10 +273,23 @@ pub fn skim_for_replay(
                 skip_event(rest)?;
             }
             Some(PERSON_CREATED_TAG) => {
-                *rest = &rest[4..];
-                let fields = *rest;
-                let person: PersonUuid = read(rest)?;
-                let _: CreatedFields<'_> = read(rest)?;
+                let fields = &rest[4..];
+                let mut raw = Raw(fields);
+                // `PersonCreated`: person (a uuid: its 16 bytes, as bytes), distinct_ids,
+                // properties, is_identified, created_at_ms.
+                if raw.u64()? != 16 {
+                    return Err(CodecError::Bincode(Box::new(bincode::ErrorKind::Custom(
+                        "a person's uuid is not 16 bytes".into(),
+                    ))));
+                }
+                let person = PersonUuid(uuid::Uuid::from_bytes(raw.array()?));
+                for _ in 0..raw.u64()? {
+                    raw.text()?;
+                }
+                raw.text()?;
+                raw.bool()?;
+                raw.take(8)?;
+                *rest = raw.0;
                 let fields = &fields[..fields.len() - rest.len()];
                 let start = rows.len();
                 rows.push(FORMAT_VERSION);
@@ -269,26 +323,6 @@ fn header_project(bytes: &[u8]) -> ProjectId {
             .and_then(|b| b.try_into().ok())
             .unwrap_or_default(),
     ))
-}
-
-/// A sequence of strings, each checked as UTF-8, none kept.
-struct Strs;
-
-impl<'de> serde::Deserialize<'de> for Strs {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Each;
-        impl<'de> serde::de::Visitor<'de> for Each {
-            type Value = Strs;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a sequence of strings")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strs, A::Error> {
-                while seq.next_element::<&'de str>()?.is_some() {}
-                Ok(Strs)
-            }
-        }
-        d.deserialize_seq(Each)
-    }
 }
 
 /// A `persons` row's offset of the uuid's bytes: after the format byte, the project (4) and

@@ -366,6 +366,24 @@ fn a_replay_skim_gives_each_created_person_its_row_byte_for_byte() {
         }
     }
     assert!(created >= 2, "the fixture creates persons");
+    // A created person's uuid of another length than 16 bytes does not decode, nor skim.
+    let entry = entries()
+        .into_iter()
+        .find(|e| matches!(e.changes[..], [Change::PersonCreated { .. }]))
+        .expect("a creation");
+    let Change::PersonCreated { person, .. } = &entry.changes[0] else {
+        unreachable!()
+    };
+    let bytes = encode_entry(&entry);
+    let at = bytes
+        .windows(16)
+        .position(|w| w == person.0.as_bytes())
+        .expect("the uuid");
+    let mut bad = bytes.clone();
+    assert_eq!(bad[at - 8..at], 16u64.to_le_bytes());
+    bad[at - 8] = 15;
+    assert!(decode_entry(&bad).is_err());
+    assert!(skim_for_replay(&bad, Seq(1), &mut Vec::new(), &mut Vec::new()).is_err());
     // Several distinct IDs, and IDs that are not there.
     let p = idstitch::domain::Person {
         distinct_ids: vec!["a".into(), "bé".into(), String::new(), "d".repeat(300)],
