@@ -115,6 +115,7 @@ impl Replayed {
         for change in changes.take(entry.changes as usize) {
             match change {
                 ReplayChange::Created { person, row } => {
+                    debug_assert!(!self.arenas.is_empty(), "rows added before their entries");
                     let key = (entry.project, person);
                     // A creation overwrites, as `State::save` does.
                     if !self.decoded.persons.is_empty() {
