@@ -77,7 +77,7 @@ const EVENT_STORED_TAG: u32 = 8;
 const PERSON_CREATED_TAG: u32 = 1;
 
 /// bincode's layout (fixed little-endian integers, a u64 before each string, a byte for a
-/// bool or an `Option`'s tag) read by hand, with bincode's errors, on a replay's hot paths: a
+/// bool or an `Option`'s tag) read by hand, failing where bincode fails, on a replay's hot paths: a
 /// log is mostly stored events and created persons, and serde's reader copies every integer
 /// through a call. The tests (`skim_agrees_with_decode`, `skim_refuses_what_decode_refuses`
 /// and the replay skim's) keep these paths in step with decoding.
@@ -250,14 +250,16 @@ pub struct ReplayEntry {
 }
 
 /// Decode the log entry at `seq` for a scratch replay: [`skim_entry`], with each created
-/// person turned into the row `encode(&person)` would give, by copying the change's bytes.
-/// The changes go onto `changes` and the rows onto `rows` (on an error, some may have).
+/// person turned into its row by copying the change's bytes. The changes go onto `changes` and
+/// the rows onto `rows` (on an error, some may have).
 ///
 /// A `PersonCreated` change holds the person's fields from its uuid to its creation time in
 /// the order and encoding of `Person`'s; a new person's row is the format byte, the project,
-/// those bytes, version 0 and its seq. Every length, string and flag is checked as
-/// [`decode_entry`] checks it; the properties' JSON text is not parsed (a replay compares the
-/// rows as bytes, and parses one only to change the person or to explain a difference).
+/// those bytes, version 0 and its seq: the row `encode(&person)` gives when the properties'
+/// JSON text is as this crate writes it (compact, keys sorted), as every log it wrote has it.
+/// Every length, string, flag and the properties' JSON are checked as [`decode_entry`] checks
+/// them, but the properties are not built (a replay compares the rows as bytes, and decodes
+/// one only to change the person or to explain a difference).
 pub fn skim_for_replay(
     bytes: &[u8],
     seq: Seq,
@@ -286,7 +288,7 @@ pub fn skim_for_replay(
                 for _ in 0..raw.u64()? {
                     raw.text()?;
                 }
-                raw.text()?;
+                check_object(raw.text()?)?;
                 raw.bool()?;
                 raw.take(8)?;
                 *rest = raw.0;
@@ -312,6 +314,20 @@ pub fn skim_for_replay(
         changes: (changes.len() - before) as u32,
         events,
     })
+}
+
+/// A created person's properties as decoding them would check them (`Props`: one JSON object),
+/// without building them: a replay that keeps the person as its row still proves that every
+/// entry of the log decodes, as a rebuild from the log needs, even for a person merged away or
+/// deleted before anything decoded it.
+fn check_object(text: &[u8]) -> Result<(), CodecError> {
+    let custom = |m: String| CodecError::Bincode(Box::new(bincode::ErrorKind::Custom(m)));
+    serde_json::from_slice::<serde::de::IgnoredAny>(text).map_err(|e| custom(e.to_string()))?;
+    // Valid JSON that starts with `{` is one object.
+    match text.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(custom("a person's properties are not a JSON object".into())),
+    }
 }
 
 /// The project of an entry (the first field after the format byte; one too short to hold it

@@ -60,6 +60,12 @@ struct Loc {
     row: u32,
 }
 
+impl Default for Replayed {
+    fn default() -> Self {
+        Replayed::new()
+    }
+}
+
 impl std::fmt::Debug for Replayed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replayed")
@@ -79,10 +85,10 @@ pub enum ReplayedPerson<'a> {
 }
 
 impl Replayed {
-    /// Empty, with room for about `persons` persons.
-    pub fn with_capacity(persons: usize) -> Self {
+    /// Empty.
+    pub fn new() -> Self {
         Replayed {
-            rows: HashMap::with_capacity_and_hasher(persons, RandomState::default()),
+            rows: HashMap::default(),
             unindexed: Loc { arena: 0, row: 0 },
             arenas: Vec::new(),
             decoded: MemState::persons_only(0),
@@ -135,6 +141,14 @@ impl Replayed {
     /// replaces an earlier one, as a later creation does.
     pub fn index(&mut self) {
         let Loc { mut arena, mut row } = self.unindexed;
+        // The map is sized here, by what it is about to hold, rather than up front: a replay
+        // that never looks a person up never allocates it.
+        let pending = self.arenas[(arena as usize).min(self.arenas.len())..]
+            .iter()
+            .map(|a| a.rows.len())
+            .sum::<usize>()
+            .saturating_sub(row as usize);
+        self.rows.reserve(pending);
         while let Some(a) = self.arenas.get(arena as usize) {
             if let Some(range) = a.rows.get(row as usize) {
                 if !range.is_empty() {
@@ -325,9 +339,7 @@ impl State for Replayed {
 /// persons become their rows), and this thread applies the stripes in seq order as they come.
 /// Each decoder runs at most two stripes ahead.
 pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<Replayed, StoreError> {
-    // Room for what the live state holds (RocksDB's estimate; bounded, as it is only a hint).
-    let room = |cf| (store.estimate_keys(cf) as usize).min(1 << 28);
-    let mut scratch = Replayed::with_capacity(room("persons"));
+    let mut scratch = Replayed::new();
     let last = store.last_log_seq()?.0;
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)) as u64;
     std::thread::scope(|scope| {
@@ -352,7 +364,11 @@ pub fn replay(store: &Store, mut progress: impl FnMut(Seq)) -> Result<Replayed, 
                     let mut rows = Vec::with_capacity(room + room / 8);
                     let read = store.each_log_record(Seq(from), Seq(from + STRIPE), |seq, v| {
                         let skimmed = codec::skim_for_replay(v, seq, &mut changes, &mut rows)
-                            .map_err(|source| StoreError::Codec { cf: "log", source })?;
+                            .map_err(|e| {
+                                StoreError::Corrupt(format!(
+                                    "corrupt record in log at seq {seq}: {e}"
+                                ))
+                            })?;
                         entries.push((seq, skimmed));
                         Ok(())
                     });

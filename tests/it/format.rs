@@ -408,6 +408,33 @@ fn a_replay_skim_gives_each_created_person_its_row_byte_for_byte() {
     assert_eq!(row_distinct_ids(&[]).count(), 0);
 }
 
+/// Every byte of every kind of entry, set to a few values that break lengths, flags, tags,
+/// UTF-8 or JSON: a replay's skim fails exactly where decoding fails.
+#[test]
+fn a_replay_skim_fails_where_decoding_fails_whatever_byte_is_changed() {
+    let mut failed = 0;
+    for entry in every_kind() {
+        let bytes = encode_entry(&entry);
+        for at in 0..bytes.len() {
+            for value in [0x00, 0x02, b'"', b'{', b'#', 0xff] {
+                let mut bad = bytes.clone();
+                bad[at] = value;
+                let decoded = decode_entry(&bad).is_err();
+                failed += usize::from(decoded);
+                assert_eq!(
+                    skim_for_replay(&bad, Seq(1), &mut Vec::new(), &mut Vec::new()).is_err(),
+                    decoded,
+                    "byte {at} set to {value:#x} in {entry:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        failed > 1_000,
+        "{failed} of the changed records do not decode"
+    );
+}
+
 #[test]
 fn skim_refuses_what_decode_refuses() {
     for entry in every_kind() {

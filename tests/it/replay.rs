@@ -117,10 +117,10 @@ fn a_gap_or_an_undecodable_record_in_any_stripe_is_an_error() {
     }
 }
 
-/// A created person is replayed as the row its creation gives, its properties not parsed
+/// A created person is replayed as the row its creation gives, its properties not built
 /// until a later entry changes it: a change to them in the log is found all the same, as a
-/// difference while they are JSON and as an undecodable creation when they are not, whether
-/// the person stayed as created (version 0) or changed later.
+/// difference while they are JSON and as an undecodable log entry, named by its seq, when
+/// they are not, whether the person stayed as created (version 0) or changed later.
 #[test]
 fn a_created_persons_properties_changed_in_the_log_are_found() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,15 +176,119 @@ fn a_created_persons_properties_changed_in_the_log_are_found() {
         let err = verify(&store, |_| {}, 10)
             .expect_err("an undecodable creation")
             .to_string();
-        assert!(
-            err.contains(&uuid) && err.contains("does not decode"),
-            "version {}: {err}",
-            person.version
-        );
+        let named = format!("at seq {}: record does not decode", person.created_seq);
+        assert!(err.contains(&named), "version {}: {err}", person.version);
         store.db().put_cf(log, key, &good).unwrap();
     }
     let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
     assert_eq!(diffs, Vec::<String>::new());
+}
+
+/// A created person's properties are checked as JSON even when nothing decodes the person
+/// afterwards: a log whose creation of a person merged away before any change to it does not
+/// decode fails verify, as it would fail a rebuild from the log.
+#[test]
+fn a_merged_away_persons_creation_that_does_not_decode_fails_verify() {
+    use idstitch::domain::{person_uuid, Change, MergeKind, ProjectId, Props};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).expect("open");
+    let p = ProjectId(1);
+    let (anon, user) = (person_uuid(p, "anon"), person_uuid(p, "user"));
+    let created = |person, id: &str| Change::PersonCreated {
+        person,
+        distinct_ids: vec![id.into()],
+        properties: Props(json!({ "from": id }).as_object().cloned().unwrap()),
+        is_identified: false,
+        created_at_ms: 1,
+    };
+    let merged = Change::PersonsMerged {
+        survivor: user,
+        absorbed: anon,
+        moved_ids: vec!["anon".into()],
+        brought: Props::new(),
+        kept: vec!["from".into()],
+        created_at_ms: 1,
+        kind: MergeKind::Identify,
+    };
+    let log: Vec<(Seq, Arc<Entry>)> = [created(anon, "anon"), created(user, "user"), merged]
+        .into_iter()
+        .enumerate()
+        .map(|(i, change)| {
+            let entry = Entry {
+                project: p,
+                at_ms: 0,
+                cause: None,
+                changes: vec![change],
+            };
+            (Seq(i as u64 + 1), Arc::new(entry))
+        })
+        .collect();
+    write_group(&store, &log, false).expect("write");
+    let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    assert_eq!(diffs, Vec::<String>::new());
+    let key = 1u64.to_be_bytes();
+    let logs = store.cf("log");
+    let mut bad = store.db().get_cf(logs, key).unwrap().unwrap();
+    // `{"from":"anon"}` becomes `{"from":#anon"}`: still UTF-8, no longer JSON.
+    let at = bad
+        .windows(8)
+        .position(|w| w == b"\"from\":\"")
+        .expect("the properties")
+        + 7;
+    bad[at] = b'#';
+    store.db().put_cf(logs, key, &bad).unwrap();
+    let err = verify(&store, |_| {}, 10)
+        .expect_err("a creation that does not decode")
+        .to_string();
+    assert!(err.contains("at seq 1: record does not decode"), "{err}");
+}
+
+/// A log of creations alone never builds the index of its rows during the replay; a
+/// difference found by the digests still names the one person that differs (the comparison
+/// indexes the rows first).
+#[test]
+fn a_difference_after_a_log_of_creations_alone_names_the_person() {
+    use idstitch::domain::{person_uuid, Change, Person, ProjectId, Props};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).expect("open");
+    let p = ProjectId(1);
+    let log: Vec<(Seq, Arc<Entry>)> = (1..=50u64)
+        .map(|i| {
+            let change = Change::PersonCreated {
+                person: person_uuid(p, &format!("id-{i}")),
+                distinct_ids: vec![format!("id-{i}")],
+                properties: Props(json!({ "n": i }).as_object().cloned().unwrap()),
+                is_identified: false,
+                created_at_ms: i as i64,
+            };
+            let entry = Entry {
+                project: p,
+                at_ms: 0,
+                cause: None,
+                changes: vec![change],
+            };
+            (Seq(i), Arc::new(entry))
+        })
+        .collect();
+    write_group(&store, &log, false).expect("write");
+    let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    assert_eq!(diffs, Vec::<String>::new());
+    // One live person changed behind the log's back.
+    let uuid = person_uuid(p, "id-17");
+    let persons = store.cf("persons");
+    let key = idstitch::store::keys::person(p, uuid);
+    let row = store.db().get_cf(persons, &key).unwrap().expect("live");
+    let mut live: Person = idstitch::store::codec::decode(&row).unwrap();
+    live.properties.0.insert("n".into(), json!(1700));
+    store
+        .db()
+        .put_cf(persons, &key, idstitch::store::codec::encode(&live))
+        .unwrap();
+    let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    assert!(
+        diffs.len() == 1 && diffs[0].contains(&uuid.0.to_string()) && diffs[0].contains("1700"),
+        "{diffs:?}"
+    );
 }
 
 /// Rows are indexed by person only when something looks a person up (`Replayed`): a person
@@ -218,7 +322,7 @@ fn a_person_created_again_is_the_later_creation_indexed_or_not() {
         // Each entry's rows in a buffer of their own, as a stripe's; then once more, with a
         // lookup of the other person in the same entry.
         log.push(entry(vec![created(a, 3)]));
-        let mut state = Replayed::with_capacity(0);
+        let mut state = Replayed::new();
         for (i, e) in log.iter().enumerate() {
             let (mut changes, mut rows) = (Vec::new(), Vec::new());
             let skimmed =
