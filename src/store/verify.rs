@@ -25,7 +25,9 @@ pub const STRIPE: u64 = 4_096;
 ///
 /// The rows of each stripe stay in the buffer its decoder wrote them into ([`Arena`]), in log
 /// order: walking every row (the digests, the distinct IDs) reads memory in order instead of
-/// jumping from one allocation to the next in the map's order, a cache miss each.
+/// jumping from one allocation to the next in the map's order, a cache miss each. A row
+/// whose person changed or went away keeps its bytes there until the replay is dropped: at
+/// most the log's creations, which the replay reads anyway.
 ///
 /// Rows are indexed by person only when something looks a person up: a change to an existing
 /// person, or a comparison after the digests disagreed. A log of creations alone (most of a
