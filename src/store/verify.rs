@@ -230,7 +230,7 @@ impl Replayed {
 
     /// The distinct-ID map.
     pub fn dids_map(&self) -> DidMap {
-        let mut dids = self.decoded.dids_map().into_owned();
+        let mut dids = DidMap::default();
         self.each_did(|project, did, uuid| {
             dids.insert((project, did.to_string()), uuid);
         });
