@@ -59,17 +59,6 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
     decode(bytes)
 }
 
-/// A log entry as a replay into scratch state needs it: every change but the stored events,
-/// which are only counted. An event's body (its properties are most of a log's bytes) is
-/// checked as [`decode_entry`] would check it (lengths, UTF-8, the flag byte) but not copied.
-#[derive(Debug, PartialEq)]
-pub struct Skimmed {
-    /// The entry without its `EventStored` changes.
-    pub entry: Entry,
-    /// How many `EventStored` changes it had.
-    pub events: u32,
-}
-
 /// The position of `Change::EventStored` among `Change`'s variants (bincode stores it as u32).
 const EVENT_STORED_TAG: u32 = 8;
 
@@ -193,29 +182,6 @@ fn skip_event(rest: &mut &[u8]) -> Result<(), CodecError> {
     Ok(())
 }
 
-/// Decode a log entry without copying the bodies of the events it stored; see [`Skimmed`].
-pub fn skim_entry(bytes: &[u8]) -> Result<Skimmed, CodecError> {
-    let (mut changes, mut events) = (Vec::new(), 0);
-    let (project, at_ms, cause) = walk_entry(bytes, |tag, rest| {
-        if tag == Some(EVENT_STORED_TAG) {
-            events += 1;
-            skip_event(rest)
-        } else {
-            changes.push(read(rest)?);
-            Ok(())
-        }
-    })?;
-    Ok(Skimmed {
-        entry: Entry {
-            project,
-            at_ms,
-            cause: cause.map(str::to_string),
-            changes,
-        },
-        events,
-    })
-}
-
 /// One change of a log entry as a scratch replay takes it ([`skim_for_replay`]).
 #[derive(Debug, PartialEq)]
 pub enum ReplayChange {
@@ -233,8 +199,9 @@ pub enum ReplayChange {
     },
 }
 
-/// A log entry as a scratch replay takes it: [`Skimmed`], and each created person already as
-/// its `persons` row ([`ReplayChange::Created`]). Its changes and rows are in buffers of the
+/// A log entry as a scratch replay takes it ([`skim_for_replay`]): its stored events only
+/// counted, and each created person already as its `persons` row
+/// ([`ReplayChange::Created`]). Its changes and rows are in buffers of the
 /// caller's, which many entries share (one allocation per entry or per row, made on a decoder
 /// thread and freed on the applying one, cost a replay a fifth of its applying thread).
 #[derive(Debug, PartialEq)]
@@ -249,9 +216,10 @@ pub struct ReplayEntry {
     pub events: u32,
 }
 
-/// Decode the log entry at `seq` for a scratch replay: [`skim_entry`], with each created
-/// person turned into its row by copying the change's bytes. The changes go onto `changes` and
-/// the rows onto `rows` (on an error, some may have).
+/// Decode the log entry at `seq` for a scratch replay: every change is decoded but the stored
+/// events, whose bodies (most of a log's bytes) are checked as decoding checks them and only
+/// counted, and the creations, each turned into its person's row by copying the change's
+/// bytes. The changes go onto `changes` and the rows onto `rows` (on an error, some may have).
 ///
 /// A `PersonCreated` change holds the person's fields from its uuid to its creation time in
 /// the order and encoding of `Person`'s; a new person's row is the format byte, the project,

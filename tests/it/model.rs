@@ -857,20 +857,23 @@ fn check_against_world(ops: &[Op], merge_limit: Option<usize>) -> Result<(), Tes
     compare(&model, &world)
 }
 
-/// The world's log, replayed the way `verify` replays a store (each entry encoded, skimmed,
-/// its events counted and the rest applied by value), rebuilds the world's state exactly.
+/// The world's log, replayed the way `verify` replays a store (each entry encoded and
+/// skimmed, created persons kept as their rows, the rest applied by value), rebuilds the
+/// world's state exactly.
 fn replay_matches(world: &WorldTarget) -> Result<(), TestCaseError> {
-    use idstitch::domain::apply_entry_owned;
-    use idstitch::domain::memstate::MemState;
-    use idstitch::store::codec::{encode_entry, skim_entry};
-    let mut scratch = MemState::default();
+    use idstitch::store::codec::{encode_entry, skim_for_replay};
+    use idstitch::store::verify::Replayed;
+    let fail = |e: &dyn std::fmt::Display| TestCaseError::fail(e.to_string());
+    let mut scratch = Replayed::new();
     for (seq, entry) in &world.world.log {
-        let skimmed =
-            skim_entry(&encode_entry(entry)).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        scratch.count_events(skimmed.entry.project, skimmed.events.into());
-        apply_entry_owned(&mut scratch, *seq, skimmed.entry);
+        let (mut changes, mut rows) = (Vec::new(), Vec::new());
+        let skimmed = skim_for_replay(&encode_entry(entry), *seq, &mut changes, &mut rows)
+            .map_err(|e| fail(&e))?;
+        scratch.add_rows(rows);
+        scratch.apply(*seq, skimmed, &mut changes.into_iter());
     }
-    prop_assert_eq!(&scratch, &world.world.state);
+    let replayed = scratch.into_state().map_err(|e| fail(&e))?.with_dids();
+    prop_assert_eq!(&replayed, &world.world.state);
     Ok(())
 }
 
