@@ -161,21 +161,13 @@ pub fn apply_entry<S: State>(state: &mut S, seq: Seq, entry: &Entry) {
     update_touched(state, project, &entry.changes);
 }
 
-/// [`apply_entry`] for an entry that is not needed afterwards (a replay): a created person
-/// takes the distinct IDs and properties of its change instead of copies of them. The state
-/// is left the same; only the `PersonCreated` change is recorded before its person is saved
-/// rather than after (no [`State::record`] reads the person a change creates).
-pub fn apply_entry_owned<S: State>(state: &mut S, seq: Seq, entry: Entry) {
-    let mut applying = Applying::new(entry.project, seq, entry.at_ms);
-    for change in entry.changes {
-        applying.change(state, change);
-    }
-    applying.finish(state);
-}
-
-/// [`apply_entry_owned`] one change at a time, for a replay that does some of an entry's
-/// changes itself (`store::verify` keeps a created person as the bytes of its row): feed the
-/// entry's other changes in order to [`Applying::change`], then call [`Applying::finish`].
+/// [`apply_entry`] one change at a time, each taken by value, for a replay that does some of an
+/// entry's changes itself (`store::verify` keeps a created person as the bytes of its row):
+/// feed the entry's other changes in order to [`Applying::change`], then call
+/// [`Applying::finish`]. A created person takes the distinct IDs and properties of its change
+/// instead of copies of them; the state is left as [`apply_entry`] leaves it, except that a
+/// `PersonCreated` change is recorded before its person is saved rather than after (no
+/// [`State::record`] reads the person a change creates).
 pub struct Applying {
     project: ProjectId,
     seq: Seq,

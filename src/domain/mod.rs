@@ -20,7 +20,7 @@ pub(crate) mod swar;
 pub mod warnings;
 pub mod wire;
 
-pub use apply::{apply_entry, apply_entry_owned, apply_entry_to_person, Applying, State};
+pub use apply::{apply_entry, apply_entry_to_person, Applying, State};
 pub use change::{Change, Entry, RefusalReason, StoredEvent};
 pub use decide::{decide, lookups, Ctx, Decision};
 pub use ids::{is_illegal_distinct_id, person_uuid, PersonUuid, ProjectId, Seq};

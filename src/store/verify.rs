@@ -79,7 +79,7 @@ impl std::fmt::Debug for Replayed {
 }
 
 /// A replayed person: its row, or decoded.
-pub enum ReplayedPerson<'a> {
+enum ReplayedPerson<'a> {
     /// As the `persons` row of its creation.
     Row(&'a [u8]),
     /// Decoded, changed since.
@@ -107,7 +107,7 @@ impl Replayed {
         });
     }
 
-    /// Fold one log entry in, as [`crate::domain::apply_entry_owned`] would fold the entry it
+    /// Fold one log entry in, as [`crate::domain::apply_entry`] would fold the entry it
     /// skims: a created person is saved (no distinct-ID map to point at it, and nothing
     /// recorded for it), any other change is applied. Its changes are the next
     /// `entry.changes` of `changes`, and the rows they name are in the rows added last.
@@ -181,11 +181,6 @@ impl Replayed {
             .map(|row| codec::row_distinct_ids(row).count())
             .sum();
         in_rows + self.decoded.distinct_id_count()
-    }
-
-    /// Stored events per project.
-    pub fn events(&self) -> &HashMap<ProjectId, u64, RandomState> {
-        &self.decoded.events
     }
 
     /// The person with this uuid, once every row is indexed ([`Replayed::index`]).
