@@ -15,6 +15,7 @@ pub mod memstate;
 pub mod normalize;
 pub mod person;
 pub mod props;
+pub mod scan;
 pub mod settings;
 pub(crate) mod swar;
 pub mod warnings;
