@@ -209,13 +209,22 @@ impl EventProps {
             return None;
         }
         let at = |i: usize| (i - start) as u32;
-        let mut entries = Vec::with_capacity(32);
+        let mut entries = Vec::with_capacity(48);
+        let mut looked_up = [ABSENT; LOOKED_UP.len()];
         let mut depth = 1;
         s.object_spans(|s, (a, b, escaped)| {
             let key = match escaped {
                 false => KeyText::Span(at(a), at(b)),
                 true => KeyText::Unescaped(s.unescape((a, b, escaped))?.into()),
             };
+            // The lookups' index, found here rather than in a second walk of the entries.
+            let name = match &key {
+                KeyText::Span(..) => &text[a..b],
+                KeyText::Unescaped(k) => k,
+            };
+            if let Some(slot) = looked_up_slot(name) {
+                looked_up[slot] = entries.len() as u32;
+            }
             let from = s.pos();
             depth = depth.max(1 + s.value()?);
             entries.push(EntrySpan {
@@ -224,8 +233,13 @@ impl EventProps {
             });
             Some(())
         })?;
-        let own = RawProps::from_text(text[start..s.pos()].into());
-        Some((EventProps::indexed(own, entries), depth))
+        let text = RawProps::from_text(text[start..s.pos()].into());
+        let props = EventProps {
+            text,
+            entries,
+            looked_up,
+        };
+        Some((props, depth))
     }
 
     fn indexed(text: RawProps, entries: Vec<EntrySpan>) -> EventProps {

@@ -1,6 +1,7 @@
 //! The identity rules of `shared/spec/identity.md`, one test per rule and example.
 
-use idstitch::domain::normalize::{normalize, Rejection};
+use idstitch::domain::normalize::{normalize, normalize_wire, Rejection};
+use idstitch::domain::WireEvent;
 use idstitch::domain::{is_illegal_distinct_id, person_uuid, Change, ProjectId};
 use serde_json::{json, Value};
 
@@ -82,6 +83,15 @@ fn nul_characters_become_replacement_characters() {
     .unwrap();
     assert_eq!(ev.distinct_id, "a\u{FFFD}b");
     assert_eq!(ev.properties.get("x"), Some(json!("c\u{FFFD}")));
+    // A NUL after other escapes is found too; escapes without a NUL keep the text as sent.
+    let text =
+        r#"{"event": "e", "distinct_id": "a", "properties": {"q": "say \"hi\"", "x": "c\u0000"}}"#;
+    let ev = normalize_wire(WireEvent::from_json(text).unwrap(), NOW).unwrap();
+    assert_eq!(ev.properties.get("x"), Some(json!("c\u{FFFD}")));
+    assert_eq!(ev.properties.get("q"), Some(json!("say \"hi\"")));
+    let text = r#"{"event": "e", "distinct_id": "a", "properties": {"q": "a\n", "p": "\/"}}"#;
+    let ev = normalize_wire(WireEvent::from_json(text).unwrap(), NOW).unwrap();
+    assert_eq!(ev.properties.raw().as_str(), r#"{"q": "a\n", "p": "\/"}"#);
 }
 
 #[test]
