@@ -598,6 +598,7 @@ fn kind(text: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::scan::testing::{edited, edits, json_value};
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     use flate2::{write::GzEncoder, write::ZlibEncoder, Compression};
     use serde_json::json;
@@ -995,32 +996,14 @@ mod tests {
         (key, events.map_err(|e| e.to_string()))
     }
 
+    /// An event object: a few of the fields the rules read, and others, with any values.
     fn event_json() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
-        let leaf = prop_oneof![
-            prop::sample::select(vec!["", "a\"b", "\\", "}]", "é\u{1}", "$direct", "\u{7f}/"])
-                .prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(Value::from),
-            any::<bool>().prop_map(Value::from),
-            Just(Value::Null),
-        ];
-        let value = leaf.prop_recursive(4, 24, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::vec(("[a-c\"\\\\$ ]{0,3}|\\$set|\\$set_once", inner), 0..4)
-                    .prop_map(|e| Value::Object(e.into_iter().collect())),
-            ]
-        });
+        let value = json_value("[a-c\"\\\\$ ]{0,3}|\\$set|\\$set_once", 4);
         let key = "event|distinct_id|uuid|properties|\\$set|timestamp|[a-c\"\\\\ ]{0,3}";
         prop::collection::vec((key, value), 0..6)
             .prop_map(|e| Value::Object(e.into_iter().collect()))
     }
-
-    /// Bytes that change what JSON means where they land.
-    const SHARP: &[u8] = b"\"\\{}[],: \t\n0-.eE+ux1tfn\x01/";
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
@@ -1032,7 +1015,7 @@ mod tests {
             events in proptest::collection::vec(event_json(), 0..4),
             envelope: bool,
             pretty: bool,
-            edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0..SHARP.len(), 0..3u8), 0..3),
+            edits in edits(),
         ) {
             let body = match envelope {
                 true => json!({"api_key": "k\"é", "batch": events, "sent_at": 1}),
@@ -1044,16 +1027,7 @@ mod tests {
             };
             proptest::prop_assert!(scan_top(&text).is_some(), "not scanned: {}", text);
             let limits = DecodeLimits { max_depth: 4, max_properties: 6, max_events: 3, ..DecodeLimits::default() };
-            let mut bytes = text.into_bytes();
-            for (at, c, how) in edits {
-                let at = at.index(bytes.len() + 1);
-                match how {
-                    0 if at < bytes.len() => bytes[at] = SHARP[c],
-                    1 => bytes.insert(at, SHARP[c]),
-                    _ if at < bytes.len() => { bytes.remove(at); }
-                    _ => {}
-                }
-            }
+            let bytes = edited(text.into_bytes(), edits);
             let Ok(text) = std::str::from_utf8(&bytes) else { return Ok(()) };
             let slow = serde_json::from_str::<Top>(text);
             if let Some(fast) = scan_top(text) {

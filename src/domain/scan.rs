@@ -310,34 +310,33 @@ impl<'a> Scanner<'a> {
         mut entry: impl FnMut(&mut Self, (usize, usize, bool)) -> Option<()>,
     ) -> Option<()> {
         debug_assert_eq!(self.peek(), Some(b'{'));
-        self.i += 1;
-        self.ws();
-        if self.eat(b'}') {
-            return Some(());
-        }
-        loop {
-            (self.peek()? == b'"').then_some(())?;
-            let key = self.string()?;
-            self.colon()?;
-            entry(self, key)?;
-            if !self.next_or_close(b'}')? {
-                return Some(());
-            }
-        }
+        self.items(b'}', |s| {
+            (s.peek()? == b'"').then_some(())?;
+            let key = s.string()?;
+            s.colon()?;
+            entry(s, key)
+        })
     }
 
     /// Past the array that opens at the position (which must be `[`), calling `item` with the
     /// scanner at the start of each item; `item` must scan it.
-    pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+    pub fn array(&mut self, item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         debug_assert_eq!(self.peek(), Some(b'['));
+        self.items(b']', item)
+    }
+
+    /// Past the opening bracket, then `item` for each entry or item, separated by commas,
+    /// until `close`.
+    #[inline]
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.i += 1;
         self.ws();
-        if self.eat(b']') {
+        if self.eat(close) {
             return Some(());
         }
         loop {
             item(self)?;
-            if !self.next_or_close(b']')? {
+            if !self.next_or_close(close)? {
                 return Some(());
             }
         }
@@ -352,11 +351,69 @@ pub fn is_json(text: &str) -> bool {
     s.value().is_some() && s.at_end()
 }
 
+/// What the scanner's tests and the capture decoder's share: random JSON, and edits that
+/// break it.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
     use proptest::prelude::*;
     use serde_json::Value;
+
+    /// Bytes that change what JSON means where they land.
+    const SHARP: &[u8] = b"\"\\{}[],: \t\n0-.eE+ux1tfn\x01\x1f/";
+
+    /// A JSON value up to `depth` levels deep, its strings and keys (matching `keys`) full of
+    /// what needs escaping.
+    pub(crate) fn json_value(keys: &'static str, depth: u32) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            prop::sample::select(vec![
+                "", "a\"b", "\\", "}]", "é\u{1}", "\\\"", "\u{7f}/", "$direct"
+            ])
+            .prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(depth, 32, 5, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((keys, inner), 0..5)
+                    .prop_map(|e| Value::Object(e.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Up to two edits: where, which of [`SHARP`], and how (set, insert, remove).
+    pub(crate) type Edits = Vec<(prop::sample::Index, usize, u8)>;
+
+    pub(crate) fn edits() -> impl Strategy<Value = Edits> {
+        prop::collection::vec((any::<prop::sample::Index>(), 0..SHARP.len(), 0..3u8), 0..3)
+    }
+
+    /// `bytes` with `edits` made.
+    pub(crate) fn edited(mut bytes: Vec<u8>, edits: Edits) -> Vec<u8> {
+        for (at, c, how) in edits {
+            let at = at.index(bytes.len() + 1);
+            match how {
+                0 if at < bytes.len() => bytes[at] = SHARP[c],
+                1 => bytes.insert(at, SHARP[c]),
+                _ if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => {}
+            }
+        }
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{edited, edits, json_value};
+    use super::*;
+    use proptest::prelude::*;
 
     fn serde_accepts(text: &str) -> bool {
         serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
@@ -430,51 +487,19 @@ mod tests {
         assert!(serde_accepts(&deep(MAX_DEPTH + 1)));
     }
 
-    fn json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            prop::sample::select(vec!["", "a\"b", "\\", "}]", "é\u{1}", "\\\"", "\u{7f}/"])
-                .prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(Value::from),
-            any::<bool>().prop_map(Value::from),
-            Just(Value::Null),
-        ];
-        leaf.prop_recursive(5, 32, 5, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::vec(("[a-c\"\\\\ é]{0,3}", inner), 0..5)
-                    .prop_map(|e| Value::Object(e.into_iter().collect())),
-            ]
-        })
-    }
-
-    /// Bytes that change what JSON means where they land.
-    const SHARP: &[u8] = b"\"\\{}[],: \t\n0-.eE+ux1tfn\x01\x1f/";
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
         /// Never accepts what serde_json refuses: valid JSON (compact or pretty) with bytes
         /// set, inserted or removed anywhere; and accepts what serde_json writes.
         #[test]
         fn it_accepts_only_what_serde_json_accepts(
-            v in json(),
+            v in json_value("[a-c\"\\\\ é]{0,3}", 5),
             pretty: bool,
-            edits in prop::collection::vec((any::<prop::sample::Index>(), 0..SHARP.len(), 0..3u8), 0..3),
+            edits in edits(),
         ) {
             let text = if pretty { serde_json::to_string_pretty(&v).unwrap() } else { v.to_string() };
             prop_assert!(is_json(&text), "{}", text);
-            let mut bytes = text.into_bytes();
-            for (at, c, how) in edits {
-                let at = at.index(bytes.len() + 1);
-                match how {
-                    0 if at < bytes.len() => bytes[at] = SHARP[c],
-                    1 => bytes.insert(at, SHARP[c]),
-                    _ if at < bytes.len() => { bytes.remove(at); }
-                    _ => {}
-                }
-            }
+            let bytes = edited(text.into_bytes(), edits);
             if let Ok(text) = std::str::from_utf8(&bytes) {
                 if is_json(text) {
                     prop_assert!(serde_accepts(text), "accepted what serde_json refuses: {}", text);
