@@ -385,9 +385,9 @@ fn json_error(e: serde_json::Error) -> DecodeError {
     }
 }
 
-/// The shape of the body's JSON, in one pass: events are only skimmed here (serde_json
-/// checks them without recursion, so no depth overflows the stack); each is measured, then
-/// parsed, on its own.
+/// The shape of the body's JSON, in one pass: the scan of the SDKs' shapes ([`scan_top`]),
+/// else serde_json's, in which events are only skimmed (serde_json checks them without
+/// recursion, so no depth overflows the stack), each then measured and parsed on its own.
 fn parse_top(text: &str) -> Result<Top<'_>, DecodeError> {
     if let Some(top) = scan_top(text) {
         return Ok(top);
@@ -981,19 +981,24 @@ mod tests {
         }
     }
 
-    /// What a body decodes to through a [`Top`]: the envelope's strings and the checked
-    /// events, or the error's text.
-    fn settled(
-        top: Top<'_>,
-        limits: &DecodeLimits,
-    ) -> (Option<String>, Result<Vec<WireEvent>, String>) {
-        let (key, events) = match top {
-            Top::Envelope(env) => (env.string("api_key"), env.events()),
-            Top::Events(events) => (None, Ok(events)),
-            Top::Event(event) => (None, Ok(vec![event])),
+    /// What a body decodes to through a [`Top`]: the envelope's other fields (key and JSON
+    /// text) and the checked events, or the error's text.
+    type Settled = (Vec<(String, String)>, Result<Vec<WireEvent>, String>);
+
+    fn settled(top: Top<'_>, limits: &DecodeLimits) -> Settled {
+        let (fields, events) = match top {
+            Top::Envelope(env) => {
+                let fields = env
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.0.to_string(), v.to_string()));
+                (fields.collect(), env.events())
+            }
+            Top::Events(events) => (Vec::new(), Ok(events)),
+            Top::Event(event) => (Vec::new(), Ok(vec![event])),
         };
         let events = events.and_then(|e| checked_events(e, limits));
-        (key, events.map_err(|e| e.to_string()))
+        (fields, events.map_err(|e| e.to_string()))
     }
 
     /// An event object: a few of the fields the rules read, and others, with any values.
