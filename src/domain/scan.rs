@@ -121,16 +121,9 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A key at the position (which must be `"`), checked: borrowed when it has no escapes,
+    /// The key whose span [`Scanner::string`] found: borrowed when it has no escapes,
     /// unescaped by serde_json when it has (`None` when they do not decode, as a lone
     /// surrogate does not: serde_json refuses such a key, or takes it its own way).
-    #[inline]
-    pub fn key(&mut self) -> Option<Cow<'a, str>> {
-        let span = self.string()?;
-        self.unescape(span)
-    }
-
-    /// The key of a span [`Scanner::string`] found (see [`Scanner::key`]).
     #[inline]
     pub fn unescape(&self, (start, end, escaped): (usize, usize, bool)) -> Option<Cow<'a, str>> {
         let text = self.text;
@@ -343,14 +336,6 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Whether `text` is one JSON value, checked by the scanner (`false` also for what it
-/// leaves to serde_json).
-pub fn is_json(text: &str) -> bool {
-    let mut s = Scanner::new(text);
-    s.ws();
-    s.value().is_some() && s.at_end()
-}
-
 /// What the scanner's tests and the capture decoder's share: random JSON, and edits that
 /// break it.
 #[cfg(test)]
@@ -414,6 +399,14 @@ mod tests {
     use super::testing::{edited, edits, json_value};
     use super::*;
     use proptest::prelude::*;
+
+    /// Whether `text` is one JSON value, checked by the scanner (`false` also for what it
+    /// leaves to serde_json).
+    fn is_json(text: &str) -> bool {
+        let mut s = Scanner::new(text);
+        s.ws();
+        s.value().is_some() && s.at_end()
+    }
 
     fn serde_accepts(text: &str) -> bool {
         serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
