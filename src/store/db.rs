@@ -83,7 +83,7 @@ static BLOCK_CACHE: std::sync::LazyLock<rocksdb::Cache> =
 
 /// Options of one column family.
 fn cf_options(name: &str) -> Options {
-    let mut o = options();
+    let mut o = options_with(insert_hint(name));
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(&BLOCK_CACHE);
     // Index and filter blocks stay with their open table files (RocksDB's default), not in
@@ -105,17 +105,43 @@ fn cf_options(name: &str) -> Options {
     o
 }
 
+/// RocksDB's insert hints for the column families whose writes mostly land next to an
+/// earlier write with the same key prefix: the memtable keeps, per prefix, where its last
+/// insert went, and starts the next one there instead of searching its skip list from the top
+/// (those searches were ~40% of the log writer's instructions). `hist` keys are (project,
+/// person, seq), so a person's next entry goes right after its last; a `persons` key is
+/// rewritten once per group that changes the person. `evdid` keys are (project, length, ID,
+/// seq) of variable length: the fixed prefix of 42 bytes is the whole ID for IDs of 36 bytes
+/// (the SDKs' UUID anonymous IDs), the ID's first 36 bytes for longer ones, and for IDs of 28
+/// to 35 bytes the ID with the top bytes of the seq, which change every 2^8 to 2^56 entries.
+/// IDs shorter than 28 bytes are inserted without a hint. A hint costs ~250 bytes of the
+/// memtable per prefix. Callgrind, the log writer under the load generator's workload: 640M ->
+/// 612M instructions for 20,000 events (`benches/README.md`, session 15).
+fn insert_hint(cf: &str) -> &'static str {
+    match cf {
+        "hist" | "persons" => "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.20",
+        "evdid" => "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.42",
+        _ => "",
+    }
+}
+
 /// Block size of the log's table files (RocksDB's default, 4 KiB, holds a few entries).
 const LOG_BLOCK_SIZE: usize = 32 << 10;
 
 fn options() -> Options {
+    options_with("")
+}
+
+/// [`options`] with `extra` (RocksDB's `name=value;...` syntax) for the options the binding
+/// has no setter for.
+fn options_with(extra: &str) -> Options {
     // After a crash, RocksDB replays its write-ahead log into the memtables at open, and by
     // default then writes them out as table files before the open returns. Keep them in memory
     // instead, so that the open does not wait for that: the WAL stays until the next ordinary
     // flush, so nothing is less durable. (The Rust binding has no setter for it.)
     let mut o = Options::default()
-        .get_options_from_string("avoid_flush_during_recovery=true")
-        .unwrap_or_default();
+        .get_options_from_string(format!("avoid_flush_during_recovery=true;{extra}"))
+        .expect("RocksDB parses this crate's constant option strings");
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -839,5 +865,60 @@ mod person_head_tests {
         assert_eq!(back, props);
         assert!(person_properties_json(&[2, 0]).is_err());
         assert!(person_properties_json(&bytes[..bytes.len() / 2]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::*;
+
+    /// The options RocksDB wrote into the store's `OPTIONS` file, per section (`DBOptions`,
+    /// `CFOptions "name"`, ...): the options the binding has no setter for are set only by
+    /// text, which RocksDB would otherwise be free to ignore.
+    fn written_options(dir: &Path) -> std::collections::HashMap<String, String> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with("OPTIONS-") && !name.ends_with(".dbtmp")
+            })
+            .collect();
+        files.sort();
+        let text = std::fs::read_to_string(files.last().expect("an OPTIONS file")).unwrap();
+        let mut sections = std::collections::HashMap::new();
+        let mut current = String::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                current = name.to_string();
+            } else if !line.is_empty() && !line.starts_with('#') {
+                let section: &mut String = sections.entry(current.clone()).or_default();
+                section.push_str(line);
+                section.push('\n');
+            }
+        }
+        sections
+    }
+
+    #[test]
+    fn the_options_set_by_text_reach_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let written = written_options(dir.path());
+        assert!(written["DBOptions"].contains("avoid_flush_during_recovery=true\n"));
+        for cf in keys::CFS {
+            let section = &written[&format!("CFOptions \"{cf}\"")];
+            let hint = match insert_hint(cf) {
+                "" => "nullptr".to_string(),
+                text => text.rsplit('=').next().unwrap().to_string(),
+            };
+            assert!(
+                section.contains(&format!(
+                    "memtable_insert_with_hint_prefix_extractor={hint}\n"
+                )),
+                "{cf}: {section}"
+            );
+        }
+        assert_ne!(insert_hint("hist"), "");
     }
 }
