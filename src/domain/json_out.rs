@@ -53,7 +53,7 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value) {
 
 /// Append `s` as a JSON string: quoted, with `"`, `\` and the control characters escaped as
 /// serde_json escapes them (`\n`-style where JSON has a short form, else `\u00xx`).
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     out.reserve(b.len() + 2);
     out.push(b'"');

@@ -376,8 +376,10 @@ pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejec
 
     let top_set = obj.remove("$set").filter(Value::is_object);
     let top_set_once = obj.remove("$set_once").filter(Value::is_object);
-    let properties = if top_set.is_some() || top_set_once.is_some() || needs_rewrite(&properties) {
+    let properties = if has_nul(&properties) {
         rewrite(&properties, top_set, top_set_once)
+    } else if top_set.is_some() || top_set_once.is_some() || sets_not_objects(&properties) {
+        merge_sets(&properties, top_set, top_set_once)
     } else {
         properties
     };
@@ -447,21 +449,51 @@ pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejec
     })
 }
 
-/// Whether the properties as sent are not what the event stores: a string with a NUL (only
-/// written `\u0000` in JSON, spec §1.2), or a `$set` or `$set_once` that is not an object
-/// (stored as an empty one).
-fn needs_rewrite(props: &EventProps) -> bool {
-    let not_object = |key| props.get_text(key).is_some_and(|t| !t.starts_with('{'));
+/// Whether a string of the properties holds a NUL (only written `\u0000` in JSON, spec §1.2),
+/// which the event does not store as sent.
+fn has_nul(props: &EventProps) -> bool {
     // Most events hold no escape at all: one vector search for a backslash settles them
     // (`str::contains` over the whole text took ~1k instructions on a typical event).
     let text = props.raw().as_str();
-    let nul =
-        memchr::memchr(b'\\', text.as_bytes()).is_some_and(|at| text[at..].contains("\\u0000"));
-    nul || not_object("$set") || not_object("$set_once")
+    memchr::memchr(b'\\', text.as_bytes()).is_some_and(|at| text[at..].contains("\\u0000"))
 }
 
-/// The properties an event stores when they are not those sent: NULs replaced, top-level
-/// `$set` and `$set_once` objects merged into those of `properties` (spec §1.4).
+/// Whether `$set` or `$set_once` is there but not an object (stored as an empty one).
+fn sets_not_objects(props: &EventProps) -> bool {
+    let not_object = |key| props.get_text(key).is_some_and(|t| !t.starts_with('{'));
+    not_object("$set") || not_object("$set_once")
+}
+
+/// [`rewrite`] for properties without a NUL, the only rewrite most events need (posthog-js
+/// sends `identify`'s `$set` and `$set_once` at the top of the event): only `$set` and
+/// `$set_once` are parsed and written again, every other entry is copied as sent
+/// ([`EventProps::replacing`]). A full rewrite parsed and wrote all ~40 entries.
+fn merge_sets(
+    props: &EventProps,
+    top_set: Option<Value>,
+    top_set_once: Option<Value>,
+) -> EventProps {
+    let merged = |key: &'static str, top: Option<Value>| {
+        if top.is_none() && !props.contains_key(key) {
+            return None;
+        }
+        let mut into = take_object(props.get(key));
+        for (k, mut v) in take_object(top) {
+            scrub_value(&mut v);
+            into.insert(k, v);
+        }
+        Some((key, Value::Object(into)))
+    };
+    let added: Vec<(&str, Value)> = [merged("$set", top_set), merged("$set_once", top_set_once)]
+        .into_iter()
+        .flatten()
+        .collect();
+    props.replacing(&["$set", "$set_once"], &added)
+}
+
+/// The properties an event stores when they hold a NUL: NULs replaced, top-level `$set` and
+/// `$set_once` objects merged into those of `properties` (spec §1.4), every entry parsed and
+/// written again (sorted by key, a repeated key once). [`merge_sets`] does the rest.
 fn rewrite(props: &EventProps, top_set: Option<Value>, top_set_once: Option<Value>) -> EventProps {
     let mut properties = props.to_map();
     properties.values_mut().for_each(scrub_value);
@@ -660,6 +692,37 @@ mod tests {
                 }
                 (a, b) => prop_assert_eq!(a.err(), b.err()),
             }
+        }
+
+        /// Merging the top-level `$set` and `$set_once` into properties copied as sent means
+        /// what the full rewrite (every entry parsed and written again) means, and the index
+        /// built while writing is the one a parse of the new text finds. Repeated keys, keys
+        /// and strings that need escapes, and `$set` that is not an object included.
+        #[test]
+        fn merging_the_sets_into_the_text_as_sent_equals_the_full_rewrite(
+            props in prop::collection::vec((event_key(), json_value()), 0..8),
+            top_set in prop::option::of(prop::collection::vec((key(), json_value()), 0..3)),
+            top_set_once in prop::option::of(prop::collection::vec((key(), json_value()), 0..3)),
+            spaced: bool,
+        ) {
+            // No NUL in the properties: those take the full rewrite, which scrubs them.
+            let text = object_text(&props, spaced).replace("\\u0000", "\\u0001");
+            let props = EventProps::parse(&text).unwrap();
+            prop_assert!(!has_nul(&props));
+            let object = |e: Option<Vec<(String, Value)>>| e.map(|e| Value::Object(e.into_iter().collect()));
+            let (top_set, top_set_once) = (object(top_set), object(top_set_once));
+            let merged = merge_sets(&props, top_set.clone(), top_set_once.clone());
+            let full = rewrite(&props, top_set, top_set_once);
+            prop_assert_eq!(merged.to_map(), full.to_map());
+            prop_assert_eq!(&EventProps::parse(merged.raw().as_str()).unwrap(), &merged);
+            // Every other entry as sent, in order, repeats kept.
+            let others = |p: &EventProps| -> Vec<(String, String)> {
+                p.iter()
+                    .filter(|(k, _)| !["$set", "$set_once"].contains(k))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            };
+            prop_assert_eq!(others(&merged), others(&props));
         }
 
         /// The diff equals its definition (spec §5): `$set_once` keys absent from the person,

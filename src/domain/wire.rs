@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::json_out;
 use super::props::RawProps;
 use super::scan::Scanner;
 use super::swar;
@@ -145,6 +146,12 @@ impl<'de> Entries<'de> {
     }
 }
 
+/// A value to write: JSON text as sent, or a parsed value.
+enum Piece<'a> {
+    Text(&'a str),
+    Value(&'a Value),
+}
+
 /// The span of `part` in `whole`, which contains it.
 fn span(whole: &str, part: &str) -> (u32, u32) {
     let start = part.as_ptr() as usize - whole.as_ptr() as usize;
@@ -269,6 +276,53 @@ impl EventProps {
         let raw = RawProps::from_map(map);
         // The text of a map is an object.
         EventProps::from_valid(raw.as_str().into()).unwrap_or_default()
+    }
+
+    /// These properties without the entries of `dropped` keys and with `added` after the rest,
+    /// each a key and its value: the text of the kept entries copied as sent, and the index
+    /// built while writing, so that nothing is parsed or scanned again. A kept key sent twice
+    /// stays twice, as in the original.
+    pub fn replacing(&self, dropped: &[&str], added: &[(&str, Value)]) -> EventProps {
+        let mut out = Vec::with_capacity(self.text.as_str().len() + 64);
+        let mut entries = Vec::with_capacity(self.entries.len() + added.len());
+        out.push(b'{');
+        let kept = self
+            .entries
+            .iter()
+            .filter(|e| !dropped.contains(&self.key(e)));
+        let pieces = kept
+            .map(|e| (self.key(e), Piece::Text(self.value_text(e))))
+            .chain(added.iter().map(|(k, v)| (*k, Piece::Value(v))));
+        for (key, value) in pieces {
+            if !entries.is_empty() {
+                out.push(b',');
+            }
+            let before = out.len();
+            json_out::write_str(&mut out, key);
+            // A key written without escapes is its own text between the quotes.
+            let key = match out.len() - before == key.len() + 2 {
+                true => KeyText::Span(before as u32 + 1, (out.len() - 1) as u32),
+                false => KeyText::Unescaped(key.into()),
+            };
+            out.push(b':');
+            let from = out.len();
+            match value {
+                Piece::Text(text) => out.extend_from_slice(text.as_bytes()),
+                Piece::Value(v) => json_out::write_value(&mut out, v),
+            }
+            entries.push(EntrySpan {
+                key,
+                value: (from as u32, out.len() as u32),
+            });
+        }
+        out.push(b'}');
+        // Valid UTF-8: copied text, keys and values written from `str`s, ASCII punctuation.
+        // Were it not, the text would be indexed again rather than trusted.
+        match String::from_utf8(out) {
+            Ok(text) => EventProps::indexed(RawProps::from_text(text.into_boxed_str()), entries),
+            Err(e) => EventProps::from_valid(String::from_utf8_lossy(e.as_bytes()).into())
+                .unwrap_or_default(),
+        }
     }
 
     fn key<'a>(&'a self, e: &'a EntrySpan) -> &'a str {
