@@ -193,8 +193,15 @@ async function runMain(browser, base) {
   const a1 = await page.evaluate(() => posthog.get_distinct_id());
   await page.evaluate(() => posthog.capture('viewed_pricing', { plan_viewed: 'pro' }));
   await waitDelivered(page, requests, sent, 'main: anonymous events of A1');
+  // Each identify() is delivered before the events after it are sent: the checker feeds the
+  // model the events in the order their requests started, which two requests in flight at once
+  // do not fix (the daemon may take either first; a gzip run once had `done` processed before
+  // the `$identify` sent 5 ms earlier, so `done` created the person).
   await page.evaluate(() => {
     posthog.identify('user-js-1', { email: 'max@hedgehogmail.com', name: 'Max Hedgehog' }, { signup_source: 'browser' });
+  });
+  await waitDelivered(page, requests, sent, 'main: identify user-js-1');
+  await page.evaluate(() => {
     posthog.capture('purchase', { amount: 42 });
     posthog.setPersonProperties({ plan: 'pro' }, { first_purchase: '2024-05-01' });
   });
@@ -211,10 +218,9 @@ async function runMain(browser, base) {
   check(FLOW, 'main: reset() gives a new anonymous distinct ID', a2 && a2 !== a1 && a2 !== 'user-js-1', `${a1} -> ${a2}`);
   await page.evaluate(() => posthog.capture('viewed_pricing', { plan_viewed: 'team' }));
   await waitDelivered(page, requests, sent, 'main: anonymous events of A2');
-  await page.evaluate(() => {
-    posthog.identify('user-js-2', { email: 'second@example.com' });
-    posthog.capture('purchase', { amount: 7 });
-  });
+  await page.evaluate(() => posthog.identify('user-js-2', { email: 'second@example.com' }));
+  await waitDelivered(page, requests, sent, 'main: identify user-js-2');
+  await page.evaluate(() => posthog.capture('purchase', { amount: 7 }));
   await waitDelivered(page, requests, sent, 'main: identify user-js-2 and its events');
   await page.close();
   await context.close();
@@ -248,10 +254,9 @@ async function runGzip(browser, base) {
   const page = await openPage(context, pageUrl, requests, base, consoleLines);
   const a3 = await page.evaluate(() => posthog.get_distinct_id());
   await waitDelivered(page, requests, sent, 'gzip: anonymous $pageview of A3');
-  await page.evaluate(() => {
-    posthog.identify('user-js-3', { email: 'three@example.com' });
-    posthog.capture('done', {});
-  });
+  await page.evaluate(() => posthog.identify('user-js-3', { email: 'three@example.com' }));
+  await waitDelivered(page, requests, sent, 'gzip: identify user-js-3');
+  await page.evaluate(() => posthog.capture('done', {}));
   await waitDelivered(page, requests, sent, 'gzip: identify user-js-3 and its events');
   await page.close();
   await context.close();
