@@ -726,7 +726,13 @@ impl WireEvent {
         };
         let mut fields = Map::new();
         for (Key(k), v) in entries {
-            fields.insert(k.into_owned(), serde_json::from_str(v)?);
+            // Most fields are strings without escapes (`event`, `distinct_id`, `uuid`,
+            // `timestamp`): taken as they are rather than through serde_json's parser.
+            let value = match parse_value(v) {
+                Some(value) => value,
+                None => serde_json::from_str(v)?,
+            };
+            fields.insert(k.into_owned(), value);
         }
         Ok(WireEvent::Object {
             fields,
