@@ -32,12 +32,7 @@ done
 
 cd "$ROOT"
 echo "== building the load generator"
-cargo bench --locked --bench load --no-run 2>&1 | tail -1
-LOAD=$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="load" and m.get("executable"): print(m["executable"])' | tail -1)
+LOAD=$(benches/load-bin.sh)
 OUT=$ROOT/target/ab
 mkdir -p "$OUT"
 # Only this run's reports and logs: a longer earlier run's would be read as this one's.

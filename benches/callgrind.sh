@@ -31,11 +31,7 @@ fi
 [ -x "$BIN" ] || { echo "callgrind.sh: $BIN is not an executable daemon binary" >&2; exit 2; }
 
 cd "$ROOT"
-LOAD=$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="load" and m.get("executable"): print(m["executable"])' | tail -1)
+LOAD=$(benches/load-bin.sh 2>/dev/null)
 OUT=$ROOT/target/callgrind
 mkdir -p "$OUT"
 TAG=$(basename "$BIN")-$$
