@@ -7,13 +7,14 @@
 //! atomic: no other message interleaves with a batch.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use hashbrown::{Equivalent, HashMap};
 
 use super::person::{Apply, PersonActor, Snapshot, Stop};
 use super::writer::{WriterFailed, WriterHandle};
@@ -209,6 +210,22 @@ const RELEASE_TICK: Duration = Duration::from_millis(100);
 /// Buffered events released per router message at most (the router serves others between).
 const RELEASE_BATCH: usize = 256;
 
+/// Key of the router's maps by (project, distinct ID) and (project, event uuid).
+type IdKey = (ProjectId, String);
+
+/// An [`IdKey`] borrowed, to look one up without allocating a `String`: it hashes exactly as
+/// the owned key does (the fields in the same order, `&str` as `String`), which the maps need.
+/// The maps hash with hashbrown's default, foldhash, seeded per process (distinct IDs and
+/// uuids come from clients: they cannot be aimed at one bucket), instead of SipHash.
+#[derive(Hash)]
+struct IdRef<'a>(ProjectId, &'a str);
+
+impl Equivalent<IdKey> for IdRef<'_> {
+    fn equivalent(&self, key: &IdKey) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 struct IdSlot {
     person: Option<PersonUuid>,
     seq: u64,
@@ -228,9 +245,9 @@ struct Inner {
     next_seq: u64,
     projects: HashMap<String, ProjectId>,
     next_project: u32,
-    ids: HashMap<(ProjectId, String), IdSlot>,
+    ids: HashMap<IdKey, IdSlot>,
     actors: HashMap<(ProjectId, PersonUuid), Resident>,
-    uuids: HashMap<(ProjectId, String), u64>,
+    uuids: HashMap<IdKey, u64>,
     /// Requests in progress that looked their uuids up in the store: the durable seq when each
     /// lookup ran, with how many requests share it ([`Inner::pin`]).
     pins: BTreeMap<u64, usize>,
@@ -390,8 +407,13 @@ impl Inner {
     }
 
     fn map_id(&mut self, project: ProjectId, did: &str, person: Option<PersonUuid>, seq: u64) {
-        self.ids
-            .insert((project, did.to_string()), IdSlot { person, seq });
+        let slot = IdSlot { person, seq };
+        match self.ids.get_mut(&IdRef(project, did)) {
+            Some(known) => *known = slot,
+            None => {
+                self.ids.insert((project, did.to_string()), slot);
+            }
+        }
     }
 
     fn person_uuid_of(
@@ -399,7 +421,7 @@ impl Inner {
         project: ProjectId,
         did: &str,
     ) -> Result<Option<PersonUuid>, StoreError> {
-        if let Some(slot) = self.ids.get(&(project, did.to_string())) {
+        if let Some(slot) = self.ids.get(&IdRef(project, did)) {
             return Ok(slot.person);
         }
         let found = self.store.person_of(project, did)?;
@@ -698,7 +720,7 @@ fn duplicate_of(
     on_disk: bool,
 ) -> Option<Option<Seq>> {
     let u = event.uuid.as_ref()?;
-    if let Some(seq) = st.borrow().uuids.get(&(project, u.clone())) {
+    if let Some(seq) = st.borrow().uuids.get(&IdRef(project, u)) {
         return Some(Some(Seq(*seq)));
     }
     on_disk.then_some(None)
@@ -977,6 +999,28 @@ mod tests {
         }
     }
 
+    /// A borrowed key must hash as the owned one, or a lookup would miss what is there (and
+    /// an event would pass for new, an ID for unknown).
+    #[test]
+    fn a_borrowed_key_finds_what_its_owned_key_stored() {
+        let mut map: HashMap<IdKey, usize> = HashMap::new();
+        let keys: Vec<IdKey> = (0..2_000u32)
+            .map(|i| {
+                (
+                    ProjectId(i % 7),
+                    format!("id-{i}-{}", "x".repeat((i % 50) as usize)),
+                )
+            })
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            map.insert(k.clone(), i);
+        }
+        for (i, (p, id)) in keys.iter().enumerate() {
+            assert_eq!(map.get(&IdRef(*p, id)), Some(&i), "{p:?} {id}");
+            assert_eq!(map.get(&IdRef(ProjectId(p.0 + 7), id)), None);
+        }
+    }
+
     /// The batched duplicate check looks a request's uuids up in the store first: a uuid not
     /// durable when the lookup ran (accepted just before it, or after it) must stay in `uuids`,
     /// even once durable, for as long as the request runs, or a redelivery of it in that
@@ -1009,7 +1053,7 @@ mod tests {
         let pin = s.pin(durable_before.0);
         let last = accept(&mut s, "accepted-after");
         rt.block_on(writer.wait_durable(last)).unwrap();
-        let has = |s: &Inner, u: &str| s.uuids.contains_key(&(p, u.to_string()));
+        let has = |s: &Inner, u: &str| s.uuids.contains_key(&IdRef(p, u));
         s.evict();
         assert!(!has(&s, "durable-before"), "durable at the lookup: evicted");
         assert!(
