@@ -114,13 +114,20 @@ fn cf_options(name: &str) -> Options {
 /// seq) of variable length: the fixed prefix of 42 bytes is the whole ID for IDs of 36 bytes
 /// (the SDKs' UUID anonymous IDs), the ID's first 36 bytes for longer ones, and for IDs of 28
 /// to 35 bytes the ID with the top bytes of the seq, which change every 2^8 to 2^56 entries.
-/// IDs shorter than 28 bytes are inserted without a hint. A hint costs ~250 bytes of the
-/// memtable per prefix. Callgrind, the log writer under the load generator's workload: 640M ->
-/// 612M instructions for 20,000 events (`benches/README.md`, session 15).
+/// IDs shorter than 28 bytes are inserted without a hint. `evname` keys are (project, length,
+/// event name, timestamp, seq): the fixed prefix of 16 bytes is the name's first 10 bytes, so
+/// the events of one name go in after the last one, near it in time. A name shorter than 10
+/// bytes fills the prefix with the top of its timestamp: constant for years for names of 7 to
+/// 9 bytes (`$pageview`), new every 4.7 hours for 5 bytes, every millisecond for 2 bytes, and
+/// every event for a 1-byte name. A hint costs ~250 bytes of the memtable per prefix (at
+/// worst one per event of such names until the next flush). Callgrind, the log writer under
+/// the load generator's workload: 640M -> 612M instructions for 20,000 events
+/// (`benches/README.md`, session 15) for `hist`, `persons` and `evdid`.
 fn insert_hint(cf: &str) -> &'static str {
     match cf {
         "hist" | "persons" => "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.20",
         "evdid" => "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.42",
+        "evname" => "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.16",
         _ => "",
     }
 }
