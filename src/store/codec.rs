@@ -10,7 +10,9 @@ use crate::domain::{Change, Entry, PersonUuid, ProjectId, Seq};
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Format of derived state (everything but `log`); a mismatch rebuilds it from the log.
-pub const DERIVED_FORMAT: u64 = 2;
+/// 2 added `settings`, `buffer` and `evname`; 3 keys `uuids` by a canonical uuid's 16 bytes
+/// ([`super::keys::event_uuid`]).
+pub const DERIVED_FORMAT: u64 = 3;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, thiserror::Error)]

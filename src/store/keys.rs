@@ -9,7 +9,7 @@
 //! | `order` | project u32, created seq u64, uuid 16 | empty (persons in creation order) |
 //! | `dids` | project u32, len u16, distinct id | person uuid 16 |
 //! | `evdid` | project u32, len u16, distinct id, seq u64 | empty (events by distinct id) |
-//! | `uuids` | project u32, event uuid | seq u64 (duplicate deliveries) |
+//! | `uuids` | project u32, then `0` and the 16 bytes of a canonical UUID, or `1` and the uuid's text | seq u64 (duplicate deliveries) |
 //! | `warnings` | project u32, seq u64, index u16 | warning |
 //! | `hist` | project u32, uuid 16, seq u64 | empty (log entries of a person) |
 //! | `didhist` | project u32, len u16, distinct id, seq u64 | empty (log entries of an id) |
@@ -125,11 +125,59 @@ pub fn seq_suffix(key: &[u8]) -> Option<Seq> {
     Some(Seq(u64::from_be_bytes(tail)))
 }
 
-/// Key of a duplicate-delivery marker.
+/// Key of a duplicate-delivery marker. The SDKs send event uuids in the canonical text form
+/// (36 characters, lowercase hex); those are kept as their 16 bytes (tag `0`), which halves
+/// the column family that every event writes and compaction rewrites again and again. Any
+/// other text is kept as it is (tag `1`): a key stands for exactly one uuid text.
 pub fn event_uuid(p: ProjectId, uuid: &str) -> Vec<u8> {
-    let mut k = with_project(p, uuid.len());
-    k.extend_from_slice(uuid.as_bytes());
-    k
+    match canonical_uuid(uuid) {
+        Some(bytes) => {
+            let mut k = with_project(p, 1 + 16);
+            k.push(0);
+            k.extend_from_slice(&bytes);
+            k
+        }
+        None => {
+            let mut k = with_project(p, 1 + uuid.len());
+            k.push(1);
+            k.extend_from_slice(uuid.as_bytes());
+            k
+        }
+    }
+}
+
+/// The 16 bytes of `text` when it is a UUID in the canonical form: lowercase hex digits in
+/// groups of 8, 4, 4, 4 and 12 joined by `-` (so only one text gives those bytes).
+fn canonical_uuid(text: &str) -> Option<[u8; 16]> {
+    /// Where each byte's two hex digits start in the text.
+    const PAIRS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    /// A lowercase hex digit's value, 0xFF for any other byte.
+    const HEX: [u8; 256] = {
+        let mut t = [0xFF; 256];
+        let mut c = 0;
+        while c < 256 {
+            t[c] = match c as u8 {
+                d @ b'0'..=b'9' => d - b'0',
+                d @ b'a'..=b'f' => d - b'a' + 10,
+                _ => 0xFF,
+            };
+            c += 1;
+        }
+        t
+    };
+    let b: &[u8; 36] = text.as_bytes().try_into().ok()?;
+    if [b[8], b[13], b[18], b[23]] != [b'-'; 4] {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (byte, &at) in out.iter_mut().zip(&PAIRS) {
+        let (hi, lo) = (HEX[usize::from(b[at])], HEX[usize::from(b[at + 1])]);
+        if (hi | lo) > 0x0F {
+            return None;
+        }
+        *byte = (hi << 4) | lo;
+    }
+    Some(out)
 }
 
 /// Key of a warning.
@@ -239,7 +287,12 @@ mod tests {
         assert_eq!(order(p, seq, uuid), cat(&[&pb, &sb, &[0xAA; 16]]));
         assert_eq!(did(p, "ab"), cat(&[&pb, &[0, 2], b"ab"]));
         assert_eq!(did_seq(p, "ab", seq), cat(&[&pb, &[0, 2], b"ab", &sb]));
-        assert_eq!(event_uuid(p, "u-1"), cat(&[&pb, b"u-1"]));
+        assert_eq!(event_uuid(p, "u-1"), cat(&[&pb, &[1], b"u-1"]));
+        let canonical = "0189f6a2-7c3d-4e5f-8a9b-0c1d2e3f4a5b";
+        let bytes = uuid::Uuid::parse_str(canonical).unwrap().into_bytes();
+        assert_eq!(event_uuid(p, canonical), cat(&[&pb, &[0], &bytes]));
+        let upper = canonical.to_uppercase();
+        assert_eq!(event_uuid(p, &upper), cat(&[&pb, &[1], upper.as_bytes()]));
         assert_eq!(warning(p, seq, 7), cat(&[&pb, &sb, &[0, 7]]));
         assert_eq!(limit(p, 9, "ab"), cat(&[&pb, &[9], b"ab"]));
         assert_eq!(hist(p, uuid, seq), cat(&[&pb, &[0xAA; 16], &sb]));
@@ -250,6 +303,29 @@ mod tests {
         // A distinct ID longer than a u16 can say keeps all its bytes, its length saturated.
         let long = "x".repeat(70_000);
         assert_eq!(did(p, &long), cat(&[&pb, &[0xFF, 0xFF], long.as_bytes()]));
+    }
+
+    /// Two different uuid texts never share a key (a redelivery would otherwise be taken for
+    /// another event's, or an event for a redelivery), and a canonical uuid's key holds its
+    /// bytes as the uuid crate reads them.
+    #[test]
+    fn every_uuid_text_has_a_key_of_its_own() {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            any::<[u8; 16]>().prop_map(|b| uuid::Uuid::from_bytes(b).to_string()),
+            any::<[u8; 16]>().prop_map(|b| uuid::Uuid::from_bytes(b).to_string().to_uppercase()),
+            "[0-9a-fA-F-]{30,40}",
+            ".{0,40}",
+        ];
+        proptest!(|(a in text.clone(), b in text)| {
+            let p = ProjectId(1);
+            prop_assert_eq!(event_uuid(p, &a) == event_uuid(p, &b), a == b);
+            if let Some(bytes) = canonical_uuid(&a) {
+                prop_assert_eq!(uuid::Uuid::from_bytes(bytes).to_string(), a);
+            }
+        });
+        let u = uuid::Uuid::new_v4().to_string();
+        assert_eq!(event_uuid(ProjectId(1), &u).len(), 4 + 1 + 16);
     }
 
     #[test]
