@@ -118,9 +118,10 @@ fn cf_options(name: &str) -> Options {
 /// event name, timestamp, seq): the fixed prefix of 16 bytes is the name's first 10 bytes, so
 /// the events of one name go in after the last one, near it in time. A name shorter than 10
 /// bytes fills the prefix with the top of its timestamp: constant for years for names of 7 to
-/// 9 bytes (`$pageview`), new every 4.7 hours for 5 bytes, every millisecond for 2 bytes, and
-/// every event for a 1-byte name. A hint costs ~250 bytes of the memtable per prefix (at
-/// worst one per event of such names until the next flush). Callgrind, the log writer under
+/// 9 bytes (`$pageview`), new every 4.7 hours for 5 bytes, every 256 ms for 3 and every
+/// millisecond for names of 1 or 2 bytes (the whole timestamp; the seq's top byte after it
+/// does not change). A hint costs ~250 bytes of the memtable per prefix (at worst one per
+/// millisecond of such names until the next flush). Callgrind, the log writer under
 /// the load generator's workload: 640M -> 612M instructions for 20,000 events
 /// (`benches/README.md`, session 15) for `hist`, `persons` and `evdid`.
 fn insert_hint(cf: &str) -> &'static str {
