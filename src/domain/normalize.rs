@@ -208,7 +208,7 @@ pub fn parse_timestamp_ms(v: Option<&Value>) -> Option<i64> {
 /// The milliseconds of a timestamp in the form JavaScript's `toISOString()` writes
 /// (`2026-11-30T21:33:00.123Z`: what posthog-js and posthog-node send), when it is one and a
 /// valid date and time; anything else is left to chrono's RFC 3339 parser, which takes that
-/// form too (~400 instructions against ~60 here).
+/// form too, at ~470 instructions per event (callgrind) for the general grammar.
 fn utc_millis(s: &str) -> Option<i64> {
     let b: &[u8; 24] = s.as_bytes().try_into().ok()?;
     let punct = [
@@ -223,36 +223,16 @@ fn utc_millis(s: &str) -> Option<i64> {
     if punct.iter().any(|&(at, c)| b[at] != c) {
         return None;
     }
-    let num = |from: usize, to: usize| -> Option<i64> {
-        b[from..to].iter().try_fold(0i64, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+    let num = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
         })
     };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, minute, second, milli) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?);
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let month_days = match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        1..=12 => 31,
-        _ => return None,
-    };
-    if day < 1 || day > month_days || hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    // Days from 1970-01-01 to the date (the proleptic Gregorian calendar, as chrono counts).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * m + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + milli)
+    let year = i32::try_from(num(0, 4)?).ok()?;
+    let date = chrono::NaiveDate::from_ymd_opt(year, num(5, 7)?, num(8, 10)?)?;
+    // A leap second (`:60`) is not taken here: chrono's parser has its own reading of it.
+    let time = date.and_hms_milli_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?)?;
+    Some(time.and_utc().timestamp_millis())
 }
 
 /// Each promoted key with its `$initial_` name, built once. A fixed-seed hash map: it is never

@@ -147,37 +147,12 @@ pub fn event_uuid(p: ProjectId, uuid: &str) -> Vec<u8> {
 }
 
 /// The 16 bytes of `text` when it is a UUID in the canonical form: lowercase hex digits in
-/// groups of 8, 4, 4, 4 and 12 joined by `-` (so only one text gives those bytes).
+/// groups of 8, 4, 4, 4 and 12 joined by `-` (so only one text gives those bytes; the uuid
+/// crate also reads upper case, braces and other forms, which written back differ).
 fn canonical_uuid(text: &str) -> Option<[u8; 16]> {
-    /// Where each byte's two hex digits start in the text.
-    const PAIRS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-    /// A lowercase hex digit's value, 0xFF for any other byte.
-    const HEX: [u8; 256] = {
-        let mut t = [0xFF; 256];
-        let mut c = 0;
-        while c < 256 {
-            t[c] = match c as u8 {
-                d @ b'0'..=b'9' => d - b'0',
-                d @ b'a'..=b'f' => d - b'a' + 10,
-                _ => 0xFF,
-            };
-            c += 1;
-        }
-        t
-    };
-    let b: &[u8; 36] = text.as_bytes().try_into().ok()?;
-    if [b[8], b[13], b[18], b[23]] != [b'-'; 4] {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (byte, &at) in out.iter_mut().zip(&PAIRS) {
-        let (hi, lo) = (HEX[usize::from(b[at])], HEX[usize::from(b[at + 1])]);
-        if (hi | lo) > 0x0F {
-            return None;
-        }
-        *byte = (hi << 4) | lo;
-    }
-    Some(out)
+    let uuid = uuid::Uuid::try_parse(text).ok()?;
+    let mut canonical = [0u8; 36];
+    (uuid.hyphenated().encode_lower(&mut canonical) == text).then(|| uuid.into_bytes())
 }
 
 /// Key of a warning.
