@@ -76,6 +76,15 @@ impl std::fmt::Debug for Store {
 /// loads): bloom filters let a lookup of a key that is not there skip reading blocks.
 const POINT_LOOKUP_CFS: [&str; 5] = ["uuids", "dids", "persons", "projects", "limits"];
 
+/// Column families that only queries read (never the write path), whose keys are spread over
+/// the key space (a distinct ID, an event name, a person): every compaction of their level 0
+/// rewrites most of the level below. They compact after twice as many flushes as RocksDB's
+/// default, so half as often: their readers merge up to that many more files.
+const QUERY_ONLY_CFS: [&str; 6] = ["evdid", "evname", "hist", "didhist", "order", "warnings"];
+
+/// Level-0 files of a [`QUERY_ONLY_CFS`] column family that start a compaction (RocksDB: 4).
+const QUERY_ONLY_L0_TRIGGER: i32 = 8;
+
 /// The block cache all column families share, so that its size bounds memory however many
 /// column families there are (RocksDB's default is a separate 32 MiB cache for each).
 static BLOCK_CACHE: std::sync::LazyLock<rocksdb::Cache> =
@@ -95,6 +104,9 @@ fn cf_options(name: &str) -> Options {
         // filter instead of searching its skip list.
         o.set_memtable_prefix_bloom_ratio(0.02);
         o.set_memtable_whole_key_filtering(true);
+    }
+    if QUERY_ONLY_CFS.contains(&name) {
+        o.set_level_zero_file_num_compaction_trigger(QUERY_ONLY_L0_TRIGGER);
     }
     if name == "log" {
         // The log is read front to back (replay, verify, recovery) and almost never by key:
@@ -928,5 +940,29 @@ mod options_tests {
             );
         }
         assert_ne!(insert_hint("hist"), "");
+    }
+
+    #[test]
+    fn only_query_only_column_families_compact_level_0_later() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let written = written_options(dir.path());
+        for cf in keys::CFS {
+            let section = &written[&format!("CFOptions \"{cf}\"")];
+            let trigger = if QUERY_ONLY_CFS.contains(&cf) {
+                QUERY_ONLY_L0_TRIGGER
+            } else {
+                4
+            };
+            assert!(
+                section.contains(&format!("level0_file_num_compaction_trigger={trigger}\n")),
+                "{cf}: {section}"
+            );
+        }
+        // The write path's lookups keep RocksDB's default: more level-0 files to check cost
+        // the router more than the compaction saves (benches/README.md, session 16).
+        for cf in POINT_LOOKUP_CFS {
+            assert!(!QUERY_ONLY_CFS.contains(&cf), "{cf}");
+        }
     }
 }
