@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
+use super::batch::{CfId, RawBatch};
 use super::codec;
 use super::db::{ProjectRecord, Store, StoreError};
 use super::keys;
@@ -93,10 +94,10 @@ impl HeldPuts {
     }
 
     /// Into `batch`, sorted, and empty again.
-    fn drain_into(&mut self, batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily) {
+    fn drain_into(&mut self, batch: &mut RawBatch, cf: CfId) {
         self.sort();
         for (k, v) in self.iter() {
-            batch.put_cf(cf, k, v);
+            batch.put(cf, k, v);
         }
         self.items.clear();
         self.bytes.clear();
@@ -111,7 +112,7 @@ impl HeldPuts {
 /// sorted, or before a delete in the same column family, which must come after them.
 pub struct Materializer<'s> {
     store: &'s Store,
-    batch: WriteBatch,
+    batch: RawBatch,
     persons: PersonCache,
     /// Persons changed or removed by this batch (with repeats): their state is in `persons`.
     changed: Vec<PersonKey>,
@@ -139,7 +140,7 @@ impl<'s> Materializer<'s> {
     pub fn with_capacity(store: &'s Store, bytes: usize) -> Self {
         Materializer {
             store,
-            batch: WriteBatch::with_capacity_bytes(bytes),
+            batch: RawBatch::with_capacity(bytes),
             persons: PersonCache::default(),
             changed: Vec::new(),
             entries: Vec::new(),
@@ -158,7 +159,7 @@ impl<'s> Materializer<'s> {
             self.record.clear();
             codec::encode_into(&mut self.record, entry.as_ref());
             self.batch
-                .put_cf(self.store.cf("log"), keys::log(seq), &self.record);
+                .put(self.store.cf_id("log"), &keys::log(seq), &self.record);
         }
         self.seq = seq;
         self.warning_index = 0;
@@ -177,55 +178,55 @@ impl<'s> Materializer<'s> {
     }
 
     /// The finished batch, recording `seq` as applied.
-    pub fn finish(self) -> WriteBatch {
-        self.finish_keeping_persons().0
+    pub fn finish(self) -> Result<WriteBatch, StoreError> {
+        Ok(self.finish_keeping_persons()?.0)
     }
 
     /// The finished batch, and the persons as this batch leaves them (valid once it is
     /// written).
-    pub fn finish_keeping_persons(mut self) -> (WriteBatch, PersonCache) {
+    pub fn finish_keeping_persons(mut self) -> Result<(WriteBatch, PersonCache), StoreError> {
         self.changed.sort_unstable();
         self.changed.dedup();
-        let cf = self.store.cf("persons");
+        let cf = self.store.cf_id("persons");
         for key in &self.changed {
             let k = keys::person(key.0, key.1);
             match self.persons.get(key) {
                 Some(Some(p)) => {
                     self.record.clear();
                     codec::encode_into(&mut self.record, p);
-                    self.batch.put_cf(cf, k, &self.record);
+                    self.batch.put(cf, &k, &self.record);
                 }
-                _ => self.batch.delete_cf(cf, k),
+                _ => self.batch.delete(cf, &k),
             }
         }
         for (name, held) in SORTED_CFS.iter().zip(&mut self.held) {
-            held.drain_into(&mut self.batch, self.store.cf(name));
+            held.drain_into(&mut self.batch, self.store.cf_id(name));
         }
-        self.batch.put_cf(
-            self.store.cf("meta"),
+        self.batch.put(
+            self.store.cf_id("meta"),
             b"applied_seq",
-            self.seq.0.to_be_bytes(),
+            &self.seq.0.to_be_bytes(),
         );
-        (self.batch, self.persons)
+        Ok((self.batch.finish()?, self.persons))
     }
 
     fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
         match SORTED_CFS.iter().position(|c| *c == cf) {
             Some(i) => self.held[i].push(key, value),
-            None => self.batch.put_cf(self.store.cf(cf), key, value),
+            None => self.batch.put(self.store.cf_id(cf), key, value),
         }
     }
 
     /// The held-back puts of `cf` into the batch: a delete that follows must follow them.
     fn release(&mut self, cf: &str) {
         if let Some(i) = SORTED_CFS.iter().position(|c| *c == cf) {
-            self.held[i].drain_into(&mut self.batch, self.store.cf(cf));
+            self.held[i].drain_into(&mut self.batch, self.store.cf_id(cf));
         }
     }
 
     fn delete(&mut self, cf: &str, key: &[u8]) {
         self.release(cf);
-        self.batch.delete_cf(self.store.cf(cf), key);
+        self.batch.delete(self.store.cf_id(cf), key);
     }
 
     fn hist(&mut self, project: ProjectId, uuid: PersonUuid) {
@@ -487,9 +488,9 @@ impl State for Materializer<'_> {
                         self.redact_events(project, d);
                         let prefix = keys::did(project, d);
                         self.release("evdid");
-                        let cf = self.store.cf("evdid");
+                        let cf = self.store.cf_id("evdid");
                         self.batch
-                            .delete_range_cf(cf, prefix.clone(), keys::prefix_end(&prefix));
+                            .delete_range(cf, &prefix, &keys::prefix_end(&prefix));
                     }
                 }
             }
