@@ -6,7 +6,6 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, DB};
 use serde::{Deserialize, Serialize};
 
-use super::batch::CfId;
 use super::codec::{self, CodecError};
 use super::keys;
 use super::wal;
@@ -62,8 +61,6 @@ pub struct BufferedRecord {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
-    /// Each of [`keys::CFS`]' id, in that order (`None`: not in a store opened read-only).
-    cf_ids: Arc<[Option<CfId>]>,
     /// Removes obsolete write-ahead log files (a store opened for writing); declared after
     /// `db`, so that the last clone closes the database before the reaper's final purge.
     reaper: Option<Arc<wal::WalReaper>>,
@@ -197,14 +194,6 @@ static BACKGROUND_AT_LOW_PRIORITY: std::sync::LazyLock<Option<rocksdb::Env>> =
         Some(env)
     });
 
-/// The ids of [`keys::CFS`] in `db` (`None` for one it lacks).
-fn cf_ids(db: &DB) -> Result<Arc<[Option<CfId>]>, StoreError> {
-    keys::CFS
-        .iter()
-        .map(|n| db.cf_handle(n).map(CfId::of).transpose())
-        .collect()
-}
-
 /// Most write-ahead log bytes a restart after a crash replays (see [`options`]).
 const WAL_LIMIT: u64 = 48 << 20;
 
@@ -222,7 +211,6 @@ impl Store {
             StoreError::Corrupt(format!("cannot start the write-ahead log reaper: {e}"))
         })?;
         Ok(Store {
-            cf_ids: cf_ids(&db)?,
             db: Arc::new(db),
             reaper: Some(Arc::new(reaper)),
         })
@@ -244,7 +232,6 @@ impl Store {
             .filter(|c| existing.is_empty() || existing.iter().any(|e| e == *c));
         let db = DB::open_cf_for_read_only(&options(), dir, cfs, false)?;
         Ok(Store {
-            cf_ids: cf_ids(&db)?,
             db: Arc::new(db),
             reaper: None,
         })
@@ -260,18 +247,6 @@ impl Store {
         match self.db.cf_handle(name) {
             Some(cf) => cf,
             None => unreachable!("column family {name} is created at open"),
-        }
-    }
-
-    /// A column family's id, for batches built by [`RawBatch`](super::batch::RawBatch). All
-    /// of [`keys::CFS`] exist once opened for writing.
-    pub fn cf_id(&self, name: &str) -> CfId {
-        match keys::CFS.iter().position(|c| *c == name) {
-            Some(i) => match self.cf_ids[i] {
-                Some(id) => id,
-                None => unreachable!("column family {name} is created at open"),
-            },
-            None => unreachable!("{name} is not one of the store's column families"),
         }
     }
 

@@ -62,7 +62,7 @@ impl GroupWriter {
         for (seq, entry) in group {
             m.add(*seq, entry, true)?;
         }
-        let (batch, mut persons) = m.finish_keeping_persons()?;
+        let (batch, mut persons) = m.finish_keeping_persons();
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         store.db().write_opt(batch, &wo)?;

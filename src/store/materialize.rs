@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
-use super::batch::{CfId, RawBatch};
 use super::codec;
 use super::db::{ProjectRecord, Store, StoreError};
 use super::keys;
@@ -94,10 +93,10 @@ impl HeldPuts {
     }
 
     /// Into `batch`, sorted, and empty again.
-    fn drain_into(&mut self, batch: &mut RawBatch, cf: CfId) {
+    fn drain_into(&mut self, batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily) {
         self.sort();
         for (k, v) in self.iter() {
-            batch.put(cf, k, v);
+            batch.put_cf(cf, k, v);
         }
         self.items.clear();
         self.bytes.clear();
@@ -112,7 +111,7 @@ impl HeldPuts {
 /// sorted, or before a delete in the same column family, which must come after them.
 pub struct Materializer<'s> {
     store: &'s Store,
-    batch: RawBatch,
+    batch: WriteBatch,
     persons: PersonCache,
     /// Persons changed or removed by this batch (with repeats): their state is in `persons`.
     changed: Vec<PersonKey>,
@@ -140,7 +139,7 @@ impl<'s> Materializer<'s> {
     pub fn with_capacity(store: &'s Store, bytes: usize) -> Self {
         Materializer {
             store,
-            batch: RawBatch::with_capacity(bytes),
+            batch: WriteBatch::with_capacity_bytes(bytes),
             persons: PersonCache::default(),
             changed: Vec::new(),
             entries: Vec::new(),
@@ -159,7 +158,7 @@ impl<'s> Materializer<'s> {
             self.record.clear();
             codec::encode_into(&mut self.record, entry.as_ref());
             self.batch
-                .put(self.store.cf_id("log"), &keys::log(seq), &self.record);
+                .put_cf(self.store.cf("log"), keys::log(seq), &self.record);
         }
         self.seq = seq;
         self.warning_index = 0;
@@ -178,55 +177,55 @@ impl<'s> Materializer<'s> {
     }
 
     /// The finished batch, recording `seq` as applied.
-    pub fn finish(self) -> Result<WriteBatch, StoreError> {
-        Ok(self.finish_keeping_persons()?.0)
+    pub fn finish(self) -> WriteBatch {
+        self.finish_keeping_persons().0
     }
 
     /// The finished batch, and the persons as this batch leaves them (valid once it is
     /// written).
-    pub fn finish_keeping_persons(mut self) -> Result<(WriteBatch, PersonCache), StoreError> {
+    pub fn finish_keeping_persons(mut self) -> (WriteBatch, PersonCache) {
         self.changed.sort_unstable();
         self.changed.dedup();
-        let cf = self.store.cf_id("persons");
+        let cf = self.store.cf("persons");
         for key in &self.changed {
             let k = keys::person(key.0, key.1);
             match self.persons.get(key) {
                 Some(Some(p)) => {
                     self.record.clear();
                     codec::encode_into(&mut self.record, p);
-                    self.batch.put(cf, &k, &self.record);
+                    self.batch.put_cf(cf, k, &self.record);
                 }
-                _ => self.batch.delete(cf, &k),
+                _ => self.batch.delete_cf(cf, k),
             }
         }
         for (name, held) in SORTED_CFS.iter().zip(&mut self.held) {
-            held.drain_into(&mut self.batch, self.store.cf_id(name));
+            held.drain_into(&mut self.batch, self.store.cf(name));
         }
-        self.batch.put(
-            self.store.cf_id("meta"),
+        self.batch.put_cf(
+            self.store.cf("meta"),
             b"applied_seq",
-            &self.seq.0.to_be_bytes(),
+            self.seq.0.to_be_bytes(),
         );
-        Ok((self.batch.finish()?, self.persons))
+        (self.batch, self.persons)
     }
 
     fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
         match SORTED_CFS.iter().position(|c| *c == cf) {
             Some(i) => self.held[i].push(key, value),
-            None => self.batch.put(self.store.cf_id(cf), key, value),
+            None => self.batch.put_cf(self.store.cf(cf), key, value),
         }
     }
 
     /// The held-back puts of `cf` into the batch: a delete that follows must follow them.
     fn release(&mut self, cf: &str) {
         if let Some(i) = SORTED_CFS.iter().position(|c| *c == cf) {
-            self.held[i].drain_into(&mut self.batch, self.store.cf_id(cf));
+            self.held[i].drain_into(&mut self.batch, self.store.cf(cf));
         }
     }
 
     fn delete(&mut self, cf: &str, key: &[u8]) {
         self.release(cf);
-        self.batch.delete(self.store.cf_id(cf), key);
+        self.batch.delete_cf(self.store.cf(cf), key);
     }
 
     fn hist(&mut self, project: ProjectId, uuid: PersonUuid) {
@@ -488,9 +487,9 @@ impl State for Materializer<'_> {
                         self.redact_events(project, d);
                         let prefix = keys::did(project, d);
                         self.release("evdid");
-                        let cf = self.store.cf_id("evdid");
+                        let cf = self.store.cf("evdid");
                         self.batch
-                            .delete_range(cf, &prefix, &keys::prefix_end(&prefix));
+                            .delete_range_cf(cf, prefix.clone(), keys::prefix_end(&prefix));
                     }
                 }
             }

@@ -1,7 +1,6 @@
 //! Storage: the only module that knows RocksDB. The log is the truth; every other column
 //! family is derived from it and can be rebuilt.
 
-pub mod batch;
 pub mod codec;
 pub mod db;
 pub mod keys;

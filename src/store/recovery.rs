@@ -64,13 +64,13 @@ pub fn recover(
         if in_group == REPLAY_GROUP {
             store
                 .db()
-                .write(std::mem::replace(&mut m, Materializer::new(store)).finish()?)?;
+                .write(std::mem::replace(&mut m, Materializer::new(store)).finish())?;
             in_group = 0;
             progress(seq, last);
         }
     }
     if in_group > 0 {
-        store.db().write(m.finish()?)?;
+        store.db().write(m.finish())?;
     }
     store.db().put_cf(
         store.cf("meta"),
