@@ -79,7 +79,7 @@ const POINT_LOOKUP_CFS: [&str; 5] = ["uuids", "dids", "persons", "projects", "li
 /// Column families that only queries read (never the write path), whose keys are spread over
 /// the key space (a distinct ID, an event name, a person): every compaction of their level 0
 /// rewrites most of the level below. They compact after twice as many flushes as RocksDB's
-/// default, so half as often: their readers merge up to that many more files.
+/// default, so half as often; a query then merges up to twice as many level-0 files.
 const QUERY_ONLY_CFS: [&str; 6] = ["evdid", "evname", "hist", "didhist", "order", "warnings"];
 
 /// Level-0 files of a [`QUERY_ONLY_CFS`] column family that start a compaction (RocksDB: 4).
@@ -892,10 +892,13 @@ mod person_head_tests {
 mod options_tests {
     use super::*;
 
-    /// The options RocksDB wrote into the store's `OPTIONS` file, per section (`DBOptions`,
-    /// `CFOptions "name"`, ...): the options the binding has no setter for are set only by
-    /// text, which RocksDB would otherwise be free to ignore.
-    fn written_options(dir: &Path) -> std::collections::HashMap<String, String> {
+    /// The options RocksDB wrote into the `OPTIONS` file of a new store, per section
+    /// (`DBOptions`, `CFOptions "name"`, ...): the options the binding has no setter for are
+    /// set only by text, which RocksDB would otherwise be free to ignore.
+    fn written_options() -> std::collections::HashMap<String, String> {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let dir = dir.path();
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -922,9 +925,7 @@ mod options_tests {
 
     #[test]
     fn the_options_set_by_text_reach_the_store() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
-        let written = written_options(dir.path());
+        let written = written_options();
         assert!(written["DBOptions"].contains("avoid_flush_during_recovery=true\n"));
         for cf in keys::CFS {
             let section = &written[&format!("CFOptions \"{cf}\"")];
@@ -944,9 +945,7 @@ mod options_tests {
 
     #[test]
     fn only_query_only_column_families_compact_level_0_later() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
-        let written = written_options(dir.path());
+        let written = written_options();
         for cf in keys::CFS {
             let section = &written[&format!("CFOptions \"{cf}\"")];
             let trigger = if QUERY_ONLY_CFS.contains(&cf) {
