@@ -130,20 +130,15 @@ pub fn seq_suffix(key: &[u8]) -> Option<Seq> {
 /// the column family that every event writes and compaction rewrites again and again. Any
 /// other text is kept as it is (tag `1`): a key stands for exactly one uuid text.
 pub fn event_uuid(p: ProjectId, uuid: &str) -> Vec<u8> {
-    match canonical_uuid(uuid) {
-        Some(bytes) => {
-            let mut k = with_project(p, 1 + 16);
-            k.push(0);
-            k.extend_from_slice(&bytes);
-            k
-        }
-        None => {
-            let mut k = with_project(p, 1 + uuid.len());
-            k.push(1);
-            k.extend_from_slice(uuid.as_bytes());
-            k
-        }
-    }
+    let canonical = canonical_uuid(uuid);
+    let (tag, body) = match &canonical {
+        Some(bytes) => (0, &bytes[..]),
+        None => (1, uuid.as_bytes()),
+    };
+    let mut k = with_project(p, 1 + body.len());
+    k.push(tag);
+    k.extend_from_slice(body);
+    k
 }
 
 /// The 16 bytes of `text` when it is a UUID in the canonical form: lowercase hex digits in
