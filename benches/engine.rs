@@ -1,7 +1,10 @@
 //! Micro-benchmarks of the engine's three hot loops (issue 2 targets):
-//! - normalise + decide + apply one typical event in memory (target: 1,000,000 events/s);
+//! - normalise + decide + apply one typical event in memory (target: 1,000,000 events/s),
+//!   from the event's JSON text (`normalize_decide_apply`) and from the decoded event that a
+//!   capture worker hands to normalisation (`normalize_decide_apply_decoded`);
 //! - (no target of its own) a capture worker's decoding and normalising of a batch of 100;
-//! - log append through the group-commit writer (target: 500,000 entries/s);
+//! - log append through the group-commit writer (target: 500,000 entries/s), and beside it
+//!   the limit: raw RocksDB puts of the same records, in synced batches as large;
 //! - full replay of the log into scratch state (target: 1,000,000 entries/s).
 //!
 //! Run: `cargo bench --bench engine` (numbers in benches/README.md).
@@ -9,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use idstitch::actors::WriterHandle;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use idstitch::actors::{writer::MAX_GROUP, WriterHandle};
 use idstitch::api::decode::{decode_capture, RawRequest};
 use idstitch::api::DecodeLimits;
 use idstitch::domain::memstate::MemState;
@@ -19,12 +22,16 @@ use idstitch::domain::{
     WireEvent,
 };
 use idstitch::metrics::Metrics;
-use idstitch::store::{log::write_group, verify::replay, Store};
+use idstitch::store::{codec, log::write_group, verify::replay, Store};
 use serde_json::{json, Value};
 
 /// The daemon's allocator (src/main.rs), so these numbers are the daemon's.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[path = "load/baseline.rs"]
+#[allow(dead_code)] // the load generator's baseline also reads a data dir's record sizes
+mod baseline;
 
 const P: ProjectId = ProjectId(1);
 
@@ -76,14 +83,47 @@ fn bench_decide(c: &mut Criterion) {
             state
         })
     });
+    // The issue's three steps alone: the events are parsed before the timing starts.
+    g.bench_function("normalize_decide_apply_decoded", |b| {
+        b.iter_batched(
+            || {
+                events
+                    .iter()
+                    .map(|t| WireEvent::from_json(t).expect("JSON"))
+                    .collect::<Vec<_>>()
+            },
+            |decoded| {
+                let mut state = MemState::default();
+                let mut limiter = WarningLimiter::default();
+                for (i, ev) in decoded.into_iter().enumerate() {
+                    step_decoded(&mut state, &mut limiter, i as u64 + 1, ev);
+                }
+                state
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
 }
 
 /// One event through the engine's pure path, from its JSON text: parse (as the capture
-/// endpoints do, properties left as text), normalise, decide (the person borrowed, as the
-/// router's snapshot is), apply. Returns the log entry.
+/// endpoints do, properties left as text), then [`step_decoded`]. Returns the log entry.
 fn step(state: &mut MemState, limiter: &mut WarningLimiter, seq: u64, text: &str) -> Entry {
-    let ev = WireEvent::from_json(text).expect("JSON");
+    step_decoded(
+        state,
+        limiter,
+        seq,
+        WireEvent::from_json(text).expect("JSON"),
+    )
+}
+
+/// Normalise, decide (the person borrowed, as the router's snapshot is), apply.
+fn step_decoded(
+    state: &mut MemState,
+    limiter: &mut WarningLimiter,
+    seq: u64,
+    ev: WireEvent,
+) -> Entry {
     let ev = normalize_wire(ev, 0).expect("valid");
     let (into, _) = lookups(&ev);
     let ctx = Ctx {
@@ -179,6 +219,27 @@ fn bench_append(c: &mut Criterion) {
                 let _ = join.join();
             }
             total
+        })
+    });
+    // The limit on this disk: the same log records alone (no derived state), put into a fresh
+    // RocksDB in synced batches as large as the writer's largest group.
+    let records: Vec<Vec<u8>> = batch.iter().map(|(_, e)| codec::encode_entry(e)).collect();
+    let mean = records.iter().map(Vec::len).sum::<usize>() / records.len();
+    eprintln!(
+        "log/raw_rocksdb_append: {} log records of {mean} bytes on average, {MAX_GROUP} per synced batch",
+        records.len()
+    );
+    g.bench_function("raw_rocksdb_append", |b| {
+        b.iter_custom(|iters| {
+            let parent = tempfile::tempdir().expect("tmp");
+            (0..iters)
+                .map(|_| {
+                    let run =
+                        baseline::run(parent.path(), batch.len() as u64, mean, MAX_GROUP, &records)
+                            .expect("raw RocksDB append");
+                    Duration::from_secs_f64(run.elapsed_s)
+                })
+                .sum()
         })
     });
     g.finish();

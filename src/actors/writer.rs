@@ -32,7 +32,7 @@ enum Msg {
 }
 
 /// Entries written per group at most.
-const MAX_GROUP: usize = 8192;
+pub const MAX_GROUP: usize = 8192;
 
 /// A group write (materialising, writing, syncing) this slow is logged as a warning: a disk
 /// stall or a RocksDB memtable switch shows in the log with its time.
