@@ -247,6 +247,9 @@ struct Inner {
     next_project: u32,
     ids: HashMap<IdKey, IdSlot>,
     actors: HashMap<(ProjectId, PersonUuid), Resident>,
+    /// Persons that a merge, split or deletion removed, with the seq of that entry, until it is
+    /// durable: the store still holds them until then, and must not be asked for them.
+    gone: HashMap<(ProjectId, PersonUuid), u64>,
     uuids: HashMap<IdKey, u64>,
     /// Requests in progress that looked their uuids up in the store: the durable seq when each
     /// lookup ran, with how many requests share it ([`Inner::pin`]).
@@ -310,6 +313,7 @@ impl Router {
             next_project,
             ids: HashMap::new(),
             actors: HashMap::new(),
+            gone: HashMap::new(),
             uuids: HashMap::new(),
             pins: BTreeMap::new(),
             limiter,
@@ -387,6 +391,7 @@ impl Inner {
     fn spawn(&mut self, person: Person, seq: u64) {
         self.tick += 1;
         let key = (person.project, person.uuid);
+        self.gone.remove(&key);
         let addr = PersonActor::new(person).start();
         if let Some(old) = self.actors.insert(
             key,
@@ -404,6 +409,14 @@ impl Inner {
         if let Some(r) = self.actors.remove(&(project, uuid)) {
             r.addr.do_send(Stop);
         }
+    }
+
+    /// Entry `seq` removed the person: stop its actor, and answer that it is gone, not what
+    /// the store holds, until that entry is durable (a split part or a new person that takes
+    /// the uuid again lifts this, see [`Inner::spawn`]).
+    fn remove(&mut self, project: ProjectId, uuid: PersonUuid, seq: u64) {
+        self.unspawn(project, uuid);
+        self.gone.insert((project, uuid), seq);
     }
 
     fn map_id(&mut self, project: ProjectId, did: &str, person: Option<PersonUuid>, seq: u64) {
@@ -439,6 +452,9 @@ impl Inner {
         if let Some(r) = self.actors.get_mut(&(project, uuid)) {
             r.used = tick;
             return Ok(Some(r.addr.clone()));
+        }
+        if self.gone.contains_key(&(project, uuid)) {
+            return Ok(None);
         }
         match self.store.person(project, uuid)? {
             None => Ok(None),
@@ -501,7 +517,7 @@ impl Inner {
                     ..
                 } => {
                     self.metrics.merges.inc();
-                    self.unspawn(project, *absorbed);
+                    self.remove(project, *absorbed, seq.0);
                     for did in moved_ids {
                         self.map_id(project, did, Some(*survivor), seq.0);
                     }
@@ -542,7 +558,7 @@ impl Inner {
                     main,
                     parts,
                 } => {
-                    self.unspawn(project, *person);
+                    self.remove(project, *person, seq.0);
                     if let Some(original) = originals.iter().find(|p| p.uuid == *person) {
                         for part in split_parts(original, seq, main, parts) {
                             self.map_id(project, &part.distinct_ids[0], Some(part.uuid), seq.0);
@@ -555,7 +571,7 @@ impl Inner {
                     distinct_ids,
                     ..
                 } => {
-                    self.unspawn(project, *person);
+                    self.remove(project, *person, seq.0);
                     for did in distinct_ids {
                         self.map_id(project, did, None, seq.0);
                     }
@@ -600,6 +616,7 @@ impl Inner {
             .next()
             .map_or(durable, |p| (*p).min(durable));
         self.uuids.retain(|_, s| *s > keep_after);
+        self.gone.retain(|_, s| *s > durable);
         if self.actors.len() > self.config.max_resident_persons {
             let target = self.config.max_resident_persons * 9 / 10;
             let mut idle: Vec<_> = self
@@ -1019,6 +1036,140 @@ mod tests {
             assert_eq!(map.get(&IdRef(*p, id)), Some(&i), "{p:?} {id}");
             assert_eq!(map.get(&IdRef(ProjectId(p.0 + 7), id)), None);
         }
+    }
+
+    fn created(project: ProjectId, dids: &[&str]) -> (PersonUuid, Change) {
+        let uuid = crate::domain::person_uuid(project, dids[0]);
+        let change = Change::PersonCreated {
+            person: uuid,
+            distinct_ids: dids.iter().map(|d| d.to_string()).collect(),
+            properties: Default::default(),
+            is_identified: false,
+            created_at_ms: 0,
+        };
+        (uuid, change)
+    }
+
+    /// A merge, a split or a deletion removes a person in memory at once, but from the store
+    /// only when its entry is durable. Until then, the store's copy of that person is stale:
+    /// a split or a deletion by uuid that acted on it would log changes the disk never
+    /// applies (the disk removes the person first), and would point its distinct IDs at
+    /// persons that never exist on disk. Such a person must read as gone.
+    #[test]
+    fn a_person_removed_by_an_entry_not_yet_durable_is_not_read_back_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Metrics::new();
+        let (writer, join) = WriterHandle::spawn(store.clone(), Seq(0), metrics.clone(), |_| {});
+        let p = ProjectId(1);
+        actix::System::new().block_on(async move {
+            let router = Router::new(
+                store,
+                writer.clone(),
+                metrics,
+                EngineConfig::default(),
+                Seq(0),
+            )
+            .unwrap();
+            let st = router.inner.clone();
+            let (a, make_a) = created(p, &["a1"]);
+            let (b, make_b) = created(p, &["b1", "b2"]);
+            let (c, make_c) = created(p, &["c1", "c2"]);
+            let (d, make_d) = created(p, &["d1", "d2"]);
+            let last = {
+                let mut s = st.borrow_mut();
+                for change in [make_a, make_b, make_c, make_d] {
+                    s.commit(p, None, vec![change], &[]).unwrap();
+                }
+                Seq(s.next_seq - 1)
+            };
+            writer.wait_durable(last).await.unwrap();
+            writer.stop();
+            join.join().unwrap();
+            // From here on nothing becomes durable: the store keeps all four persons.
+            let (held, control) = super::super::writer::held(last);
+            st.borrow_mut().writer = held;
+
+            let merge = Change::PersonsMerged {
+                survivor: a,
+                absorbed: b,
+                moved_ids: vec!["b1".into(), "b2".into()],
+                brought: Default::default(),
+                kept: vec![],
+                created_at_ms: 0,
+                kind: crate::domain::MergeKind::MergeDangerously,
+            };
+            st.borrow_mut().commit(p, None, vec![merge], &[]).unwrap();
+            let c_now = person_snapshot(&st, p, c).await.unwrap();
+            let parts = vec![
+                ("c1".to_string(), crate::domain::person_uuid(p, "c1")),
+                ("c2".to_string(), crate::domain::person_uuid(p, "c2-part")),
+            ];
+            let split_c = Change::PersonSplit {
+                person: c,
+                main: "c1".into(),
+                parts,
+            };
+            st.borrow_mut()
+                .commit(p, None, vec![split_c], std::slice::from_ref(&c_now))
+                .unwrap();
+            let delete_d = Change::PersonDeleted {
+                person: d,
+                distinct_ids: vec!["d1".into(), "d2".into()],
+                delete_events: false,
+            };
+            st.borrow_mut()
+                .commit(p, None, vec![delete_d], &[])
+                .unwrap();
+
+            for (gone, how) in [(b, "merged away"), (d, "deleted")] {
+                assert!(
+                    st.borrow().store.person(p, gone).unwrap().is_some(),
+                    "the store still holds the {how} person"
+                );
+                assert!(
+                    matches!(
+                        person_snapshot(&st, p, gone).await,
+                        Err(EngineError::NotFound)
+                    ),
+                    "a {how} person whose removal is not durable reads as gone"
+                );
+                let split = Split {
+                    project: p,
+                    person: gone,
+                    main: None,
+                };
+                assert!(matches!(
+                    super::split(st.clone(), split).await,
+                    Err(EngineError::NotFound)
+                ));
+                let delete = Delete {
+                    project: p,
+                    person: gone,
+                    delete_events: false,
+                };
+                assert!(matches!(
+                    super::delete(st.clone(), delete).await,
+                    Err(EngineError::NotFound)
+                ));
+            }
+            // The split kept c's uuid for its main part: that one is there, and owns c1 only.
+            let main = person_snapshot(&st, p, c).await.unwrap();
+            assert_eq!(main.distinct_ids, vec!["c1".to_string()]);
+            // Once the removals are durable, the store answers for those persons again.
+            let mut s = st.borrow_mut();
+            assert_eq!(s.gone.len(), 2, "b and d; c lives on as its main part");
+            control.publish(Seq(s.next_seq - 2));
+            s.evict();
+            assert_eq!(
+                s.gone.len(),
+                1,
+                "only the entry not durable yet keeps its person"
+            );
+            control.publish(Seq(s.next_seq - 1));
+            s.evict();
+            assert!(s.gone.is_empty());
+        });
     }
 
     /// The batched duplicate check looks a request's uuids up in the store first: a uuid not

@@ -111,6 +111,33 @@ impl WriterHandle {
     }
 }
 
+/// A writer that never writes, for tests: its handle queues appends, and nothing after the
+/// durable seq it was made with ever becomes durable, while the returned [`Held`] lives.
+#[cfg(test)]
+pub(crate) fn held(durable: Seq) -> (WriterHandle, Held) {
+    let (tx, rx) = sync_channel(QUEUE);
+    let (status_tx, status) = watch::channel(WriterStatus {
+        durable,
+        failed: None,
+    });
+    (WriterHandle { tx, status }, Held(rx, status_tx))
+}
+
+/// What keeps a [`held`] writer's queue and status open.
+#[cfg(test)]
+pub(crate) struct Held(
+    #[allow(dead_code)] std::sync::mpsc::Receiver<Msg>,
+    watch::Sender<WriterStatus>,
+);
+
+#[cfg(test)]
+impl Held {
+    /// Say that everything up to `seq` is durable (without writing it).
+    pub(crate) fn publish(&self, seq: Seq) {
+        self.1.send_modify(|s| s.durable = seq);
+    }
+}
+
 fn run(
     store: Store,
     rx: Receiver<Msg>,
