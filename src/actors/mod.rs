@@ -65,8 +65,10 @@ impl Engine {
         ))
     }
 
-    /// Ingest events in order; returns once every stored one is durable.
+    /// Ingest events in order; returns once every stored one is durable. Refused once the
+    /// log writer has failed, whatever the events (duplicates already on disk too).
     pub async fn ingest(&self, items: Vec<IngestItem>) -> Result<Vec<ItemOutcome>, EngineError> {
+        self.writer.check()?;
         let started = Instant::now();
         let outcome = self
             .router

@@ -86,6 +86,15 @@ impl WriterHandle {
         )
     }
 
+    /// `Err` once a write has failed: from then on nothing is acknowledged, not even a request
+    /// that has nothing to write.
+    pub fn check(&self) -> Result<(), WriterFailed> {
+        match &self.status.borrow().failed {
+            Some(e) => Err(WriterFailed(e.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// The current status.
     pub fn status(&self) -> WriterStatus {
         self.status.borrow().clone()

@@ -125,6 +125,15 @@ fn a_full_disk_answers_503_keeps_serving_reads_and_loses_nothing_acknowledged() 
         assert_eq!(r.status, 503);
         assert!(header(&r, "retry-after").is_some());
     }
+    // A redelivery of an acknowledged batch has nothing to write, and is refused all the
+    // same: a daemon that cannot write takes no captures.
+    let again = d.post("/batch/", &batch(acked[0], 50));
+    assert_eq!(
+        again.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
     let text = std::fs::read_to_string(&log).expect("log");
     assert_eq!(
         text.lines()
