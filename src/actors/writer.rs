@@ -23,12 +23,15 @@ pub struct WriterStatus {
 
 /// The writer has failed (poisoned); nothing more will be acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the log writer stopped after a storage error: {0}")]
+#[error("the log writer stopped after an error: {0}")]
 pub struct WriterFailed(pub Arc<str>);
 
 enum Msg {
     Append(Seq, Arc<Entry>),
     Stop,
+    /// Tests: the next group's write panics.
+    #[cfg(test)]
+    PanicOnWrite,
 }
 
 /// Entries written per group at most.
@@ -157,14 +160,20 @@ fn run(
     let mut group: Vec<(Seq, Arc<Entry>)> = Vec::with_capacity(MAX_GROUP);
     let mut writer = GroupWriter::default();
     let mut stopping = false;
+    #[cfg(test)]
+    let mut panic_on_write = false;
     while !stopping {
         match rx.recv() {
             Ok(Msg::Append(s, e)) => group.push((s, e)),
+            #[cfg(test)]
+            Ok(Msg::PanicOnWrite) => panic_on_write = true,
             Ok(Msg::Stop) | Err(_) => break,
         }
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(Msg::Append(s, e)) => group.push((s, e)),
+                #[cfg(test)]
+                Ok(Msg::PanicOnWrite) => panic_on_write = true,
                 Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => {
                     stopping = true;
                     break;
@@ -174,8 +183,28 @@ fn run(
         }
         let started = Instant::now();
         let last = group.last().map(|(s, _)| *s).unwrap_or(Seq(0));
-        if let Err(e) = writer.write(&store, &group, true) {
-            let msg: Arc<str> = format!("{e}").into();
+        // A panic on this thread (a bug) fails the writer as a storage error does: it is
+        // published and `on_fatal` runs, so health says so and `--on-storage-error exit`
+        // exits. Whether or not the group reached the disk, none of it is acknowledged.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            #[cfg(test)]
+            assert!(!panic_on_write, "the test asked this write to panic");
+            writer
+                .write(&store, &group, true)
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!(
+                "internal error, the write path panicked ({what}); please report it"
+            ))
+        });
+        if let Err(e) = written {
+            let msg: Arc<str> = e.into();
             tracing::error!(error = %msg, last_seq = %last, "Log write failed; no further writes will be made.");
             status.send_modify(|s| s.failed = Some(msg.clone()));
             on_fatal(&msg);
@@ -197,4 +226,51 @@ fn run(
         group.clear();
     }
     tracing::debug!("Log writer stopped.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Change, ProjectId};
+    use std::sync::Mutex;
+
+    /// A panic on the writer's thread fails the writer like a storage error: published in its
+    /// status, `on_fatal` run once, the thread ends normally, and nothing is acknowledged.
+    #[test]
+    fn a_panic_in_a_write_fails_the_writer_as_a_storage_error_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fatal = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = fatal.clone();
+        let (writer, join) = WriterHandle::spawn(store, Seq(0), Metrics::new(), move |m| {
+            seen.lock().unwrap().push(m.to_string())
+        });
+        let entry = Arc::new(Entry {
+            project: ProjectId(1),
+            at_ms: 0,
+            cause: None,
+            changes: vec![Change::ProjectCreated {
+                id: ProjectId(1),
+                token: "t".into(),
+                name: "p".into(),
+            }],
+        });
+        writer.tx.send(Msg::PanicOnWrite).unwrap();
+        writer.append(Seq(1), entry).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let err = rt.block_on(writer.wait_durable(Seq(1))).unwrap_err();
+        assert!(err.0.contains("panicked"), "{err}");
+        assert!(writer.check().is_err());
+        assert_eq!(writer.status().durable, Seq(0));
+        join.join()
+            .expect("the writer's thread ends without unwinding");
+        let fatal = fatal.lock().unwrap();
+        assert_eq!(fatal.len(), 1, "{fatal:?}");
+        assert!(
+            fatal[0].contains("the test asked this write to panic"),
+            "{fatal:?}"
+        );
+    }
 }
