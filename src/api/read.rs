@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{error, json as render, AppState};
 use crate::domain::filters::CompiledFilters;
-use crate::domain::{Change, Person, PersonUuid, ProjectId, Seq};
+use crate::domain::{Change, Entry, Person, PersonUuid, ProjectId, Seq};
 use crate::store::{ProjectRecord, Store, StoreError};
 
 /// Largest page of events.
@@ -227,6 +227,17 @@ pub fn concerns(c: &Change, uuid: PersonUuid) -> bool {
     }
 }
 
+/// Whether a change of `entry` belongs to a person's history: it [`concerns`] the person, or it
+/// is a refused merge whose `into` had no person yet and that the same entry then creates (the
+/// refusal is logged before the creation, so it could not name the person).
+fn in_history(entry: &Entry, c: &Change, uuid: PersonUuid) -> bool {
+    concerns(c, uuid)
+        || matches!(c, Change::MergeRefused { person: None, into, .. }
+            if entry.changes.iter().any(|x| matches!(x,
+                Change::PersonCreated { person, distinct_ids, .. }
+                    if *person == uuid && distinct_ids.contains(into))))
+}
+
 /// `GET /api/projects/{project}/persons/{uuid}/`.
 pub async fn person(path: web::Path<(String, String)>, st: web::Data<AppState>) -> HttpResponse {
     let store = st.engine.store();
@@ -258,7 +269,9 @@ pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>)
     let mut results = Vec::new();
     for seq in seqs {
         match store.entry(seq) {
-            Ok(Some(entry)) => results.push(render::entry(seq, &entry, |c| concerns(c, uuid))),
+            Ok(Some(entry)) => {
+                results.push(render::entry(seq, &entry, |c| in_history(&entry, c, uuid)))
+            }
             Ok(None) => {}
             Err(e) => return store_error(e),
         }

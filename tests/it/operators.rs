@@ -59,6 +59,39 @@ fn history_lists_creation_attachments_merges_and_refusals_oldest_first() {
     assert_eq!(m["properties_brought"], json!({"from_anon": 1}));
 }
 
+/// A refused merge whose `into` had no person yet is logged before the same entry creates
+/// that person (the target is treated as after any refused merge): it belongs to the new
+/// person's history all the same, reason and cause included.
+#[test]
+fn a_refusal_that_creates_its_into_person_is_in_that_persons_history() {
+    let d = Daemon::start();
+    d.capture(
+        T,
+        json!([{"event": "$identify", "distinct_id": "newcomer", "uuid": "illegal-1",
+                         "properties": {"$anon_distinct_id": "anonymous"}}]),
+    );
+    let uuid = d.person(T, "newcomer").unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let h = d
+        .get(&format!("/api/projects/{T}/persons/{uuid}/history/"))
+        .json();
+    let changes: Vec<Value> = h["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cause_event_uuid"] == json!("illegal-1"))
+        .flat_map(|e| e["changes"].as_array().unwrap().clone())
+        .collect();
+    let types: Vec<&str> = changes
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["merge_refused", "person_created"], "{h}");
+    assert_eq!(changes[0]["reason"], json!("illegal_distinct_id"), "{h}");
+}
+
 #[test]
 fn explain_answers_why_an_id_belongs_to_its_person() {
     let d = Daemon::start();
