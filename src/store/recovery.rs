@@ -24,7 +24,8 @@ pub struct Recovered {
 /// Entries applied per RocksDB write while replaying.
 const REPLAY_GROUP: usize = 4096;
 
-fn clear_derived(store: &Store) -> Result<(), StoreError> {
+/// Empty every derived column family, `meta` too: the next recovery rebuilds from the log.
+pub(super) fn clear_derived(store: &Store) -> Result<(), StoreError> {
     for cf in keys::CFS.iter().filter(|c| **c != "log") {
         let handle = store.cf(cf);
         store

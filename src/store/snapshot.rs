@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::db::{Store, StoreError};
-use super::recovery::recover;
+use super::recovery::{clear_derived, recover};
 use super::verify::verify as replay_and_compare;
 use crate::domain::Seq;
 
@@ -752,11 +752,7 @@ fn restore_into(
                 keep
             }
         };
-        let cf = store.cf("log");
-        store
-            .db()
-            .delete_range_cf(cf, &Seq(keep + 1).0.to_be_bytes()[..], &[0xFFu8; 9][..])
-            .map_err(StoreError::from)?;
+        cut_log(&store, keep)?;
         let kept = keep.min(m.last_seq);
         progress(Phase::AsOfReplay, 0, kept);
         recover(&store, true, |seq, _| {
@@ -769,9 +765,68 @@ fn restore_into(
     Ok((last, bytes))
 }
 
+/// Drop the log's entries after `keep`, for a restore as of an earlier point. The derived
+/// state goes first, durably: a restore killed anywhere after this leaves a data dir whose
+/// next start rebuilds from the log (cut or not yet), never one that serves the persons of
+/// entries cut away (recovery trusts `applied_seq` only while `meta` says the format).
+fn cut_log(store: &Store, keep: u64) -> Result<(), StoreError> {
+    clear_derived(store)?;
+    store.db().flush_wal(true)?;
+    let cf = store.cf("log");
+    store
+        .db()
+        .delete_range_cf(cf, &Seq(keep + 1).0.to_be_bytes()[..], &[0xFFu8; 9][..])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{check_sums, is_safe_file_name, sha256_file, FileSum};
+    use super::{check_sums, cut_log, is_safe_file_name, sha256_file, FileSum};
+    use crate::domain::{person_uuid, Change, Entry, ProjectId, Seq};
+    use crate::store::{log::write_group, recovery::recover, Store};
+    use std::sync::Arc;
+
+    /// A restore as of an earlier point cuts the log, then rebuilds derived state. Killed
+    /// right after the cut, the next start (an ordinary recovery) must still serve the cut
+    /// log's state, not the derived state of the entries cut away.
+    #[test]
+    fn a_restore_killed_after_cutting_the_log_recovers_the_cut_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = ProjectId(1);
+        let entries: Vec<(Seq, Arc<Entry>)> = (1..=6u64)
+            .map(|i| {
+                let did = format!("user-{i}");
+                let change = Change::PersonCreated {
+                    person: person_uuid(p, &did),
+                    distinct_ids: vec![did],
+                    properties: Default::default(),
+                    is_identified: false,
+                    created_at_ms: 0,
+                };
+                let entry = Entry {
+                    project: p,
+                    at_ms: 0,
+                    cause: None,
+                    changes: vec![change],
+                };
+                (Seq(i), Arc::new(entry))
+            })
+            .collect();
+        write_group(&store, &entries, true).unwrap();
+        recover(&store, false, |_, _| {}).unwrap();
+        cut_log(&store, 4).unwrap();
+        // The restore is killed here; the daemon starts on the data dir.
+        let r = recover(&store, false, |_, _| {}).unwrap();
+        assert_eq!(r.last_seq, Seq(4));
+        for i in 1..=6u64 {
+            let there = store
+                .person(p, person_uuid(p, &format!("user-{i}")))
+                .unwrap();
+            assert_eq!(there.is_some(), i <= 4, "user-{i}");
+        }
+        assert_eq!(store.applied_seq().unwrap(), Seq(4));
+    }
 
     /// Files of many sizes hashed on several threads: all good passes and tells progress up
     /// to the total; with several bad or missing, the one named is the first in the
