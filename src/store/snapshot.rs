@@ -672,6 +672,13 @@ pub fn restore(
                 data_dir.display()
             )));
         }
+        if rocksdb_lock_held(data_dir)? {
+            return Err(SnapshotError::Refused(format!(
+                "{} is in use: a running process (an idstitch daemon?) has its database open; \
+                 stop it, then restore",
+                data_dir.display()
+            )));
+        }
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
         let old = PathBuf::from(format!("{}.before-restore-{stamp}", data_dir.display()));
         fs::rename(data_dir, &old).map_err(|e| io("cannot move aside", data_dir, e))?;
@@ -707,6 +714,37 @@ pub fn restore(
             }
             Err(e)
         }
+    }
+}
+
+/// Whether another process holds RocksDB's lock on the database in `dir`: RocksDB takes a POSIX
+/// record lock (`fcntl` `F_SETLK`, write) on `dir/LOCK` for as long as the database is open,
+/// and such a lock held by another process makes ours fail at once. No `LOCK` file, no
+/// database ever opened there.
+fn rocksdb_lock_held(dir: &Path) -> Result<bool, SnapshotError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = match fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io("cannot open", &path, e)),
+    };
+    // SAFETY: `flock` is plain data, zeroed then filled in; `fcntl` reads it for the
+    // descriptor `file` owns, which stays open for the call. Closing `file` at the end of this
+    // function releases the lock if we got it.
+    let got = unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_WRLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock)
+    };
+    if got == 0 {
+        return Ok(false);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(true),
+        _ => Err(io("cannot test the lock of", &path, e)),
     }
 }
 

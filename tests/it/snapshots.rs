@@ -329,6 +329,41 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
     assert!(aside[0].path().join("keep.txt").exists());
 }
 
+/// `--force` moves a data dir aside; a running daemon's dir is refused instead, or the daemon
+/// would go on writing into the moved dir (and by path into the restored one).
+#[test]
+fn restore_refuses_the_data_dir_of_a_running_daemon_even_when_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut source = Daemon::start();
+    source.capture(T, json!([{"event": "e", "distinct_id": "from-snapshot"}]));
+    source.terminate();
+    let snap = tmp.path().join("s");
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&source.dir)]);
+    let live = Daemon::start();
+    live.capture(T, json!([{"event": "e", "distinct_id": "live"}]));
+    let out = idstitch(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&live.dir),
+        "--force",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use"), "says why: {stderr}");
+    // Nothing moved: the daemon goes on, on its own data.
+    live.capture(T, json!([{"event": "e", "distinct_id": "after"}]));
+    assert!(live.person(T, "live").is_some() && live.person(T, "after").is_some());
+    assert!(live.person(T, "from-snapshot").is_none());
+    let siblings = std::fs::read_dir(live.dir.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("before-restore"))
+        .count();
+    assert_eq!(siblings, 0, "nothing moved aside");
+}
+
 #[test]
 fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
     let tmp = tempfile::tempdir().unwrap();
