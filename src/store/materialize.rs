@@ -267,15 +267,48 @@ impl<'s> Materializer<'s> {
     }
 
     /// Log entry `seq` again, with the properties of `did`'s stored events emptied, and those
-    /// events out of the insights index.
+    /// events out of the insights index. An event released from the conversion buffer was
+    /// logged before, as it waited: that entry is emptied too.
     fn redact(&mut self, seq: Seq, mut entry: Entry, did: &str) {
+        let mut waited = None;
         for c in &mut entry.changes {
-            if let Change::EventStored { event } = c {
-                if event.distinct_id == did {
+            match c {
+                Change::EventStored { event } if event.distinct_id == did => {
                     event.properties = RawProps::empty();
                     let k =
                         keys::event_by_name(entry.project, &event.event, event.timestamp_ms, seq);
                     self.delete("evname", &k);
+                }
+                Change::BufferReleased { buffered } => waited = Some(*buffered),
+                _ => {}
+            }
+        }
+        self.put("log", &keys::log(seq), &codec::encode_entry(&entry));
+        if let Some(buffered) = waited {
+            self.redact_waited(buffered, did);
+        }
+    }
+
+    /// Log entry `seq` (an `EventBuffered`) again, with `did`'s waiting event emptied of its
+    /// properties and person updates. Replay is unchanged: the entry that released it carries
+    /// what was decided.
+    fn redact_waited(&mut self, seq: Seq, did: &str) {
+        let in_batch = self.entries.iter().find(|(s, _)| *s == seq);
+        let entry = match in_batch {
+            Some((_, e)) => Some(Entry::clone(e)),
+            None => self.store.entry(seq).unwrap_or_else(|e| {
+                self.error.get_or_insert(e);
+                None
+            }),
+        };
+        let Some(mut entry) = entry else { return };
+        for c in &mut entry.changes {
+            if let Change::EventBuffered { event, .. } = c {
+                if event.distinct_id == did {
+                    event.properties = Default::default();
+                    event.set = Default::default();
+                    event.set_once = Default::default();
+                    event.unset.clear();
                 }
             }
         }

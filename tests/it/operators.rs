@@ -182,32 +182,36 @@ fn a_deleted_person_disappears_and_a_later_event_starts_a_fresh_person() {
     d.assert_verifies();
 }
 
+/// Every file under `dir`, subdirectories (the write-ahead log archive) included.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .flat_map(|p| if p.is_dir() { files(&p) } else { vec![p] })
+        .collect()
+}
+
+/// Whether any 6-byte piece of `needle` is in any file under `dir` that `only` admits. Table
+/// files are LZ4-compressed: a string stays a literal run there unless 4 of its bytes repeat
+/// earlier bytes of the same block, which then replace them with a back-reference. That
+/// happened to a kept note twice in about 1,700 runs (only "keep-" was left), so whole
+/// strings are not searched for.
+fn on_disk(dir: &std::path::Path, needle: &str, only: &dyn Fn(&std::path::Path) -> bool) -> bool {
+    let pieces: Vec<&[u8]> = needle.as_bytes().windows(6).collect();
+    files(dir).iter().filter(|f| only(f)).any(|f| {
+        std::fs::read(f)
+            .map(|b| b.windows(6).any(|w| pieces.contains(&w)))
+            .unwrap_or(false)
+    })
+}
+
 #[test]
 fn deleted_events_are_gone_from_disk_after_compaction() {
     let mut d = Daemon::start();
     let marker = "SECRET-MARKER-7f3a9c";
-    // Every file under the data dir, subdirectories (the write-ahead log archive) included.
-    fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .flat_map(|p| if p.is_dir() { files(&p) } else { vec![p] })
-            .collect()
-    }
-    // Any 6-byte piece of `needle` in any file that `only` admits. Table files are
-    // LZ4-compressed: a string stays a literal run there unless 4 of its bytes repeat earlier
-    // bytes of the same block, which then replace them with a back-reference. That happened
-    // to the kept note below twice in about 1,700 runs (only "keep-" was left), so whole
-    // strings are not searched for.
     let dir = d.dir.clone();
-    let found_in = |needle: &str, only: &dyn Fn(&std::path::Path) -> bool| {
-        let pieces: Vec<&[u8]> = needle.as_bytes().windows(6).collect();
-        files(&dir).iter().filter(|f| only(f)).any(|f| {
-            std::fs::read(f)
-                .map(|b| b.windows(6).any(|w| pieces.contains(&w)))
-                .unwrap_or(false)
-        })
-    };
+    let found_in =
+        |needle: &str, only: &dyn Fn(&std::path::Path) -> bool| on_disk(&dir, needle, only);
     let found = |needle: &str| found_in(needle, &|_| true);
     d.capture(T, json!([{"event": "e", "distinct_id": "victim", "uuid": "v1", "properties": {"note": marker}},
                         {"event": "e", "distinct_id": "bystander", "uuid": "b1", "properties": {"note": "keep-me-4411"}}]));
@@ -250,6 +254,40 @@ fn deleted_events_are_gone_from_disk_after_compaction() {
             .len(),
         1
     );
+}
+
+/// An event that waited in the conversion buffer is in the log twice: as it waited, and as
+/// stored when released. Deleting its person with its events removes both.
+#[test]
+fn a_deleted_event_that_waited_in_the_buffer_is_gone_from_disk_too() {
+    const B: &str = "phc_ops_buffer";
+    let mut d = Daemon::start_with(&["--test-clock"]);
+    crate::buffer::enable_buffer(&d, B, 60);
+    let marker = "BUFFERED-SECRET-51c2e8";
+    d.capture(B, json!([{"event": "$pageview", "distinct_id": "anon-9", "properties": {"$device_id": "anon-9", "$lib": "web"}}]));
+    d.capture(B, json!([{"event": "signed_up", "distinct_id": "user-9", "uuid": "0190a3b0-0000-7000-8000-0000000000c9",
+                         "properties": {"$lib": "posthog-python", "note": marker}}]));
+    assert_eq!(
+        crate::buffer::waiting(&d, B).len(),
+        1,
+        "the backend event waits"
+    );
+    d.capture(B, json!([{"event": "$identify", "distinct_id": "user-9", "properties": {"$anon_distinct_id": "anon-9", "$lib": "web"}}]));
+    let r = d.post("/api/_test/clock", &json!({"advance_secs": 61}));
+    assert_eq!(r.status, 200);
+    crate::buffer::wait_until_released(&d, B, std::time::Duration::from_secs(10));
+    let uuid = d.person(B, "user-9").unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/projects/{B}/persons/{uuid}/?delete_events=true");
+    assert_eq!(d.request("DELETE", &path, &[], Vec::new()).status, 204);
+    assert_eq!(d.terminate().code(), Some(0));
+    assert!(
+        !on_disk(&d.dir, marker, &|_| true),
+        "the deleted event's bytes are still on disk"
+    );
+    d.assert_verifies();
 }
 
 #[test]
