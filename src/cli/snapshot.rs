@@ -40,7 +40,8 @@ pub enum SnapshotCmd {
         /// Where to restore.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Move a non-empty data dir aside instead of refusing.
+        /// Move a non-empty data dir aside instead of refusing (never the data dir of a
+        /// running daemon: stop it first).
         #[arg(long)]
         force: bool,
         /// Rebuild the state as of a log seq (a number) or a time (RFC 3339).
