@@ -903,8 +903,22 @@ async fn split(st: Shared, msg: Split) -> Result<(Option<Seq>, Vec<Person>), Eng
 
 async fn delete(st: Shared, msg: Delete) -> Result<Seq, EngineError> {
     let person = person_snapshot(&st, msg.project, msg.person).await?;
-    let changes = decide_delete(&person, msg.delete_events);
-    st.borrow_mut().commit(msg.project, None, changes, &[])
+    let mut s = st.borrow_mut();
+    let mut changes = Vec::new();
+    if msg.delete_events {
+        // Its events still waiting in the conversion buffer go with it: released, they would
+        // start a fresh person from the deleted user's properties.
+        changes.extend(
+            s.waiting
+                .iter()
+                .filter(|(_, w)| {
+                    w.project == msg.project && person.distinct_ids.contains(&w.event.distinct_id)
+                })
+                .map(|(seq, _)| Change::BufferReleased { buffered: *seq }),
+        );
+    }
+    changes.extend(decide_delete(&person, msg.delete_events));
+    s.commit(msg.project, None, changes, &[])
 }
 
 impl Handler<Ingest> for Router {

@@ -117,6 +117,9 @@ pub struct Materializer<'s> {
     changed: Vec<PersonKey>,
     /// This batch's entries so far: a deletion with its events redacts theirs too.
     entries: Vec<(Seq, Arc<Entry>)>,
+    /// Buffered events (their `EventBuffered` seqs) that the current entry took out of the
+    /// buffer: a deletion with its events in the same entry dropped them, and empties them.
+    released: Vec<Seq>,
     held: [HeldPuts; SORTED_CFS.len()],
     projects: HashMap<ProjectId, ProjectRecord>,
     seq: Seq,
@@ -143,6 +146,7 @@ impl<'s> Materializer<'s> {
             persons: PersonCache::default(),
             changed: Vec::new(),
             entries: Vec::new(),
+            released: Vec::new(),
             held: Default::default(),
             projects: HashMap::new(),
             seq: Seq(0),
@@ -162,6 +166,7 @@ impl<'s> Materializer<'s> {
         }
         self.seq = seq;
         self.warning_index = 0;
+        self.released.clear();
         apply_entry(self, seq, entry);
         self.entries.push((seq, Arc::clone(entry)));
         match self.error.take() {
@@ -302,6 +307,7 @@ impl<'s> Materializer<'s> {
             }),
         };
         let Some(mut entry) = entry else { return };
+        let mut emptied = false;
         for c in &mut entry.changes {
             if let Change::EventBuffered { event, .. } = c {
                 if event.distinct_id == did {
@@ -309,10 +315,15 @@ impl<'s> Materializer<'s> {
                     event.set = Default::default();
                     event.set_once = Default::default();
                     event.unset.clear();
+                    emptied = true;
                 }
             }
         }
-        self.put("log", &keys::log(seq), &codec::encode_entry(&entry));
+        // Only then: the store still answers the entry as it was, so writing it back
+        // unchanged for another ID would undo this ID's emptying earlier in the batch.
+        if emptied {
+            self.put("log", &keys::log(seq), &codec::encode_entry(&entry));
+        }
     }
 
     fn did_hist(&mut self, project: ProjectId, did: &str) {
@@ -518,6 +529,9 @@ impl State for Materializer<'_> {
                     self.did_hist(project, d);
                     if *delete_events {
                         self.redact_events(project, d);
+                        for buffered in self.released.clone() {
+                            self.redact_waited(buffered, d);
+                        }
                         let prefix = keys::did(project, d);
                         self.release("evdid");
                         let cf = self.store.cf("evdid");
@@ -532,6 +546,7 @@ impl State for Materializer<'_> {
                 release_at_ms,
             } => self.buffered(project, seq, event, *release_at_ms),
             Change::BufferReleased { buffered } => {
+                self.released.push(*buffered);
                 self.delete("buffer", &keys::buffered(*buffered))
             }
         }

@@ -290,6 +290,46 @@ fn a_deleted_event_that_waited_in_the_buffer_is_gone_from_disk_too() {
     d.assert_verifies();
 }
 
+/// An event of the person's still waiting in the conversion buffer is one of its events:
+/// a deletion with its events drops it (its bytes leave the disk), so that its release does
+/// not bring the deleted user's properties back as a fresh person.
+#[test]
+fn a_deletion_with_its_events_drops_those_still_waiting_in_the_buffer() {
+    const B: &str = "phc_ops_waiting";
+    let mut d = Daemon::start_with(&["--test-clock"]);
+    crate::buffer::enable_buffer(&d, B, 60);
+    let marker = "WAITING-SECRET-0d93aa";
+    d.capture(B, json!([{"event": "$pageview", "distinct_id": "anon-8", "properties": {"$device_id": "anon-8", "$lib": "web"}}]));
+    d.capture(B, json!([{"event": "signed_up", "distinct_id": "user-8", "uuid": "0190a3b0-0000-7000-8000-0000000000d8",
+                         "properties": {"$lib": "posthog-python", "note": marker, "$set": {"email": marker}}}]));
+    d.capture(B, json!([{"event": "$identify", "distinct_id": "user-8", "properties": {"$anon_distinct_id": "anon-8", "$lib": "web"}}]));
+    assert_eq!(
+        crate::buffer::waiting(&d, B).len(),
+        1,
+        "the backend event waits"
+    );
+    let uuid = d.person(B, "user-8").unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/projects/{B}/persons/{uuid}/?delete_events=true");
+    assert_eq!(d.request("DELETE", &path, &[], Vec::new()).status, 204);
+    assert!(
+        crate::buffer::waiting(&d, B).is_empty(),
+        "dropped with the person"
+    );
+    let r = d.post("/api/_test/clock", &json!({"advance_secs": 61}));
+    assert_eq!(r.status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(d.person(B, "user-8").is_none(), "no person came back");
+    assert_eq!(d.terminate().code(), Some(0));
+    assert!(
+        !on_disk(&d.dir, marker, &|_| true),
+        "the waiting event's bytes are still on disk"
+    );
+    d.assert_verifies();
+}
+
 #[test]
 fn the_person_cli_shows_and_splits_over_the_socket() {
     let d = Daemon::start();
