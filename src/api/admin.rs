@@ -115,7 +115,21 @@ pub fn snapshot_path(
     {
         return Err(format!("snapshot path {requested:?} contains '..'"));
     }
-    let root = std::path::absolute(root).map_err(|e| e.to_string())?;
+    // `std::path::absolute` keeps `..` (the default root is `<data-dir>/../snapshots`): resolve
+    // it by the path's text, so that a path under the root as written matches it.
+    let root = std::path::absolute(root)
+        .map_err(|e| e.to_string())?
+        .components()
+        .fold(std::path::PathBuf::new(), |mut acc, c| {
+            match c {
+                std::path::Component::ParentDir => {
+                    acc.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => acc.push(c),
+            }
+            acc
+        });
     let full = if p.is_absolute() {
         p.to_path_buf()
     } else {

@@ -291,6 +291,25 @@ fn restore_with_full_verify_restores_a_good_snapshot() {
     );
 }
 
+/// With no `--snapshot-dir`, snapshots go next to the data dir (`<data-dir>/../snapshots`):
+/// `idstitch snapshot create OUT --socket` into that dir works, as the README shows it.
+#[test]
+fn an_online_snapshot_into_the_default_snapshot_dir_is_taken() {
+    let d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
+    let out = d.dir.parent().unwrap().join("snapshots").join("first");
+    succeeds(&["snapshot", "create", s(&out), "--socket", s(&d.socket)]);
+    assert!(out.join("manifest.json").exists());
+    let outside = d.dir.parent().unwrap().join("elsewhere");
+    assert_eq!(
+        idstitch(&["snapshot", "create", s(&outside), "--socket", s(&d.socket)])
+            .status
+            .code(),
+        Some(1),
+        "a path outside the snapshot dir is still refused"
+    );
+}
+
 #[test]
 fn restore_refuses_a_non_empty_dir_unless_forced() {
     let tmp = tempfile::tempdir().unwrap();
