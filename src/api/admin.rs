@@ -11,20 +11,32 @@ use super::read::{find_project, parse_uuid, tri};
 use super::{engine_error, error, json as render, AppState};
 
 /// Body of a split.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 pub struct SplitBody {
     main_distinct_id: Option<String>,
 }
 
-/// `POST /api/projects/{project}/persons/{uuid}/split/`.
+/// `POST /api/projects/{project}/persons/{uuid}/split/`. The body is optional, and read as
+/// JSON whatever its content type; one that does not parse is refused, since a split made
+/// without the main ID asked for cannot be undone.
 pub async fn split(
     path: web::Path<(String, String)>,
-    body: Option<web::Json<SplitBody>>,
+    body: web::Bytes,
     st: web::Data<AppState>,
 ) -> HttpResponse {
     let p = tri!(find_project(st.engine.store(), &path.0));
     let uuid = tri!(parse_uuid(&path.1));
-    let main = body.and_then(|b| b.into_inner().main_distinct_id);
+    let main = if body.trim_ascii().is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<SplitBody>(&body) {
+            Ok(b) => b.main_distinct_id,
+            Err(e) => {
+                let detail = format!("the body is not a split's JSON ({e}): nothing was split");
+                return error(StatusCode::BAD_REQUEST, "invalid_body", detail);
+            }
+        }
+    };
     match st.engine.split(p.id, uuid, main).await {
         Ok(persons) => HttpResponse::Ok().json(json!({
             "success": true,

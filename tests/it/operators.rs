@@ -107,6 +107,39 @@ fn explain_answers_why_an_id_belongs_to_its_person() {
         .any(|s| s["cause_event_uuid"] == json!("merge-1")));
 }
 
+/// A split cannot be undone: a body that does not parse is refused (400, nothing split), not
+/// read as "no main ID"; a JSON body is read whatever its content type (`curl -d`).
+#[test]
+fn a_split_body_that_does_not_parse_is_refused_and_any_json_body_is_read() {
+    let d = Daemon::start();
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    let path = format!("/api/projects/{T}/persons/{uuid}/split/");
+    let json_type = [("content-type", "application/json")];
+    let r = d.request(
+        "POST",
+        &path,
+        &json_type,
+        b"{\"main_distinct_id\": ".to_vec(),
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        dids(&d.person(T, "user").unwrap()).len(),
+        3,
+        "nothing split"
+    );
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let body = br#"{"main_distinct_id": "anon"}"#.to_vec();
+    let r = d.request("POST", &path, &form, body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let main = d.person(T, "anon").unwrap();
+    assert_eq!(
+        main["properties"]["email"],
+        json!("u@x.io"),
+        "the main ID kept the properties"
+    );
+}
+
 #[test]
 fn split_gives_each_id_its_own_person_and_its_events() {
     let mut d = Daemon::start();
