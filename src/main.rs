@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 use idstitch::cli::{run, Cli, Failure};
 
@@ -11,7 +12,11 @@ use idstitch::cli::{run, Cli, Failure};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(e),
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             let code = e.downcast_ref::<Failure>().map(|f| f.code).unwrap_or(2);
@@ -19,4 +24,22 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// `--help` and `--version` print and exit 0; any other parse error is a failure the user can
+/// fix (exit 1, api.md), told in one line: clap's first line, and where to look.
+fn usage(e: clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        eprintln!("idstitch: a command is missing; see `idstitch --help`");
+        return ExitCode::from(1);
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("idstitch: {first}; see `idstitch --help`");
+    ExitCode::from(1)
 }

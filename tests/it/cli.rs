@@ -68,6 +68,28 @@ fn ingest_reads_stdin_and_exits_non_zero_when_events_are_rejected() {
     assert!(d.person("phc_cli", "ok").is_some());
 }
 
+/// api.md: bad arguments are a failure the user can fix (exit 1), told in one plain line.
+#[test]
+fn bad_arguments_exit_1_with_one_line_and_help_exits_0() {
+    let out = Command::new(bin())
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--no-such-flag") && stderr.contains("--help"),
+        "{stderr}"
+    );
+    let help = Command::new(bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--data-dir"));
+}
+
 #[test]
 fn ingest_without_a_daemon_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
