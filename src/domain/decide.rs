@@ -94,15 +94,20 @@ impl Decider<'_, '_> {
     fn create(&mut self, ids: Vec<String>, identified: bool) {
         let uuid = person_uuid(self.ctx.project, &ids[0]);
         let mut props = self.updates().initial();
+        let creator = self.ev.uuid.as_ref().map(|u| Value::String(u.clone()));
+        if let Some(u) = &creator {
+            props.insert("$creator_event_uuid".into(), u.clone());
+        }
+        // The limit is on the person as created, its creator's uuid included.
         if exceeds(&props, MAX_PERSON_PROPERTIES_BYTES) {
             self.size_violation(
                 &uuid.to_string(),
                 "Person properties would exceed 512 KiB; not created with them",
             );
             props = Map::new();
-        }
-        if let Some(u) = &self.ev.uuid {
-            props.insert("$creator_event_uuid".into(), Value::String(u.clone()));
+            if let Some(u) = creator {
+                props.insert("$creator_event_uuid".into(), u);
+            }
         }
         self.out.push(Change::PersonCreated {
             person: uuid,

@@ -631,6 +631,30 @@ fn a_person_created_with_oversized_properties_gets_only_the_creator_uuid() {
     assert_eq!(props(&w, "u"), json!({"$creator_event_uuid": "a"}));
 }
 
+/// The limit holds for the person as created, `$creator_event_uuid` included: `{"big":"…"}`
+/// 5 bytes under 512 KiB fits alone, not with the creator's uuid.
+#[test]
+fn the_creator_uuid_counts_toward_the_size_limit_at_creation() {
+    let mut w = World::default();
+    let big = "x".repeat(524_288 - 10 - 5);
+    w.send(json!({"event": "e", "distinct_id": "u", "uuid": "a", "$set": {"big": big}}));
+    let keys: Vec<String> = props(&w, "u")
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, ["$creator_event_uuid"]);
+    assert_eq!(w.warnings()[0].0, "person_properties_size_violation");
+    let mut w = World::default();
+    w.send(json!({"event": "e", "distinct_id": "u", "$set": {"big": big}}));
+    assert_eq!(
+        props(&w, "u")["big"].as_str().map(str::len),
+        Some(big.len()),
+        "fits alone"
+    );
+}
+
 // §6 uuids
 
 #[test]
