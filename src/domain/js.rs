@@ -67,6 +67,23 @@ pub fn to_js_string(v: &Value) -> String {
     }
 }
 
+/// Whether two JSON values are equal once parsed by JavaScript (`JSON.parse`, then deep
+/// equality): numbers compare by value, so `1`, `1.0` and `1e0` are one number, at any depth.
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_value(v, w))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// JavaScript truthiness of a JSON value.
 pub fn is_truthy(v: &Value) -> bool {
     match v {
@@ -82,6 +99,28 @@ pub fn is_truthy(v: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn values_are_equal_as_javascript_parses_them() {
+        let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap();
+        for (a, b) in [
+            ("1", "1.0"),
+            ("100", "1e2"),
+            ("0", "-0.0"),
+            (r#"{"a":[1,{"b":2}]}"#, r#"{"a":[1.0,{"b":2e0}]}"#),
+        ] {
+            assert!(same_value(&parse(a), &parse(b)), "{a} {b}");
+        }
+        for (a, b) in [
+            ("1", "1.5"),
+            ("1", "\"1\""),
+            ("[1]", "[1,1]"),
+            (r#"{"a":1}"#, r#"{"b":1}"#),
+            ("null", "0"),
+        ] {
+            assert!(!same_value(&parse(a), &parse(b)), "{a} {b}");
+        }
+    }
 
     #[test]
     fn numbers_print_as_javascript_prints_them() {

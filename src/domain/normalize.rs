@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::js::{is_truthy, to_js_string};
+use super::js::{is_truthy, same_value, to_js_string};
 use super::props::{PropertyDiff, PropertyUpdates};
 use super::warnings::{Warning, WarningKind};
 use super::wire::{parse_value, EventProps, WireEvent};
@@ -352,7 +352,7 @@ impl<'e> EventUpdates<'e> {
             }
         }
         for (k, v) in self.set() {
-            if current.get(k) != Some(v) {
+            if !current.get(k).is_some_and(|c| same_value(c, v)) {
                 set.insert(k.to_string(), v.clone());
             }
         }
@@ -800,7 +800,7 @@ mod tests {
                 }
             }
             for (k, v) in &set {
-                if current.get(k) != Some(v) {
+                if !current.get(k).is_some_and(|c| same_value(c, v)) {
                     want.insert(k.clone(), v.clone());
                 }
             }

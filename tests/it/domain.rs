@@ -580,6 +580,29 @@ fn creation_ignores_unset_and_records_the_creator_event() {
     );
 }
 
+/// Values compare as JavaScript's JSON does: `1`, `1.0` and `1e0` are one number, so a
+/// `$set` of the same number written another way changes nothing (spec §5.3: "when its value
+/// differs"), at any depth.
+#[test]
+fn a_set_of_the_same_number_written_differently_changes_nothing() {
+    let mut w = World::default();
+    w.send(json!({"event": "e", "distinct_id": "u", "$set": {"n": 1, "deep": {"xs": [2, 3]}}}));
+    let before = w.person("u").unwrap().version;
+    let same: Value = serde_json::from_str(
+        r#"{"event": "e", "distinct_id": "u", "$set": {"n": 1.0, "deep": {"xs": [2e0, 3.0]}}}"#,
+    )
+    .unwrap();
+    w.send(same);
+    assert_eq!(w.person("u").unwrap().version, before, "nothing changed");
+    assert_eq!(
+        props(&w, "u")["n"].to_string(),
+        "1",
+        "the stored value stays as it was"
+    );
+    w.send(json!({"event": "e", "distinct_id": "u", "$set": {"n": 1.5}}));
+    assert_eq!(w.person("u").unwrap().version, before + 1);
+}
+
 #[test]
 fn version_goes_up_once_per_changing_event() {
     let mut w = World::default();

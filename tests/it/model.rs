@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use idstitch::domain::js::same_value;
 use idstitch::domain::normalize;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -310,7 +311,7 @@ impl Model {
             }
         }
         for (k, v) in &ev.updates.set {
-            if p.properties.get(k) != Some(v) {
+            if !p.properties.get(k).is_some_and(|c| same_value(c, v)) {
                 to_set.insert(k.clone(), v.clone());
             }
         }
