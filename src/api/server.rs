@@ -331,7 +331,15 @@ macro_rules! server {
                 .app_data(metrics.clone())
                 .app_data(bodies.clone())
                 .app_data(web::PayloadConfig::new(max_body))
-                .app_data(web::JsonConfig::default().limit(1 << 20))
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|e, _| json_error(e, "invalid_query")),
+                )
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(1 << 20)
+                        .error_handler(|e, _| json_error(e, "invalid_body")),
+                )
                 .wrap(actix_web::middleware::from_fn(body_deadline))
                 .wrap(actix_web::middleware::from_fn(bound_inflight_bodies))
                 .wrap(actix_web::middleware::from_fn(super::watchdog::track))
@@ -387,6 +395,13 @@ pub fn start(
         servers.push(tcp.run());
     }
     Ok(servers)
+}
+
+/// An extractor's refusal (a query string or JSON body that does not parse) in the API's JSON
+/// error shape, with the status actix gives it (400, or 413 for a body over the limit).
+fn json_error(e: impl actix_web::ResponseError + 'static, code: &str) -> actix_web::Error {
+    let response = super::error(e.status_code(), code, &e);
+    actix_web::error::InternalError::from_response(e, response).into()
 }
 
 #[cfg(test)]

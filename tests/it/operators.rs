@@ -363,6 +363,43 @@ fn a_deletion_with_its_events_drops_those_still_waiting_in_the_buffer() {
     d.assert_verifies();
 }
 
+/// A query string or JSON body that does not parse gets a JSON error like every other error
+/// of the API, not actix's plain text.
+#[test]
+fn a_bad_query_or_json_body_is_answered_in_json() {
+    let d = Daemon::start();
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    for (method, path, body) in [
+        (
+            "GET",
+            format!("/api/projects/{T}/events/?limit=abc"),
+            Vec::new(),
+        ),
+        (
+            "DELETE",
+            format!("/api/projects/{T}/persons/{uuid}/?delete_events=yes"),
+            Vec::new(),
+        ),
+        ("POST", "/api/snapshot".to_string(), b"{not json".to_vec()),
+    ] {
+        let r = d.request(method, &path, &[("content-type", "application/json")], body);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(r.status, 400, "{method} {path}: {text}");
+        let v: Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        assert_eq!(v["type"], json!("validation_error"), "{text}");
+        assert!(
+            v["detail"].as_str().is_some_and(|s| !s.is_empty()),
+            "{text}"
+        );
+    }
+    assert!(
+        d.person(T, "user").is_some(),
+        "the bad DELETE deleted nothing"
+    );
+}
+
 #[test]
 fn the_person_cli_shows_and_splits_over_the_socket() {
     let d = Daemon::start();
