@@ -374,7 +374,14 @@ pub fn start(
 ) -> std::io::Result<Vec<Server>> {
     // Bound here and handed over with `listen_uds`: actix's `bind_uds` skips `on_connect`, which
     // the connection watchdog needs.
-    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    // The socket file is created with the process umask: bind under 0o177, so that it is
+    // never more open than 0600 (not even until the chmod below gives it `socket_mode`).
+    // SAFETY: umask only swaps the process's file mode mask; it cannot fail. Files created
+    // by other threads meanwhile get 0600 at most, never more than they would.
+    let umask = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(socket);
+    unsafe { libc::umask(umask) };
+    let listener = bound?;
     // One bound for both listeners and all their workers.
     let bodies = InflightBodies::new(
         limits.max_inflight_body_bytes,
