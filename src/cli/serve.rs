@@ -12,12 +12,12 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::Failure;
-use crate::actors::{Engine, EngineConfig};
+use crate::actors::{Engine, EngineConfig, EngineError};
 use crate::api::server::{self, ConnLimits};
 use crate::api::{ApiConfig, AppState, DecodeLimits};
 use crate::domain::{SettingsError, SettingsPatch};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Options of `idstitch serve`. Precedence: flags, then `IDSTITCH_*` environment variables,
 /// then the TOML file of `--config` (same names, with underscores), then the defaults shown.
@@ -403,15 +403,28 @@ fn claim_socket(socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Corruption found opening or recovering `data_dir` (exit 3), with what to do.
+fn corrupt(data_dir: &Path, e: &StoreError) -> anyhow::Error {
+    Failure::corrupt(format!(
+        "data dir {} is damaged: {e}. Restore it from a snapshot (`idstitch snapshot restore`); \
+         if a newer idstitch wrote it, run that one",
+        data_dir.display()
+    ))
+}
+
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
     claim_socket(&s.socket)?;
     let store = Store::open(&s.data_dir).map_err(|e| {
-        Failure::user(format!(
-            "cannot open data dir {}: {e} (is another idstitch using it?)",
-            s.data_dir.display()
-        ))
+        if e.is_corruption() {
+            corrupt(&s.data_dir, &e)
+        } else {
+            Failure::user(format!(
+                "cannot open data dir {}: {e} (is another idstitch using it?)",
+                s.data_dir.display()
+            ))
+        }
     })?;
     actix_rt::System::new().block_on(serve(s, store))
 }
@@ -437,6 +450,10 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
     let (engine, recovered, writer) =
         Engine::start(store, s.engine.clone(), metrics, on_fatal, |seq, last| {
             tracing::info!(seq = seq.0, last = last.0, "Replaying the log.");
+        })
+        .map_err(|e| match &e {
+            EngineError::Store(se) if se.is_corruption() => corrupt(&s.data_dir, se),
+            _ => e.into(),
         })?;
     tracing::info!(
         last_seq = recovered.last_seq.0,

@@ -31,6 +31,16 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the data itself is damaged (as opposed to the disk or the system failing).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Rocks(e) => e.kind() == rocksdb::ErrorKind::Corruption,
+            StoreError::Codec { .. } | StoreError::Corrupt(_) => true,
+        }
+    }
+}
+
 /// A project as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProjectRecord {

@@ -219,3 +219,35 @@ fn on_storage_error_exit_stops_the_daemon_with_code_2() {
     let status = d.terminate();
     assert_eq!(status.code(), Some(2));
 }
+
+/// api.md: exit 3 when corruption is detected. A log entry that does not decode, found by the
+/// recovery at start, stops `serve` with 3 and a line that says what to do.
+#[test]
+fn a_corrupt_log_entry_found_at_start_exits_3() {
+    let mut d = Daemon::start();
+    d.capture(TOKEN, json!([{"event": "e", "distinct_id": "u"}]));
+    assert_eq!(d.terminate().code(), Some(0));
+    {
+        let store = idstitch::store::Store::open(&d.dir).expect("open");
+        let next = idstitch::domain::Seq(store.last_log_seq().unwrap().0 + 1);
+        let log = store.db().cf_handle("log").unwrap();
+        // Not a log record: an unknown format version byte, then noise.
+        store
+            .db()
+            .put_cf(&log, idstitch::store::keys::log(next), b"\xEEnot an entry")
+            .unwrap();
+    }
+    let out = Command::new(crate::support::bin())
+        .args(["serve", "--data-dir"])
+        .arg(&d.dir)
+        .arg("--socket")
+        .arg(d.dir.join("corrupt.sock"))
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("snapshot restore"),
+        "says what to do: {stderr}"
+    );
+}
