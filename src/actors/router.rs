@@ -1052,6 +1052,23 @@ mod tests {
         }
     }
 
+    /// A router over a new store in a temp dir (kept alive by the first item), with its
+    /// writer thread.
+    fn fresh_router() -> (
+        tempfile::TempDir,
+        Router,
+        WriterHandle,
+        std::thread::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let metrics = Metrics::new();
+        let (writer, join) = WriterHandle::spawn(store.clone(), Seq(0), metrics.clone(), |_| {});
+        let config = EngineConfig::default();
+        let router = Router::new(store, writer.clone(), metrics, config, Seq(0)).unwrap();
+        (dir, router, writer, join)
+    }
+
     fn created(project: ProjectId, dids: &[&str]) -> (PersonUuid, Change) {
         let uuid = crate::domain::person_uuid(project, dids[0]);
         let change = Change::PersonCreated {
@@ -1071,20 +1088,9 @@ mod tests {
     /// persons that never exist on disk. Such a person must read as gone.
     #[test]
     fn a_person_removed_by_an_entry_not_yet_durable_is_not_read_back_from_the_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let metrics = Metrics::new();
-        let (writer, join) = WriterHandle::spawn(store.clone(), Seq(0), metrics.clone(), |_| {});
         let p = ProjectId(1);
         actix::System::new().block_on(async move {
-            let router = Router::new(
-                store,
-                writer.clone(),
-                metrics,
-                EngineConfig::default(),
-                Seq(0),
-            )
-            .unwrap();
+            let (_dir, router, writer, join) = fresh_router();
             let st = router.inner.clone();
             let (a, make_a) = created(p, &["a1"]);
             let (b, make_b) = created(p, &["b1", "b2"]);
@@ -1192,18 +1198,7 @@ mod tests {
     /// request would pass for new.
     #[test]
     fn a_pin_keeps_the_uuids_not_durable_at_the_lookup_until_it_is_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let metrics = Metrics::new();
-        let (writer, join) = WriterHandle::spawn(store.clone(), Seq(0), metrics.clone(), |_| {});
-        let router = Router::new(
-            store,
-            writer.clone(),
-            metrics,
-            EngineConfig::default(),
-            Seq(0),
-        )
-        .unwrap();
+        let (_dir, router, writer, join) = fresh_router();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

@@ -289,32 +289,47 @@ fn deleted_events_are_gone_from_disk_after_compaction() {
     );
 }
 
-/// An event that waited in the conversion buffer is in the log twice: as it waited, and as
-/// stored when released. Deleting its person with its events removes both.
-#[test]
-fn a_deleted_event_that_waited_in_the_buffer_is_gone_from_disk_too() {
-    const B: &str = "phc_ops_buffer";
-    let mut d = Daemon::start_with(&["--test-clock"]);
-    crate::buffer::enable_buffer(&d, B, 60);
-    let marker = "BUFFERED-SECRET-51c2e8";
-    d.capture(B, json!([{"event": "$pageview", "distinct_id": "anon-9", "properties": {"$device_id": "anon-9", "$lib": "web"}}]));
-    d.capture(B, json!([{"event": "signed_up", "distinct_id": "user-9", "uuid": "0190a3b0-0000-7000-8000-0000000000c9",
-                         "properties": {"$lib": "posthog-python", "note": marker}}]));
+/// A daemon with the conversion buffer on in project `b`: the backend event of `user-{n}`
+/// (with `props`) waits, and a browser `$identify` joins `user-{n}` to `anon-{n}`'s person.
+fn buffered_signup(b: &str, n: u32, props: Value) -> Daemon {
+    let d = Daemon::start_with(&["--test-clock"]);
+    crate::buffer::enable_buffer(&d, b, 60);
+    let (anon, user) = (format!("anon-{n}"), format!("user-{n}"));
+    let web = json!({"$device_id": anon, "$lib": "web"});
+    d.capture(
+        b,
+        json!([{"event": "$pageview", "distinct_id": anon, "properties": web}]),
+    );
+    let uuid = format!("0190a3b0-0000-7000-8000-0000000000{n:02}");
+    d.capture(
+        b,
+        json!([{"event": "signed_up", "distinct_id": user, "uuid": uuid, "properties": props}]),
+    );
     assert_eq!(
-        crate::buffer::waiting(&d, B).len(),
+        crate::buffer::waiting(&d, b).len(),
         1,
         "the backend event waits"
     );
-    d.capture(B, json!([{"event": "$identify", "distinct_id": "user-9", "properties": {"$anon_distinct_id": "anon-9", "$lib": "web"}}]));
-    let r = d.post("/api/_test/clock", &json!({"advance_secs": 61}));
-    assert_eq!(r.status, 200);
-    crate::buffer::wait_until_released(&d, B, std::time::Duration::from_secs(10));
-    let uuid = d.person(B, "user-9").unwrap()["uuid"]
+    let identify = json!({"$anon_distinct_id": anon, "$lib": "web"});
+    d.capture(
+        b,
+        json!([{"event": "$identify", "distinct_id": user, "properties": identify}]),
+    );
+    d
+}
+
+/// Delete the person of `did` with its events.
+fn delete_with_events(d: &Daemon, b: &str, did: &str) {
+    let uuid = d.person(b, did).unwrap()["uuid"]
         .as_str()
         .unwrap()
         .to_string();
-    let path = format!("/api/projects/{B}/persons/{uuid}/?delete_events=true");
+    let path = format!("/api/projects/{b}/persons/{uuid}/?delete_events=true");
     assert_eq!(d.request("DELETE", &path, &[], Vec::new()).status, 204);
+}
+
+/// Stop the daemon; `marker` must be in no file of its data dir, and the log must verify.
+fn assert_gone_from_disk(mut d: Daemon, marker: &str) {
     assert_eq!(d.terminate().code(), Some(0));
     assert!(
         !on_disk(&d.dir, marker, &|_| true),
@@ -323,30 +338,30 @@ fn a_deleted_event_that_waited_in_the_buffer_is_gone_from_disk_too() {
     d.assert_verifies();
 }
 
+/// An event that waited in the conversion buffer is in the log twice: as it waited, and as
+/// stored when released. Deleting its person with its events removes both.
+#[test]
+fn a_deleted_event_that_waited_in_the_buffer_is_gone_from_disk_too() {
+    const B: &str = "phc_ops_buffer";
+    let marker = "BUFFERED-SECRET-51c2e8";
+    let d = buffered_signup(B, 9, json!({"$lib": "posthog-python", "note": marker}));
+    let r = d.post("/api/_test/clock", &json!({"advance_secs": 61}));
+    assert_eq!(r.status, 200);
+    crate::buffer::wait_until_released(&d, B, std::time::Duration::from_secs(10));
+    delete_with_events(&d, B, "user-9");
+    assert_gone_from_disk(d, marker);
+}
+
 /// An event of the person's still waiting in the conversion buffer is one of its events:
 /// a deletion with its events drops it (its bytes leave the disk), so that its release does
 /// not bring the deleted user's properties back as a fresh person.
 #[test]
 fn a_deletion_with_its_events_drops_those_still_waiting_in_the_buffer() {
     const B: &str = "phc_ops_waiting";
-    let mut d = Daemon::start_with(&["--test-clock"]);
-    crate::buffer::enable_buffer(&d, B, 60);
     let marker = "WAITING-SECRET-0d93aa";
-    d.capture(B, json!([{"event": "$pageview", "distinct_id": "anon-8", "properties": {"$device_id": "anon-8", "$lib": "web"}}]));
-    d.capture(B, json!([{"event": "signed_up", "distinct_id": "user-8", "uuid": "0190a3b0-0000-7000-8000-0000000000d8",
-                         "properties": {"$lib": "posthog-python", "note": marker, "$set": {"email": marker}}}]));
-    d.capture(B, json!([{"event": "$identify", "distinct_id": "user-8", "properties": {"$anon_distinct_id": "anon-8", "$lib": "web"}}]));
-    assert_eq!(
-        crate::buffer::waiting(&d, B).len(),
-        1,
-        "the backend event waits"
-    );
-    let uuid = d.person(B, "user-8").unwrap()["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let path = format!("/api/projects/{B}/persons/{uuid}/?delete_events=true");
-    assert_eq!(d.request("DELETE", &path, &[], Vec::new()).status, 204);
+    let props = json!({"$lib": "posthog-python", "note": marker, "$set": {"email": marker}});
+    let d = buffered_signup(B, 8, props);
+    delete_with_events(&d, B, "user-8");
     assert!(
         crate::buffer::waiting(&d, B).is_empty(),
         "dropped with the person"
@@ -355,12 +370,7 @@ fn a_deletion_with_its_events_drops_those_still_waiting_in_the_buffer() {
     assert_eq!(r.status, 200);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(d.person(B, "user-8").is_none(), "no person came back");
-    assert_eq!(d.terminate().code(), Some(0));
-    assert!(
-        !on_disk(&d.dir, marker, &|_| true),
-        "the waiting event's bytes are still on disk"
-    );
-    d.assert_verifies();
+    assert_gone_from_disk(d, marker);
 }
 
 /// A query string or JSON body that does not parse gets a JSON error like every other error
