@@ -430,6 +430,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
+    // Listened for before the start-up replay: a signal that arrives during it is served
+    // once the daemon is up (a clean stop), instead of killing the process.
+    let mut signals = Signals::new();
     let metrics = Metrics::new();
     let policy = s.on_storage_error;
     let on_fatal = move |msg: &str| match policy {
@@ -492,7 +495,6 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
             s.http
         ))
     })?;
-    let mut signals = Signals::new();
     let handles: Vec<_> = servers.iter().map(|srv| srv.handle()).collect();
     for srv in servers {
         actix_rt::spawn(srv);

@@ -251,3 +251,88 @@ fn a_corrupt_log_entry_found_at_start_exits_3() {
         "says what to do: {stderr}"
     );
 }
+
+/// api.md: SIGTERM stops the daemon with exit 0. One that arrives while the start-up replay
+/// runs (here a rebuild of 60,000 entries) is served once the replay is done: a clean stop,
+/// not death by the signal, and nothing is lost.
+#[test]
+fn sigterm_during_the_start_up_replay_stops_cleanly() {
+    use idstitch::domain::{person_uuid, Change, Entry, ProjectId, Seq};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    {
+        let store = idstitch::store::Store::open(&dir).expect("open");
+        let p = ProjectId(1);
+        let entries: Vec<(Seq, Arc<Entry>)> = (1..=60_000u64)
+            .map(|i| {
+                let did = format!("user-{i}");
+                let change = Change::PersonCreated {
+                    person: person_uuid(p, &did),
+                    distinct_ids: vec![did],
+                    properties: Default::default(),
+                    is_identified: false,
+                    created_at_ms: 0,
+                };
+                let entry = Entry {
+                    project: p,
+                    at_ms: 0,
+                    cause: None,
+                    changes: vec![change],
+                };
+                (Seq(i), Arc::new(entry))
+            })
+            .collect();
+        idstitch::store::log::write_group(&store, &entries, true).expect("write");
+        // As after an upgrade of the derived format: the next start rebuilds from the log.
+        let meta = store.db().cf_handle("meta").unwrap();
+        store.db().delete_cf(&meta, b"derived_format").unwrap();
+        store.db().flush_wal(true).unwrap();
+    }
+    let log = tmp.path().join("daemon.log");
+    let mut child = Command::new(crate::support::bin())
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start serve");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Replaying the log.")
+    {
+        assert!(started.elapsed().as_secs() < 60, "no replay seen");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("Recovered."),
+        "the signal must land during the replay: {text}"
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{status}: {text}");
+    assert!(
+        text.contains("Recovered.") && text.contains("Stopped."),
+        "{text}"
+    );
+    let verify = Command::new(crate::support::bin())
+        .args(["verify", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && out.contains("60000 persons"),
+        "{out}"
+    );
+}
