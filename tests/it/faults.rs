@@ -257,31 +257,14 @@ fn a_corrupt_log_entry_found_at_start_exits_3() {
 /// not death by the signal, and nothing is lost.
 #[test]
 fn sigterm_during_the_start_up_replay_stops_cleanly() {
-    use idstitch::domain::{person_uuid, Change, Entry, ProjectId, Seq};
-    use std::sync::Arc;
+    use idstitch::domain::ProjectId;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     {
         let store = idstitch::store::Store::open(&dir).expect("open");
         let p = ProjectId(1);
-        let entries: Vec<(Seq, Arc<Entry>)> = (1..=60_000u64)
-            .map(|i| {
-                let did = format!("user-{i}");
-                let change = Change::PersonCreated {
-                    person: person_uuid(p, &did),
-                    distinct_ids: vec![did],
-                    properties: Default::default(),
-                    is_identified: false,
-                    created_at_ms: 0,
-                };
-                let entry = Entry {
-                    project: p,
-                    at_ms: 0,
-                    cause: None,
-                    changes: vec![change],
-                };
-                (Seq(i), Arc::new(entry))
-            })
+        let entries: Vec<_> = (1..=60_000u64)
+            .map(|i| crate::support::creation(p, i, format!("user-{i}"), Default::default(), 0))
             .collect();
         idstitch::store::log::write_group(&store, &entries, true).expect("write");
         // As after an upgrade of the derived format: the next start rebuilds from the log.

@@ -248,26 +248,14 @@ fn a_merged_away_persons_creation_that_does_not_decode_fails_verify() {
 /// indexes the rows first).
 #[test]
 fn a_difference_after_a_log_of_creations_alone_names_the_person() {
-    use idstitch::domain::{person_uuid, Change, Person, ProjectId, Props};
+    use idstitch::domain::{person_uuid, Person, ProjectId, Props};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).expect("open");
     let p = ProjectId(1);
     let log: Vec<(Seq, Arc<Entry>)> = (1..=50u64)
         .map(|i| {
-            let change = Change::PersonCreated {
-                person: person_uuid(p, &format!("id-{i}")),
-                distinct_ids: vec![format!("id-{i}")],
-                properties: Props(json!({ "n": i }).as_object().cloned().unwrap()),
-                is_identified: false,
-                created_at_ms: i as i64,
-            };
-            let entry = Entry {
-                project: p,
-                at_ms: 0,
-                cause: None,
-                changes: vec![change],
-            };
-            (Seq(i), Arc::new(entry))
+            let props = Props(json!({ "n": i }).as_object().cloned().unwrap());
+            crate::support::creation(p, i, format!("id-{i}"), props, i as i64)
         })
         .collect();
     write_group(&store, &log, false).expect("write");

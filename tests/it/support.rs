@@ -318,3 +318,31 @@ pub fn dids(p: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The log entry of one person's creation at `seq`: `did` its only distinct ID (uuid v5 of
+/// it), with `properties` (tests that build a log straight through the store).
+pub fn creation(
+    project: idstitch::domain::ProjectId,
+    seq: u64,
+    did: String,
+    properties: idstitch::domain::Props,
+    created_at_ms: i64,
+) -> (
+    idstitch::domain::Seq,
+    std::sync::Arc<idstitch::domain::Entry>,
+) {
+    let change = idstitch::domain::Change::PersonCreated {
+        person: idstitch::domain::person_uuid(project, &did),
+        distinct_ids: vec![did],
+        properties,
+        is_identified: false,
+        created_at_ms,
+    };
+    let entry = idstitch::domain::Entry {
+        project,
+        at_ms: 0,
+        cause: None,
+        changes: vec![change],
+    };
+    (idstitch::domain::Seq(seq), std::sync::Arc::new(entry))
+}
