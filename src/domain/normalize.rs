@@ -1,7 +1,5 @@
 //! Turning one event as an SDK sent it into a [`Normalized`] event (spec §1, §2).
 
-use std::collections::HashMap;
-
 use serde_json::{Map, Value};
 
 use super::js::{is_truthy, same_value, to_js_string};
@@ -235,19 +233,46 @@ fn utc_millis(s: &str) -> Option<i64> {
     Some(time.and_utc().timestamp_millis())
 }
 
-/// Each promoted key with its `$initial_` name, built once. A fixed-seed hash map: it is never
-/// written after it is built, so crafted keys cannot make it slow.
-static PROMOTED: std::sync::LazyLock<HashMap<&'static str, String, foldhash::fast::FixedState>> =
-    std::sync::LazyLock::new(|| {
-        PROMOTED_KEYS
-            .iter()
-            .map(|k| (*k, format!("$initial_{}", k.strip_prefix('$').unwrap_or(k))))
-            .collect()
-    });
+/// The `$initial_` name of each of [`PROMOTED_KEYS`], built once.
+static PROMOTED_INITIAL: std::sync::LazyLock<[String; 44]> = std::sync::LazyLock::new(|| {
+    PROMOTED_KEYS.map(|k| format!("$initial_{}", k.strip_prefix('$').unwrap_or(k)))
+});
+
+/// The slot of a key in [`PROMOTED_SLOTS`]: a multiplicative hash of its first two bytes,
+/// last two bytes and length. It puts the 44 promoted keys in 44 different slots of 128 (the
+/// table's construction asserts it), so that a key is found, or known not to be promoted,
+/// with one multiply and at most one comparison. (A hash map's lookup hashed every byte of
+/// each of the ~40 keys of a typical event: ~80 instructions a key.)
+const fn promoted_slot(b: &[u8]) -> usize {
+    let n = b.len();
+    if n == 0 {
+        return 0;
+    }
+    let (first, second, before_last, last) = (b[0], b[1 % n], b[n.saturating_sub(2)], b[n - 1]);
+    let x = u32::from_le_bytes([first, second, before_last, last]) as u64 | (n as u64) << 32;
+    (x.wrapping_mul(0x4ceb_9d73_0126_9b7b) >> 57) as usize
+}
+
+const NO_SLOT: u8 = u8::MAX;
+
+/// For each slot of [`promoted_slot`], the index in [`PROMOTED_KEYS`] of the key there.
+static PROMOTED_SLOTS: [u8; 128] = {
+    let mut slots = [NO_SLOT; 128];
+    let mut i = 0;
+    while i < PROMOTED_KEYS.len() {
+        let slot = promoted_slot(PROMOTED_KEYS[i].as_bytes());
+        assert!(slots[slot] == NO_SLOT, "two promoted keys share a slot");
+        slots[slot] = i as u8;
+        i += 1;
+    }
+    slots
+};
 
 /// `key` and its `$initial_` name when `key` is one of [`PROMOTED_KEYS`].
 fn promoted_key(key: &str) -> Option<(&'static str, &'static str)> {
-    PROMOTED.get_key_value(key).map(|(k, i)| (*k, i.as_str()))
+    let i = PROMOTED_SLOTS[promoted_slot(key.as_bytes())] as usize;
+    let promoted = *PROMOTED_KEYS.get(i)?;
+    (promoted == key).then(|| (promoted, PROMOTED_INITIAL[i].as_str()))
 }
 
 /// A promoted property: its key, its `$initial_` key and its value.
@@ -556,7 +581,7 @@ fn rewrite(props: &EventProps, top_set: Option<Value>, top_set_once: Option<Valu
 
 /// The promoted properties of `props`, each key once (the last sent wins).
 fn promoted_of(props: &EventProps) -> Vec<PromotedProp> {
-    let mut out: Vec<PromotedProp> = Vec::new();
+    let mut out: Vec<PromotedProp> = Vec::with_capacity(16);
     for (k, text) in props.iter() {
         // Only a promoted key's value is parsed (a pair in one pattern would parse them all).
         let Some((key, initial)) = promoted_key(k) else {
@@ -877,6 +902,77 @@ mod tests {
         assert_eq!(promoted("$pageview", true), 0);
         assert_eq!(promoted("$exception", false), 0);
         assert_eq!(promoted("$snapshot", false), 0);
+    }
+
+    /// The definition [`promoted_key`] implements with its table: a search of the list.
+    fn promoted_by_search(key: &str) -> Option<(&'static str, String)> {
+        PROMOTED_KEYS
+            .iter()
+            .find(|k| **k == key)
+            .map(|k| (*k, format!("$initial_{}", k.strip_prefix('$').unwrap_or(k))))
+    }
+
+    fn promoted_by_table(key: &str) -> Option<(&'static str, String)> {
+        promoted_key(key).map(|(k, i)| (k, i.to_string()))
+    }
+
+    #[test]
+    fn every_promoted_key_is_found_and_keys_next_to_them_are_not() {
+        for k in PROMOTED_KEYS {
+            assert_eq!(promoted_by_table(k), promoted_by_search(k), "{k}");
+            assert!(promoted_key(k).is_some(), "{k}");
+            // The same first two and last two bytes and length, another byte in the middle.
+            if k.len() > 4 {
+                let mut near = k.as_bytes().to_vec();
+                near[2] ^= 1;
+                let near = String::from_utf8(near).unwrap();
+                assert_eq!(promoted_key(&near), None, "{near}");
+            }
+        }
+        let initial = PROMOTED_KEYS.map(|k| promoted_key(k).unwrap().1);
+        for k in initial.iter().copied().chain([
+            "",
+            "$",
+            "o",
+            "$o",
+            "$os_",
+            "$OS",
+            "os",
+            "$set",
+            "$lib",
+            "$host",
+            "title",
+            "$session_id",
+            "$window_id",
+            "$pageview_id",
+            "utm",
+            "utm_source_",
+            "_kxx",
+        ]) {
+            assert_eq!(promoted_key(k), None, "{k:?}");
+        }
+    }
+
+    proptest! {
+        /// The table finds exactly the keys a search of the list finds, for keys made from
+        /// promoted ones cut, lengthened or with a byte changed, and arbitrary ones.
+        #[test]
+        fn the_promoted_key_table_agrees_with_a_search(
+            base in prop::sample::select(PROMOTED_KEYS.to_vec()),
+            cut in 0usize..20,
+            extra in "[a-z_$]{0,3}",
+            flip in any::<prop::sample::Index>(),
+            any_key in "[a-z_$]{0,12}",
+        ) {
+            let cut_key = &base[..base.len().saturating_sub(cut % 3)];
+            let mut flipped = base.as_bytes().to_vec();
+            let at = flip.index(flipped.len());
+            flipped[at] = if flipped[at] == b'_' { b'x' } else { b'_' };
+            let flipped = String::from_utf8(flipped).unwrap();
+            for k in [base, cut_key, &format!("{base}{extra}"), &flipped, &any_key] {
+                prop_assert_eq!(promoted_by_table(k), promoted_by_search(k), "{:?}", k);
+            }
+        }
     }
 
     #[test]
