@@ -25,7 +25,8 @@ pub struct IngestArgs {
         default_value = "./data/store/idstitch.sock"
     )]
     pub socket: PathBuf,
-    /// Project token for events that carry none.
+    /// Project token for events that carry none (no `api_key`, `token` or `properties.token`,
+    /// and no `api_key` of a batch envelope): an event's own token still wins.
     #[arg(long)]
     pub token: Option<String>,
     /// Events per request.
@@ -61,21 +62,33 @@ pub fn parse_events(text: &str) -> anyhow::Result<(Vec<Value>, Option<String>)> 
 /// event), held in memory, or NDJSON, read and sent a batch at a time so that a file of any
 /// size needs only one batch in memory.
 enum Source {
-    Document(std::vec::IntoIter<Value>),
+    Document(std::iter::Enumerate<std::vec::IntoIter<Value>>),
     Lines {
         lines: std::io::Lines<Box<dyn BufRead>>,
         /// The first line, already read to tell the formats apart.
         first: Option<String>,
+        /// The number of the line read last.
         line_no: usize,
     },
 }
 
+impl Source {
+    /// What a position of [`Iterator::next`] counts: lines of NDJSON, events of a document.
+    fn unit(&self) -> &'static str {
+        match self {
+            Source::Document(_) => "event",
+            Source::Lines { .. } => "line",
+        }
+    }
+}
+
 impl Iterator for Source {
-    type Item = anyhow::Result<Value>;
+    /// An event and where it is: its line (NDJSON) or its place in the document, from 1.
+    type Item = anyhow::Result<(usize, Value)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Source::Document(events) => events.next().map(Ok),
+            Source::Document(events) => events.next().map(|(i, v)| Ok((i + 1, v))),
             Source::Lines {
                 lines,
                 first,
@@ -85,6 +98,12 @@ impl Iterator for Source {
                     Some(l) => l,
                     None => match lines.next()? {
                         Ok(l) => l,
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            return Some(Err(Failure::user(format!(
+                                "line {}: not UTF-8 text",
+                                *line_no + 1
+                            ))))
+                        }
                         Err(e) => return Some(Err(e.into())),
                     },
                 };
@@ -94,6 +113,7 @@ impl Iterator for Source {
                 }
                 return Some(
                     serde_json::from_str(&line)
+                        .map(|v| (*line_no, v))
                         .map_err(|e| Failure::user(format!("line {}: not JSON: {e}", *line_no))),
                 );
             },
@@ -112,11 +132,23 @@ fn open(file: &std::path::Path) -> anyhow::Result<(Source, Option<String>, Optio
         Box::new(BufReader::with_capacity(1 << 20, f))
     };
     let mut first = String::new();
+    let mut blank = 0usize;
     while first.trim().is_empty() {
         first.clear();
-        if reader.read_line(&mut first)? == 0 {
+        let read = reader.read_line(&mut first).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => {
+                Failure::user(format!("line {}: not UTF-8 text", blank + 1))
+            }
+            _ => e.into(),
+        })?;
+        if read == 0 {
             break;
         }
+        blank += 1;
+    }
+    // A byte-order mark (some editors write one) is not part of the JSON.
+    if let Some(rest) = first.strip_prefix('\u{feff}') {
+        first = rest.to_string();
     }
     let ndjson = matches!(
         serde_json::from_str::<Value>(first.trim()),
@@ -127,20 +159,34 @@ fn open(file: &std::path::Path) -> anyhow::Result<(Source, Option<String>, Optio
         let source = Source::Lines {
             lines: reader.lines(),
             first: Some(first.trim_end_matches(['\n', '\r']).to_string()),
-            line_no: 0,
+            // The blank lines before the first, which is read next.
+            line_no: blank.saturating_sub(1),
         };
         return Ok((source, None, lines));
     }
     let mut text = first;
-    reader.read_to_string(&mut text)?;
+    reader
+        .read_to_string(&mut text)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => {
+                Failure::user(format!("{}: not UTF-8 text", file.display()))
+            }
+            _ => e.into(),
+        })?;
     let (events, token) = parse_events(&text)?;
     let n = events.len() as u64;
-    Ok((Source::Document(events.into_iter()), token, Some(n)))
+    Ok((
+        Source::Document(events.into_iter().enumerate()),
+        token,
+        Some(n),
+    ))
 }
 
-/// Lines after the first of a file, for the progress bar (`None` for stdin).
+/// Lines after the first of a regular file, for the progress bar. `None` for anything else:
+/// stdin, a pipe (`<(zcat f.gz)`, `/dev/stdin`) or a FIFO, which a second reader would drain
+/// of the events the first has not read yet.
 fn count_lines(file: &std::path::Path) -> Option<u64> {
-    if file.as_os_str() == "-" {
+    if file.as_os_str() == "-" || !std::fs::metadata(file).ok()?.is_file() {
         return None;
     }
     let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(file).ok()?);
@@ -160,24 +206,44 @@ fn count_lines(file: &std::path::Path) -> Option<u64> {
 /// Run the command: exit 0 when every event was accepted, 1 when some were rejected.
 pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let (events, file_token, total) = open(&args.file)?;
-    let token = args.token.or(file_token);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let tokens = Tokens {
+        batch: file_token,
+        default: args.token,
+    };
     rt.block_on(send(
         &args.socket,
         events,
         total,
-        token,
+        tokens,
         args.batch_size.max(1),
     ))
+}
+
+/// The project tokens of a run.
+struct Tokens {
+    /// The `api_key` of the file's batch envelope: every event's (spec §1.3).
+    batch: Option<String>,
+    /// `--token`: for each event that carries none.
+    default: Option<String>,
+}
+
+/// Whether an event names its project itself (spec §1.3: a non-empty `api_key`, `token` or
+/// `properties.token`).
+fn carries_token(event: &Value) -> bool {
+    let named = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    named(event.get("api_key"))
+        || named(event.get("token"))
+        || named(event.get("properties").and_then(|p| p.get("token")))
 }
 
 async fn send(
     socket: &std::path::Path,
     mut events: Source,
     total: Option<u64>,
-    token: Option<String>,
+    tokens: Tokens,
     batch: usize,
 ) -> anyhow::Result<ExitCode> {
     let mut conn = Conn::unix(socket).await?;
@@ -190,45 +256,84 @@ async fn send(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
+    let unit = events.unit();
     let (mut accepted, mut rejected, mut sent) = (0usize, 0usize, 0usize);
+    // The position of the last event acknowledged.
+    let mut done = 0;
+    // Where a run stopped, and how to go on.
+    let stopped = |sent: usize, done: usize| match sent {
+        0 => "no event was acknowledged".to_string(),
+        _ => format!(
+            "the {sent} events up to {unit} {done} were acknowledged; resend from {unit} {}",
+            done + 1
+        ),
+    };
     for n in 0.. {
         let chunk = events
             .by_ref()
             .take(batch)
-            .collect::<anyhow::Result<Vec<Value>>>();
-        let chunk = chunk.inspect_err(|_| bar.abandon())?;
-        if chunk.is_empty() {
+            .collect::<anyhow::Result<Vec<(usize, Value)>>>();
+        let chunk = chunk.map_err(|e| {
+            bar.abandon();
+            Failure::user(format!("{e} ({})", stopped(sent, done)))
+        })?;
+        let Some(&(last, _)) = chunk.last() else {
             break;
+        };
+        let (positions, mut chunk): (Vec<usize>, Vec<Value>) = chunk.into_iter().unzip();
+        if let (None, Some(t)) = (&tokens.batch, &tokens.default) {
+            for event in chunk.iter_mut().filter(|e| !carries_token(e)) {
+                if let Some(fields) = event.as_object_mut() {
+                    fields.insert("api_key".into(), Value::String(t.clone()));
+                }
+            }
         }
+        let count = chunk.len();
         let mut body = json!({ "batch": chunk });
-        if let Some(t) = &token {
+        if let Some(t) = &tokens.batch {
             body["api_key"] = Value::String(t.clone());
         }
-        let resp = conn.post_json("/batch/", &body).await?;
+        let resp = conn.post_json("/batch/", &body).await.map_err(|e| {
+            bar.abandon();
+            Failure::runtime(format!(
+                "{e}: the daemon went away during request {} ({})",
+                n + 1,
+                stopped(sent, done)
+            ))
+        })?;
         if resp.status != 200 {
             bar.abandon();
             let detail = resp.json().get("detail").cloned().unwrap_or(Value::Null);
-            return Err(Failure::user(format!(
-                "request {} (events {}..) was refused with {}: {detail}",
+            let message = format!(
+                "request {} ({unit}s {}-{last}) was refused with {}: {detail} ({})",
                 n + 1,
-                sent,
-                resp.status
-            )));
+                positions[0],
+                resp.status,
+                stopped(sent, done)
+            );
+            return Err(match resp.status {
+                500.. => Failure::runtime(message),
+                _ => Failure::user(message),
+            });
         }
         let answer = resp.json();
         let refused = answer.get("rejected").and_then(Value::as_array);
         for item in refused.into_iter().flatten() {
-            bar.println(format!(
-                "rejected event {}: {}",
-                sent + item["index"].as_u64().unwrap_or(0) as usize,
+            let at = item["index"].as_u64().unwrap_or(0) as usize;
+            let line = format!(
+                "rejected {unit} {}: {}",
+                positions.get(at).copied().unwrap_or(0),
                 item["detail"]
-            ));
+            );
+            // Printed through the bar, which may be hidden (stderr not a terminal).
+            bar.suspend(|| eprintln!("{line}"));
         }
+        done = last;
         let r = refused.map_or(0, Vec::len);
         rejected += r;
-        accepted += chunk.len() - r;
-        sent += chunk.len();
-        bar.inc(chunk.len() as u64);
+        accepted += count - r;
+        sent += count;
+        bar.inc(count as u64);
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();

@@ -34,6 +34,15 @@ impl Failure {
         .into()
     }
 
+    /// A runtime error: the daemon or the system failed, not the request (exit 2).
+    pub fn runtime(message: impl Into<String>) -> anyhow::Error {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+        .into()
+    }
+
     /// Corruption detected (exit 3).
     pub fn corrupt(message: impl Into<String>) -> anyhow::Error {
         Failure {
