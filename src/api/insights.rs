@@ -130,7 +130,9 @@ pub fn parse_date(
         Some(s) => s,
     };
     if let Some(rel) = s.strip_prefix('-') {
-        let (n, unit) = rel.split_at(rel.len().saturating_sub(1));
+        // The unit is the last character, which may take more than one byte.
+        let cut = rel.char_indices().last().map_or(0, |(at, _)| at);
+        let (n, unit) = rel.split_at(cut);
         let secs = match unit {
             "m" => 60,
             "h" => 3600,

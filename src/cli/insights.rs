@@ -42,10 +42,10 @@ pub enum InsightsCmd {
 #[derive(clap::Args, Debug)]
 pub struct Range {
     /// Only events at or after this time: 2026-01-31, 2026-01-31T12:00:00Z, -7d, -24h.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     date_from: Option<String>,
     /// Only events up to this time (a date means the end of that day).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     date_to: Option<String>,
     /// Leave out the persons the project's test-account filters mark as internal.
     #[arg(long)]
@@ -82,7 +82,7 @@ pub fn funnel_table(answer: &Value) -> String {
             "{:<6}{:<32}{:>10}{:>14}{:>16}\n",
             s["order"].as_u64().unwrap_or(0) + 1,
             s["name"].as_str().unwrap_or(""),
-            s["count"],
+            s["count"].to_string(),
             percent(&s["conversion_rate"]),
             percent(&s["conversion_rate_from_previous"]),
         ));
@@ -118,7 +118,10 @@ pub fn run(socket: &Path, cmd: InsightsCmd) -> anyhow::Result<ExitCode> {
             };
             print!(
                 "{:<32}{:>14}\n{:<32}{:>14}\n",
-                "EVENT", unit, event, a["count"]
+                "EVENT",
+                unit,
+                event,
+                a["count"].to_string()
             );
         }
         InsightsCmd::Funnel {

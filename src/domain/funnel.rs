@@ -20,10 +20,13 @@ pub struct StepEvent {
 }
 
 /// The index of the furthest step the person reached (0 for step A only), or `None` when it
-/// never did step A. `events` may be in any order; it is sorted here.
+/// never did step A. `events` may be in any order; it is sorted here: by time, and events of
+/// the same millisecond by their earliest step, then as they arrived. A step may come at the
+/// same time as the one before it, whichever arrived first (a backend and a browser can send
+/// the same millisecond).
 pub fn furthest_step(events: &mut [StepEvent], steps: usize, window_ms: i64) -> Option<usize> {
     let steps = steps.min(MAX_STEPS);
-    events.sort_unstable_by_key(|e| (e.timestamp_ms, e.seq));
+    events.sort_unstable_by_key(|e| (e.timestamp_ms, e.steps.trailing_zeros(), e.seq));
     // latest[k]: the latest start (step A's time) of a sequence that has reached step k. A later
     // start always leaves more of the window, so it is the only one worth keeping.
     let mut latest: [Option<i64>; MAX_STEPS] = [None; MAX_STEPS];
@@ -80,6 +83,23 @@ mod tests {
         let mut e = [ev(0, A), ev(50, A), ev(55, B), ev(100, C)];
         assert_eq!(furthest_step(&mut e, 3, 50), Some(2));
         assert_eq!(furthest_step(&mut [ev(0, A), ev(61, B)], 2, 60), Some(0));
+    }
+
+    #[test]
+    fn a_step_at_the_same_millisecond_as_the_one_before_counts_whatever_arrived_first() {
+        let same = |steps, seq| StepEvent {
+            timestamp_ms: 7,
+            seq,
+            steps,
+        };
+        assert_eq!(
+            furthest_step(&mut [same(C, 1), same(B, 2), same(A, 3)], 3, 10),
+            Some(2)
+        );
+        // Still one step per event.
+        assert_eq!(furthest_step(&mut [same(A | B, 1)], 2, 10), Some(0));
+        // A later step before an earlier one is still out of order.
+        assert_eq!(furthest_step(&mut [ev(1, B), ev(2, A)], 2, 10), Some(0));
     }
 
     #[test]

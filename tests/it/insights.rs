@@ -189,6 +189,47 @@ fn deleting_a_person_with_its_events_removes_them_from_insights() {
     assert_eq!(funnel(&d, ""), [7, 3, 2]);
 }
 
+/// A relative date whose unit is a character of more than one byte is a bad date (400), not
+/// a panic that drops the connection.
+#[test]
+fn a_relative_date_with_a_multibyte_unit_is_a_bad_request() {
+    let d = Daemon::start();
+    onboarding(&d);
+    for q in [
+        "unique_persons/?event=x&date_from=-%C3%A9",
+        "funnel/?steps=a,b&date_to=-1%C3%A9",
+    ] {
+        let r = d.get(&format!("/api/projects/{T}/insights/{q}"));
+        assert_eq!(r.status, 400, "{q}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["code"], "invalid_input", "{q}");
+    }
+}
+
+/// A funnel step at the same millisecond as the step before it converts, whichever arrived
+/// first (PostHog compares step times with `<=`).
+#[test]
+fn a_funnel_step_at_the_same_time_as_the_one_before_converts() {
+    let d = Daemon::start();
+    let t = at(5);
+    d.capture(
+        T,
+        json!([
+            {"event": "signed_up", "distinct_id": "same-ms", "timestamp": t},
+            {"event": "$pageview", "distinct_id": "same-ms", "timestamp": t},
+        ]),
+    );
+    let r = d.get(&format!(
+        "/api/projects/{T}/insights/funnel/?steps=$pageview,signed_up&window_secs=60"
+    ));
+    let counts: Vec<u64> = r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 1]);
+}
+
 #[test]
 fn the_cli_prints_insights_and_settings_as_tables() {
     let d = Daemon::start();
@@ -220,8 +261,25 @@ fn the_cli_prints_insights_and_settings_as_tables() {
         .collect();
     assert_eq!(rows[1], ["1", "$pageview", "6", "100.0%", "100.0%"]);
     assert_eq!(rows[3], ["3", "created_project", "2", "33.3%", "100.0%"]);
-    let table = run(&["insights", "unique", T, "--event", "$pageview"]);
+    // Every row as wide as the header: the counts right-aligned under it.
+    let widths: Vec<usize> = table.lines().map(|l| l.chars().count()).collect();
+    assert!(widths.iter().all(|w| *w == widths[0]), "{table}");
+    // A relative date, which starts with a hyphen, is a value, not a flag.
+    let table = run(&[
+        "insights",
+        "unique",
+        T,
+        "--event",
+        "$pageview",
+        "--date-from",
+        "-3650d",
+    ]);
     assert!(table.lines().nth(1).unwrap().ends_with(" 8"), "{table}");
+    assert_eq!(
+        table.lines().next().unwrap().len(),
+        table.lines().nth(1).unwrap().len(),
+        "{table}"
+    );
     let table = run(&[
         "project",
         "set",
