@@ -20,7 +20,7 @@ use super::person::{Apply, PersonActor, Snapshot, Stop};
 use super::writer::{WriterFailed, WriterHandle};
 use crate::domain::admin::{decide_delete, decide_split, AdminError};
 use crate::domain::apply::{created_person, split_parts};
-use crate::domain::buffer::{qualifies, BufferedEvent};
+use crate::domain::buffer::{may_wait, qualifies, BufferedEvent};
 use crate::domain::{
     decide, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId,
     ProjectSettings, Seq, SettingsPatch, WarningLimiter,
@@ -258,8 +258,13 @@ struct Inner {
     tick: u64,
     settings: HashMap<ProjectId, ProjectSettings>,
     waiting: BTreeMap<Seq, Waiting>,
+    /// For each distinct ID with events in `waiting`: how many, and the latest time one of
+    /// them is released at.
+    waiting_ids: HashMap<IdKey, (usize, i64)>,
     clock: Clock,
     releasing: bool,
+    /// Whether the last release failed (logged once, not at every tick).
+    release_failing: bool,
 }
 
 type Shared = Rc<RefCell<Inner>>;
@@ -290,7 +295,7 @@ impl Router {
         }
         limiter.prune(now_ms());
         let settings = store.all_settings()?.into_iter().collect();
-        let waiting = store
+        let waiting: BTreeMap<Seq, Waiting> = store
             .buffered_events()?
             .into_iter()
             .map(|b| {
@@ -302,6 +307,10 @@ impl Router {
                 (b.seq, w)
             })
             .collect();
+        let mut waiting_ids = HashMap::new();
+        for w in waiting.values() {
+            count_waiting(&mut waiting_ids, w);
+        }
         let clock = Clock::new(config.test_clock);
         let inner = Inner {
             store,
@@ -320,8 +329,10 @@ impl Router {
             tick: 0,
             settings,
             waiting,
+            waiting_ids,
             clock,
             releasing: false,
+            release_failing: false,
         };
         Ok(Router {
             inner: Rc::new(RefCell::new(inner)),
@@ -542,11 +553,20 @@ impl Inner {
                         release_at_ms: *release_at_ms,
                         event: event.clone(),
                     };
+                    count_waiting(&mut self.waiting_ids, &w);
                     self.waiting.insert(seq, w);
                     self.metrics.buffer_waiting.set(self.waiting.len() as i64);
                 }
                 Change::BufferReleased { buffered } => {
-                    self.waiting.remove(buffered);
+                    if let Some(w) = self.waiting.remove(buffered) {
+                        let key = IdRef(w.project, &w.event.distinct_id);
+                        if let Some((n, _)) = self.waiting_ids.get_mut(&key) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.waiting_ids.remove(&key);
+                            }
+                        }
+                    }
                     self.metrics.buffer_released.inc();
                     self.metrics.buffer_waiting.set(self.waiting.len() as i64);
                 }
@@ -743,8 +763,22 @@ fn duplicate_of(
     on_disk.then_some(None)
 }
 
+/// Count one more waiting event of its distinct ID in `ids` (`Inner::waiting_ids`).
+fn count_waiting(ids: &mut HashMap<IdKey, (usize, i64)>, w: &Waiting) {
+    let slot = ids
+        .entry((w.project, w.event.distinct_id.clone()))
+        .or_insert((0, i64::MIN));
+    slot.0 += 1;
+    slot.1 = slot.1.max(w.release_at_ms);
+}
+
 /// Delay the event in the conversion buffer when its project's buffer is on and it qualifies
 /// (spec §11); the seq of the logged delay.
+///
+/// An event of a kind that waits ([`may_wait`]) whose distinct ID has events waiting already
+/// waits behind them, released right after them, even when its ID has a person by now (the
+/// merge they waited for came) or the buffer was turned off since: processed at once, it would
+/// overtake them, and an older `$set` would win over its newer one (spec §11: "in order").
 fn buffer(
     st: &Shared,
     project: ProjectId,
@@ -752,15 +786,25 @@ fn buffer(
     has_person: bool,
 ) -> Result<Option<Seq>, EngineError> {
     let mut s = st.borrow_mut();
-    let Some(window) = s.buffer_window_ms(project) else {
-        return Ok(None);
+    let behind = s
+        .waiting_ids
+        .get(&IdRef(project, &event.distinct_id))
+        .map(|(_, at)| *at);
+    let release_at_ms = match behind {
+        Some(at) if may_wait(event) => at,
+        _ => {
+            let Some(window) = s.buffer_window_ms(project) else {
+                return Ok(None);
+            };
+            if !qualifies(event, has_person) {
+                return Ok(None);
+            }
+            s.clock.now_ms() + window
+        }
     };
-    if !qualifies(event, has_person) {
-        return Ok(None);
-    }
     let change = Change::EventBuffered {
         event: BufferedEvent::new(event, now_ms()),
-        release_at_ms: s.clock.now_ms() + window,
+        release_at_ms,
     };
     let seq = s.commit(project, event.uuid.clone(), vec![change], &[])?;
     Ok(Some(seq))
@@ -838,12 +882,18 @@ async fn release_due(st: Shared) -> Result<(), EngineError> {
     let mut result = Ok(());
     for (seq, project, event) in due {
         if let Err(e) = process(&st, project, &event, Some(seq)).await {
-            tracing::error!(error = %e, buffered_seq = seq.0, "Could not release a buffered event; it stays buffered.");
+            // Tried again at every tick: said once, until a release succeeds.
+            if !std::mem::replace(&mut st.borrow_mut().release_failing, true) {
+                tracing::error!(error = %e, buffered_seq = seq.0, "Could not release a buffered event; it stays buffered, and the release is retried.");
+            }
             result = Err(e);
             break;
         }
     }
     let mut s = st.borrow_mut();
+    if result.is_ok() && std::mem::take(&mut s.release_failing) {
+        tracing::info!("Buffered events are released again.");
+    }
     s.releasing = false;
     s.evict();
     result
@@ -902,7 +952,28 @@ async fn split(st: Shared, msg: Split) -> Result<(Option<Seq>, Vec<Person>), Eng
 }
 
 async fn delete(st: Shared, msg: Delete) -> Result<Seq, EngineError> {
-    let person = person_snapshot(&st, msg.project, msg.person).await?;
+    let mut person = person_snapshot(&st, msg.project, msg.person).await?;
+    if !msg.delete_events {
+        // Its events still waiting in the conversion buffer arrived before the deletion:
+        // processed now, in order, they reach the person they were meant for and stay stored
+        // with it. Released later, they would start a fresh person from its properties.
+        let waiting: Vec<(Seq, Normalized)> = {
+            let s = st.borrow();
+            s.waiting
+                .iter()
+                .filter(|(_, w)| {
+                    w.project == msg.project && person.distinct_ids.contains(&w.event.distinct_id)
+                })
+                .map(|(seq, w)| (*seq, w.event.to_normalized()))
+                .collect()
+        };
+        if !waiting.is_empty() {
+            for (seq, event) in waiting {
+                process(&st, msg.project, &event, Some(seq)).await?;
+            }
+            person = person_snapshot(&st, msg.project, msg.person).await?;
+        }
+    }
     let mut s = st.borrow_mut();
     let mut changes = Vec::new();
     if msg.delete_events {

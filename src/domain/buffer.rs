@@ -25,6 +25,15 @@ pub const MOBILE_LIBS: [&str; 4] = [
 /// Whether an event waits in the buffer (spec §11), given whether its distinct ID already has a
 /// person. Personless events never wait: they create no person, which is all the buffer guards.
 pub fn qualifies(ev: &Normalized, person_exists: bool) -> bool {
+    !person_exists && may_wait(ev)
+}
+
+/// Whether an event is of a kind that waits (spec §11), whether or not its distinct ID has a
+/// person: not personless, not a merge (`$identify`/`$create_alias` with a merge trigger), not
+/// `$groupidentify`, not sent under its own `$device_id`, not from a mobile SDK. Such an event
+/// also waits behind its distinct ID's earlier waiting events, so that they are processed in
+/// the order they arrived.
+pub fn may_wait(ev: &Normalized) -> bool {
     let merges =
         matches!(ev.name.as_str(), "$identify" | "$create_alias") && merge_trigger(ev).is_some();
     let text_of = |key| match ev.properties.get(key) {
@@ -32,8 +41,7 @@ pub fn qualifies(ev: &Normalized, person_exists: bool) -> bool {
         _ => None,
     };
     let (device_id, lib) = (text_of("$device_id"), text_of("$lib"));
-    !person_exists
-        && !ev.personless
+    !ev.personless
         && !merges
         && ev.name != "$groupidentify"
         && device_id.as_deref() != Some(ev.distinct_id.as_str())

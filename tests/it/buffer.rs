@@ -194,3 +194,97 @@ fn turning_the_buffer_off_releases_what_waits() {
     wait_until_released(&d, T, Duration::from_secs(10));
     assert!(d.person(T, "user-1").is_some());
 }
+
+fn patch_buffer(d: &Daemon, enabled: bool) {
+    let body = json!({"conversion_buffer": {"enabled": enabled}});
+    let r = d.request(
+        "PATCH",
+        &format!("/api/projects/{T}/"),
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn plan(d: &Daemon, did: &str, plan: &str) {
+    d.capture(
+        T,
+        json!([{"event": "plan_changed", "distinct_id": did, "properties": {"$lib": "posthog-python", "$set": {"plan": plan}}}]),
+    );
+}
+
+/// The seed's case: the backend's sign-up waits, the frontend's `$identify` gives its ID a
+/// person, then the backend sends a newer event for that ID. It waits behind the sign-up and
+/// follows it (spec §11, "in order"): processed at once, it would be overtaken, and the
+/// older `$set` would win.
+#[test]
+fn a_newer_event_of_an_id_waits_behind_its_older_waiting_ones() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 60);
+    anonymous_visit(&d);
+    plan(&d, "user-1", "free");
+    frontend_identify(&d);
+    plan(&d, "user-1", "pro");
+    assert_eq!(
+        waiting(&d, T).len(),
+        2,
+        "the newer event waits behind the older"
+    );
+    advance(&d, 61);
+    wait_until_released(&d, T, Duration::from_secs(10));
+    let p = d.person(T, "user-1").unwrap();
+    assert_eq!(p["properties"]["plan"], json!("pro"));
+    assert_eq!(dids(&p), ["anon-1", "user-1"]);
+}
+
+/// Turning the buffer off releases what waits at the next tick; an event for the same ID sent
+/// in between still comes after them.
+#[test]
+fn an_event_sent_as_the_buffer_is_turned_off_follows_the_waiting_ones() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 3600);
+    plan(&d, "user-1", "free");
+    patch_buffer(&d, false);
+    plan(&d, "user-1", "pro");
+    wait_until_released(&d, T, Duration::from_secs(10));
+    let p = d.person(T, "user-1").unwrap();
+    assert_eq!(p["properties"]["plan"], json!("pro"));
+}
+
+/// Deleting a person but not its events: the person's events still waiting arrived before
+/// the deletion, so they are processed before it, and no fresh person comes back from them
+/// when the window passes.
+#[test]
+fn deleting_a_person_keeping_its_events_processes_its_waiting_events_first() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 60);
+    anonymous_visit(&d);
+    backend_signup(&d);
+    frontend_identify(&d);
+    let uuid = d.person(T, "user-1").unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d.request(
+        "DELETE",
+        &format!("/api/projects/{T}/persons/{uuid}/?delete_events=false"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    assert!(waiting(&d, T).is_empty());
+    let events = d.get(&format!("/api/projects/{T}/events/?distinct_id=user-1"));
+    assert!(
+        events.json()["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == json!("signed_up")),
+        "the sign-up is stored: {:?}",
+        events.json()
+    );
+    advance(&d, 61);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.person(T, "user-1").is_none(), "no person comes back");
+    assert!(d.person(T, "anon-1").is_none());
+}
