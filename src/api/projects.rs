@@ -98,18 +98,29 @@ pub async fn patch(
     }
 }
 
-/// `GET /api/projects/{project}/buffer/`: the events waiting in the conversion buffer, oldest
-/// first.
-pub async fn buffer(path: web::Path<String>, st: web::Data<AppState>) -> HttpResponse {
+/// Query of `GET /api/projects/{project}/buffer/`.
+#[derive(Deserialize)]
+pub struct BufferQuery {
+    /// Most events listed (default 1,000, at most 10,000); `waiting` counts them all.
+    limit: Option<usize>,
+}
+
+/// `GET /api/projects/{project}/buffer/?limit=N`: how many events wait in the conversion
+/// buffer, and the first `limit` of them, oldest first.
+pub async fn buffer(
+    path: web::Path<String>,
+    q: web::Query<BufferQuery>,
+    st: web::Data<AppState>,
+) -> HttpResponse {
     let store = st.engine.store();
     let p = tri!(find_project(store, &path));
-    let waiting = match store.buffered_events() {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let (count, waiting) = match store.buffered_events_of(p.id, limit) {
         Ok(w) => w,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e),
     };
     let results: Vec<Value> = waiting
         .iter()
-        .filter(|b| b.project == p.id)
         .map(|b| {
             json!({
                 "buffered_seq": b.seq.0, "uuid": b.event.uuid, "event": b.event.name,
@@ -118,7 +129,7 @@ pub async fn buffer(path: web::Path<String>, st: web::Data<AppState>) -> HttpRes
             })
         })
         .collect();
-    HttpResponse::Ok().json(json!({"waiting": results.len(), "results": results}))
+    HttpResponse::Ok().json(json!({"waiting": count, "results": results}))
 }
 
 /// Body of `POST /api/_test/clock`.

@@ -583,6 +583,42 @@ impl Store {
         Ok(out)
     }
 
+    /// The events of `project` waiting in the conversion buffer, oldest first: how many, and
+    /// the first `limit` of them. Only their project is decoded for the others, whose
+    /// properties may be most of the buffer.
+    pub fn buffered_events_of(
+        &self,
+        project: ProjectId,
+        limit: usize,
+    ) -> Result<(usize, Vec<BufferedRecord>), StoreError> {
+        let (mut count, mut out) = (0, Vec::new());
+        let codec_error = |source| StoreError::Codec {
+            cf: "buffer",
+            source,
+        };
+        for item in self.db.iterator_cf(self.cf("buffer"), IteratorMode::Start) {
+            let (k, v) = item?;
+            // The value starts with the project: decoding only that skips the rest.
+            let (of, _): (ProjectId, i64) = codec::decode(&v).map_err(codec_error)?;
+            if of != project {
+                continue;
+            }
+            count += 1;
+            if out.len() < limit {
+                let seq = keys::seq_of_log(&k)
+                    .ok_or_else(|| StoreError::Corrupt("buffer key is not 8 bytes".into()))?;
+                let (project, release_at_ms, event) = codec::decode(&v).map_err(codec_error)?;
+                out.push(BufferedRecord {
+                    seq,
+                    project,
+                    release_at_ms,
+                    event,
+                });
+            }
+        }
+        Ok((count, out))
+    }
+
     /// Visit every stored event named `name` with a timestamp in `[from_ms, to_ms]`, in time
     /// order: `f(timestamp_ms, seq, distinct_id)`. Reads the insights index only.
     pub fn for_each_event_named(

@@ -288,3 +288,32 @@ fn deleting_a_person_keeping_its_events_processes_its_waiting_events_first() {
     assert!(d.person(T, "user-1").is_none(), "no person comes back");
     assert!(d.person(T, "anon-1").is_none());
 }
+
+/// The buffer's listing is of one project only, counts all its waiting events, and lists at
+/// most `limit` of them, oldest first.
+#[test]
+fn the_buffer_listing_is_per_project_and_paged() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    const OTHER: &str = "phc_buffer_other";
+    enable_buffer(&d, T, 600);
+    enable_buffer(&d, OTHER, 600);
+    for i in 0..3 {
+        plan(&d, &format!("user-{i}"), "free");
+    }
+    d.capture(
+        OTHER,
+        json!([{"event": "e", "distinct_id": "o-1"}, {"event": "e", "distinct_id": "o-2"}]),
+    );
+    let r = d.get(&format!("/api/projects/{T}/buffer/?limit=2"));
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    assert_eq!(body["waiting"], json!(3));
+    let listed: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["distinct_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["user-0", "user-1"]);
+    assert_eq!(waiting(&d, OTHER).len(), 2);
+}
