@@ -141,7 +141,12 @@ pub fn parse_date(
             _ => 0,
         };
         if let (Ok(n), true) = (n.parse::<i64>(), secs > 0) {
-            return Ok(now_ms.saturating_sub(n.saturating_mul(secs * 1000)));
+            let at = now_ms.saturating_sub(n.saturating_mul(secs * 1000));
+            // Further back than a date can be written is not a bound the answer could echo.
+            if chrono::DateTime::from_timestamp_millis(at).is_none() {
+                return Err(bad(field, "reaches further back than dates go"));
+            }
+            return Ok(at);
         }
     }
     if let Some(ms) = crate::domain::normalize::parse_timestamp_ms(Some(&Value::String(s.into()))) {
