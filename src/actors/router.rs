@@ -866,8 +866,9 @@ async fn process(
     }
 }
 
-/// Release due buffered events in arrival order, each through [`process`].
-async fn release_due(st: Shared) -> Result<(), EngineError> {
+/// Release due buffered events in arrival order, each through [`process`]. Returns the seq of
+/// the last entry it logged.
+async fn release_due(st: Shared) -> Result<Option<Seq>, EngineError> {
     let due: Vec<(Seq, ProjectId, Normalized)> = {
         let s = st.borrow();
         let now = s.clock.now_ms();
@@ -879,22 +880,28 @@ async fn release_due(st: Shared) -> Result<(), EngineError> {
             })
             .collect()
     };
-    let mut result = Ok(());
+    let mut result = Ok(None);
     for (seq, project, event) in due {
-        if let Err(e) = process(&st, project, &event, Some(seq)).await {
-            // Tried again at every tick: said once, until a release succeeds.
-            if !std::mem::replace(&mut st.borrow_mut().release_failing, true) {
-                tracing::error!(error = %e, buffered_seq = seq.0, "Could not release a buffered event; it stays buffered, and the release is retried.");
+        match process(&st, project, &event, Some(seq)).await {
+            Ok((logged, _)) => {
+                if let Ok(last) = &mut result {
+                    *last = logged.or(*last);
+                }
             }
-            result = Err(e);
-            break;
+            Err(e) => {
+                // Tried again at every tick: said once, until a release succeeds.
+                if !std::mem::replace(&mut st.borrow_mut().release_failing, true) {
+                    tracing::error!(error = %e, buffered_seq = seq.0, "Could not release a buffered event; it stays buffered, and the release is retried.");
+                }
+                result = Err(e);
+                break;
+            }
         }
     }
     let mut s = st.borrow_mut();
     if result.is_ok() && std::mem::take(&mut s.release_failing) {
         tracing::info!("Buffered events are released again.");
     }
-    s.releasing = false;
     s.evict();
     result
 }
@@ -1077,9 +1084,30 @@ impl Handler<ReleaseDue> for Router {
     type Result = AtomicResponse<Self, Result<(), EngineError>>;
 
     fn handle(&mut self, _: ReleaseDue, _: &mut Context<Self>) -> Self::Result {
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future(release_due(
-            self.inner.clone(),
-        ))))
+        let release = actix::fut::wrap_future(release_due(self.inner.clone()));
+        AtomicResponse::new(Box::pin(release.map(
+            |result, router: &mut Router, ctx: &mut Context<Router>| {
+                let mut s = router.inner.borrow_mut();
+                // More due than one batch: the next batch goes as soon as this one is durable,
+                // not a tick later, which held releases to 2,560 a second. Waiting for the
+                // disk keeps the writer's queue short: released faster than it writes, a
+                // backlog of released events would delay every other request's 200.
+                let more = result.is_ok() && s.due(s.clock.now_ms()).next().is_some();
+                match (more, &result) {
+                    (true, Ok(Some(last))) => {
+                        let (writer, last) = (s.writer.clone(), *last);
+                        let durable = async move { writer.wait_durable(last).await };
+                        let next = actix::fut::wrap_future(durable).map(
+                            |_, _: &mut Router, ctx: &mut Context<Router>| ctx.notify(ReleaseDue),
+                        );
+                        ctx.spawn(next);
+                    }
+                    (true, _) => ctx.notify(ReleaseDue),
+                    (false, _) => s.releasing = false,
+                }
+                result.map(|_| ())
+            },
+        )))
     }
 }
 
