@@ -2,13 +2,17 @@
 //!
 //! - every person of the project (paged listing), compared in full with the expected one found
 //!   by uuid (UUIDv5 of `"<project id>:<user id>"`, spec §6): exact `distinct_ids`,
-//!   `is_identified`, every explicitly set property (or its absence), `$creator_event_uuid`;
-//!   no person more, none less;
+//!   `is_identified`, `created_at`, and exactly the expected properties (explicit ones, the
+//!   auto-promoted ones with their `$initial_` names and values, `$creator_event_uuid`; a key
+//!   more or less is a mismatch); no person more, none less;
 //! - a sample of distinct-ID lookups (`?distinct_id=`): each ID of a sampled person finds that
-//!   person, and sampled personless IDs find none;
-//! - ingestion warnings: one `cannot_merge_with_illegal_distinct_id` per illegal sign-up, no
-//!   other kind;
-//! - counters (when the daemon served nothing else): accepted, duplicate and rejected events.
+//!   person, and sampled personless IDs (illegal ones included) find none;
+//! - ingestion warnings: exactly the expected ones (type, the distinct IDs named and the event
+//!   uuid), as a multiset, and no other;
+//! - counters over the run: accepted, duplicate and rejected events, merges, and refused merges
+//!   by reason, exactly when this run started the daemon; for a daemon given with `--socket` or
+//!   `--tcp` (which others may feed too), accepted events must have grown by at least the
+//!   workload's, so a run whose events were all duplicates of an earlier run fails.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,7 +21,7 @@ use idstitch::cli::client::Conn;
 use serde_json::Value;
 
 use crate::daemon::Target;
-use crate::workload::ExpectedPerson;
+use crate::workload::{ExpectedPerson, ExpectedWarning, Outcomes};
 
 /// Namespace of person uuids (spec §6).
 const PERSON_NAMESPACE: &str = "932979b4-65c3-4424-8467-0b66ec27bc22";
@@ -56,16 +60,21 @@ pub struct Expectations<'a> {
     pub persons: &'a [ExpectedPerson],
     /// Distinct IDs that must have no person.
     pub personless_ids: &'a [String],
-    /// Illegal sign-ups (one warning each).
-    pub illegal_identifies: u64,
+    /// Every ingestion warning the workload must cause.
+    pub warnings: &'a [ExpectedWarning],
+    /// Merges and refused merges the workload must cause.
+    pub outcomes: Outcomes,
     /// Events sent, duplicates included.
     pub events: u64,
     /// Duplicate deliveries sent.
     pub duplicates: u64,
     /// How many persons (and as many personless IDs) to look up by distinct ID.
     pub sample: usize,
-    /// Counter deltas over the run, when nobody else was feeding the daemon.
+    /// Counter deltas over the run.
     pub counters: Option<HashMap<String, f64>>,
+    /// Whether nobody else fed the daemon during the run (this run started it): then the
+    /// counters must match exactly, else accepted events must have grown by at least ours.
+    pub exclusive: bool,
 }
 
 /// Percent-encode a query value.
@@ -221,54 +230,91 @@ pub async fn check(target: &Target, exp: &Expectations<'_>) -> anyhow::Result<Ch
         }
     }
 
-    // Ingestion warnings, by kind.
+    // Ingestion warnings: the expected ones exactly, as a multiset.
     let path = format!("/api/projects/{token}/ingestion_warnings/?limit=100000");
     let warnings = get_json(target, &mut conn, &path).await?;
-    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-    for w in warnings["results"]
+    let mut got: Vec<ExpectedWarning> = warnings["results"]
         .as_array()
         .context("warnings without results")?
-    {
-        *kinds
-            .entry(w["type"].as_str().unwrap_or("?").to_string())
-            .or_default() += 1;
-    }
-    let illegal = kinds
-        .remove("cannot_merge_with_illegal_distinct_id")
-        .unwrap_or(0);
-    if illegal != exp.illegal_identifies {
+        .iter()
+        .map(warning_of)
+        .collect();
+    let mut want = exp.warnings.to_vec();
+    got.sort();
+    want.sort();
+    let (missing, extra) = multiset_diff(&want, &got);
+    if !missing.is_empty() || !extra.is_empty() {
+        let by_kind = |ws: &[ExpectedWarning]| {
+            let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+            for w in ws {
+                *kinds.entry(w.kind.as_str()).or_default() += 1;
+            }
+            format!("{kinds:?}")
+        };
         out.mismatches.push(Mismatch {
-            what: format!("GET {path}: cannot_merge_with_illegal_distinct_id warnings"),
-            expected: exp.illegal_identifies.to_string(),
-            got: illegal.to_string(),
+            what: format!("GET {path}: warnings by type"),
+            expected: by_kind(&want),
+            got: by_kind(&got),
         });
-    }
-    if !kinds.is_empty() {
-        out.mismatches.push(Mismatch {
-            what: format!("GET {path}: other warnings"),
-            expected: "none".into(),
-            got: format!("{kinds:?}"),
-        });
+        for w in missing.iter().take(10) {
+            out.mismatches.push(Mismatch {
+                what: format!("GET {path}: a warning"),
+                expected: format!("{} {:?}", w.kind, w.details),
+                got: "missing".into(),
+            });
+        }
+        for w in extra.iter().take(10) {
+            out.mismatches.push(Mismatch {
+                what: format!("GET {path}: a warning"),
+                expected: "none".into(),
+                got: format!("{} {:?}", w.kind, w.details),
+            });
+        }
     }
 
     // Counters.
     if let Some(delta) = &exp.counters {
         let get = |k: &str| delta.get(k).copied().unwrap_or(0.0).round() as u64;
-        for (name, want) in [
+        let accepted = exp.events - exp.duplicates;
+        let exact = [
+            ("idstitch_events_accepted_total".to_string(), accepted),
             (
-                "idstitch_events_accepted_total",
-                exp.events - exp.duplicates,
+                "idstitch_events_duplicate_total".to_string(),
+                exp.duplicates,
             ),
-            ("idstitch_events_duplicate_total", exp.duplicates),
-            ("idstitch_events_rejected_total", 0),
-        ] {
-            if get(name) != want {
-                out.mismatches.push(Mismatch {
-                    what: format!("GET /metrics: {name} over the run"),
-                    expected: want.to_string(),
-                    got: get(name).to_string(),
-                });
+            ("idstitch_events_rejected_total".to_string(), 0),
+            ("idstitch_merges_total".to_string(), exp.outcomes.merges),
+            (
+                r#"idstitch_merge_refusals_total{kind="illegal_distinct_id"}"#.to_string(),
+                exp.outcomes.refused_illegal,
+            ),
+            (
+                r#"idstitch_merge_refusals_total{kind="already_identified"}"#.to_string(),
+                exp.outcomes.refused_identified,
+            ),
+        ];
+        if exp.exclusive {
+            for (name, want) in exact {
+                if get(&name) != want {
+                    out.mismatches.push(Mismatch {
+                        what: format!("GET /metrics: {name} over the run"),
+                        expected: want.to_string(),
+                        got: get(&name).to_string(),
+                    });
+                }
             }
+        } else if get("idstitch_events_accepted_total") < accepted {
+            out.mismatches.push(Mismatch {
+                what: "GET /metrics: idstitch_events_accepted_total over the run (a daemon \
+                       others may feed: at least the workload's)"
+                    .into(),
+                expected: format!(">= {accepted}"),
+                got: format!(
+                    "{} (and {} duplicates): were these events sent before?",
+                    get("idstitch_events_accepted_total"),
+                    get("idstitch_events_duplicate_total")
+                ),
+            });
         }
     }
     Ok(out)
@@ -306,23 +352,103 @@ fn compare(what: &str, e: &ExpectedPerson, got: &Value, mismatches: &mut Vec<Mis
             got["is_identified"].to_string(),
         );
     }
-    let props = &got["properties"];
-    for (key, want) in &e.props {
-        match (want, props.get(key)) {
-            (Some(w), Some(g)) if w == g => {}
-            (None, None) => {}
-            (w, g) => differ(
+    let props = got["properties"].as_object().cloned().unwrap_or_default();
+    for (key, want) in &e.properties {
+        match props.get(key) {
+            Some(g) if g == want => {}
+            g => differ(
                 &format!("properties.{key}"),
-                w.as_ref().map_or("absent".into(), Value::to_string),
+                want.to_string(),
                 g.map_or("absent".into(), Value::to_string),
             ),
         }
     }
-    if props["$creator_event_uuid"] != e.creator_event_uuid.as_str() {
+    let extra: Vec<String> = props
+        .iter()
+        .filter(|(k, _)| !e.properties.contains_key(*k))
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    if !extra.is_empty() {
         differ(
-            "properties.$creator_event_uuid",
-            e.creator_event_uuid.clone(),
-            props["$creator_event_uuid"].to_string(),
+            "properties (keys outside the expected set)",
+            "none".into(),
+            extra.join(", "),
         );
     }
+    let created_ms = got["created_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis());
+    if created_ms != Some(e.created_at_ms) {
+        differ(
+            "created_at",
+            chrono::DateTime::from_timestamp_millis(e.created_at_ms)
+                .map_or(e.created_at_ms.to_string(), |t| t.to_rfc3339()),
+            got["created_at"].to_string(),
+        );
+    }
+}
+
+/// A warning as the daemon listed it, in the form of [`ExpectedWarning`]: the details of the
+/// two merge refusals by their named fields, any other kind with all its details.
+fn warning_of(w: &Value) -> ExpectedWarning {
+    let kind = w["type"].as_str().unwrap_or("?").to_string();
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let fields: &[&str] = match kind.as_str() {
+        "cannot_merge_with_illegal_distinct_id" => {
+            &["illegalDistinctId", "otherDistinctId", "eventUuid"]
+        }
+        "cannot_merge_already_identified" => &[
+            "sourcePersonDistinctId",
+            "targetPersonDistinctId",
+            "eventUuid",
+        ],
+        _ => &[],
+    };
+    let details = if fields.is_empty() {
+        w["details"]
+            .as_object()
+            .map(|d| d.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+            .unwrap_or_default()
+    } else {
+        fields
+            .iter()
+            .map(|f| (f.to_string(), text(&w["details"][*f])))
+            .collect()
+    };
+    ExpectedWarning { kind, details }
+}
+
+/// What `want` has that `got` lacks, and the reverse (both sorted).
+fn multiset_diff<'a>(
+    want: &'a [ExpectedWarning],
+    got: &'a [ExpectedWarning],
+) -> (Vec<&'a ExpectedWarning>, Vec<&'a ExpectedWarning>) {
+    let (mut i, mut j) = (0, 0);
+    let (mut missing, mut extra) = (Vec::new(), Vec::new());
+    while i < want.len() || j < got.len() {
+        match (want.get(i), got.get(j)) {
+            (Some(w), Some(g)) if w == g => {
+                i += 1;
+                j += 1;
+            }
+            (Some(w), Some(g)) if w < g => {
+                missing.push(w);
+                i += 1;
+            }
+            (Some(w), None) => {
+                missing.push(w);
+                i += 1;
+            }
+            (_, Some(g)) => {
+                extra.push(g);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (missing, extra)
 }
