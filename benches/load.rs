@@ -206,6 +206,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .tempdir_in(&parent)?;
     let (target, mut spawned) = start_target(&args, dir.path()).await?;
     let pid = spawned.as_ref().map(|s| s.pid).or(args.pid);
+    if spawned.is_none() {
+        refuse_used_project(&target, &token).await?;
+    }
 
     // 3. The load.
     let pace = match args.rate {
@@ -268,8 +271,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         Some(run_baseline(&parent, &plans, records, &log_record, group)?)
     };
 
-    // 7. The report.
+    // 7. The report. The raw baseline writes one record per accepted event (the daemon's log
+    // appends), so the ratio compares accepted events per second, duplicates excluded.
     let events_per_s = outcome.events as f64 / elapsed_s;
+    let accepted = match (&delta, spawned.is_some()) {
+        (Some(d), true) => d
+            .get("idstitch_events_accepted_total")
+            .copied()
+            .unwrap_or(0.0) as u64,
+        _ => outcome.events.saturating_sub(totals.duplicates),
+    };
+    let accepted_events_per_s = accepted as f64 / elapsed_s;
     let ok = outcome.errors.is_empty()
         && check.as_ref().is_none_or(|c| c.mismatches.is_empty())
         && daemon_ok;
@@ -296,6 +308,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         generate_s,
         elapsed_s,
         events_per_s,
+        accepted_events: accepted,
+        accepted_events_per_s,
         requests_per_s: outcome.requests as f64 / elapsed_s,
         latency: latency(&outcome.latency_us, args.rate.is_some()),
         process: process_report(pid, &before, &after, proc_end, exit),
@@ -306,7 +320,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         groups,
         stages,
         log_record,
-        ratio: baseline.as_ref().map(|b| events_per_s / b.records_per_s),
+        ratio: baseline
+            .as_ref()
+            .map(|b| accepted_events_per_s / b.records_per_s),
         baseline,
         check,
         request_errors: outcome.errors,
@@ -399,6 +415,48 @@ async fn start_target(
     let ready = daemon::wait_healthy(&target, spawned.as_mut(), timeout).await?;
     eprintln!("[load] daemon healthy after {:.2} s", ready.as_secs_f64());
     Ok((target, spawned))
+}
+
+/// Refuse a project that already has persons: the same seed and token would make every event a
+/// duplicate of an earlier run's, acknowledged but not applied, and the persons it finds would
+/// be the earlier run's.
+async fn refuse_used_project(target: &Target, token: &str) -> anyhow::Result<()> {
+    let mut conn = target.connect().await?;
+    let path = format!("/api/projects/{token}/");
+    let project = target.get(&mut conn, &path).await?;
+    match project.status {
+        404 => return Ok(()),
+        200 => {}
+        s => anyhow::bail!(
+            "GET {path} answered {s}: {}",
+            String::from_utf8_lossy(&project.body)
+        ),
+    }
+    let path = format!("/api/projects/{token}/persons/?limit=3");
+    let r = target.get(&mut conn, &path).await?;
+    anyhow::ensure!(
+        r.status == 200,
+        "GET {path} answered {}: {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    let page = r.json();
+    let persons = page["results"].as_array().cloned().unwrap_or_default();
+    if !persons.is_empty() {
+        let named: Vec<String> = persons
+            .iter()
+            .map(|p| format!("{} {}", p["uuid"], p["distinct_ids"]))
+            .collect();
+        anyhow::bail!(
+            "project {token} on {} already has persons ({}{}): an earlier run's events would \
+             come back as duplicates and the check would compare that run's persons. Run \
+             without --token (each run then gets a fresh project) or pass an unused one",
+            target.describe(),
+            named.join(", "),
+            if page["next"].is_null() { "" } else { ", …" }
+        );
+    }
+    Ok(())
 }
 
 /// The daemon's counters and process, and the machine's load, at one moment.
@@ -647,7 +705,7 @@ fn process_report(
     end: Option<ProcStats>,
     exit: Option<String>,
 ) -> Option<Process> {
-    let (pid, b, a, e) = (pid?, before.process?, after.process?, end?);
+    let (pid, b, a) = (pid?, before.process?, after.process?);
     let cpu_s_during_load = a.cpu_seconds - b.cpu_seconds;
     let mut by_thread: Vec<ThreadCpu> = match (&before.threads, &after.threads) {
         (Some(b), Some(a)) => a
@@ -663,10 +721,11 @@ fn process_report(
     by_thread.sort_by(|x, y| y.cpu_s.total_cmp(&x.cpu_s));
     Some(Process {
         pid,
-        peak_rss_mib: e.peak_rss_kib as f64 / 1024.0,
+        peak_rss_mib: a.peak_rss_kib as f64 / 1024.0,
+        peak_rss_after_checks_mib: end.map(|e| e.peak_rss_kib as f64 / 1024.0),
         cpu_s_during_load,
         cpu_by_thread_during_load: by_thread,
-        cpu_s_total: e.cpu_seconds,
+        cpu_s_total: end.map(|e| e.cpu_seconds),
         exit: exit.unwrap_or_else(|| "not stopped by this run".to_string()),
     })
 }

@@ -32,15 +32,18 @@ pub struct Latency {
 pub struct Process {
     /// Its pid.
     pub pid: u32,
-    /// Peak resident set size (`VmHWM`), MiB.
+    /// Peak resident set size (`VmHWM`), MiB, read right after the load (ingest only).
     pub peak_rss_mib: f64,
+    /// Peak resident set size, MiB, read after the checks (their reads of every person
+    /// included).
+    pub peak_rss_after_checks_mib: Option<f64>,
     /// CPU seconds (user + system) during the load.
     pub cpu_s_during_load: f64,
     /// CPU seconds during the load by kind of thread (threads that ended during the load are
     /// missing), most first.
     pub cpu_by_thread_during_load: Vec<ThreadCpu>,
     /// CPU seconds (user + system) from its start to the end of the checks.
-    pub cpu_s_total: f64,
+    pub cpu_s_total: Option<f64>,
     /// How it exited after SIGTERM.
     pub exit: String,
 }
@@ -142,8 +145,13 @@ pub struct Report {
     pub generate_s: f64,
     /// Seconds from the first send to the last acknowledgement.
     pub elapsed_s: f64,
-    /// Events acknowledged per second.
+    /// Events acknowledged per second (duplicate deliveries included).
     pub events_per_s: f64,
+    /// Events accepted (stored, duplicates excluded): the daemon's counter when this run
+    /// started it, else the events acknowledged minus the workload's duplicates.
+    pub accepted_events: u64,
+    /// Accepted events per second: what the ratio to the raw baseline compares.
+    pub accepted_events_per_s: f64,
     /// Requests acknowledged per second.
     pub requests_per_s: f64,
     /// Acknowledgement latency of a request.
@@ -161,7 +169,8 @@ pub struct Report {
     pub log_record: RecordSize,
     /// The raw RocksDB baseline.
     pub baseline: Option<Baseline>,
-    /// idstitch events per second / baseline records per second.
+    /// idstitch accepted events per second / baseline records per second (the baseline writes
+    /// one record per accepted event).
     pub ratio: Option<f64>,
     /// The correctness checks.
     pub check: Option<CheckOutcome>,
@@ -189,8 +198,8 @@ impl Report {
         );
         println!("  elapsed             {:.2} s", self.elapsed_s);
         println!(
-            "  throughput          {:.0} events/s, {:.1} requests/s",
-            self.events_per_s, self.requests_per_s
+            "  throughput          {:.0} events/s acknowledged, {:.0} accepted events/s (duplicates excluded), {:.1} requests/s",
+            self.events_per_s, self.accepted_events_per_s, self.requests_per_s
         );
         let l = &self.latency;
         println!(
@@ -219,9 +228,15 @@ impl Report {
         // CPU per event, so that runs of different lengths and rates compare.
         let per_event = |s: f64| s * 1e6 / self.events.max(1) as f64;
         if let Some(p) = &self.process {
+            let after_checks = p
+                .peak_rss_after_checks_mib
+                .map_or(String::new(), |m| format!(" ({m:.1} MiB after the checks)"));
+            let total = p
+                .cpu_s_total
+                .map_or(String::new(), |s| format!(" ({s:.2} s total)"));
             println!(
-                "  daemon (pid {})  peak RSS {:.1} MiB, CPU {:.2} s during load ({:.2} s total), exit after SIGTERM: {}",
-                p.pid, p.peak_rss_mib, p.cpu_s_during_load, p.cpu_s_total, p.exit
+                "  daemon (pid {})  peak RSS {:.1} MiB at the end of the load{after_checks}, CPU {:.2} s during load{total}, exit after SIGTERM: {}",
+                p.pid, p.peak_rss_mib, p.cpu_s_during_load, p.exit
             );
             if !p.cpu_by_thread_during_load.is_empty() {
                 let parts: Vec<String> = p
@@ -249,7 +264,7 @@ impl Report {
             );
         }
         if let Some(r) = self.ratio {
-            println!("  idstitch / raw      {r:.3}");
+            println!("  idstitch / raw      {r:.3} (accepted events/s / raw records/s)");
         }
         if let Some(c) = &self.check {
             println!(
