@@ -317,6 +317,17 @@ pub async fn check(target: &Target, exp: &Expectations<'_>) -> anyhow::Result<Ch
             });
         }
     }
+    // The run-wide findings (counts, warnings, counters) first: the printed report and the
+    // JSON keep only the first mismatches.
+    out.mismatches.sort_by_key(|m| {
+        if m.what.starts_with("person ") || m.what.contains("?distinct_id=") {
+            2
+        } else if m.what.contains("/persons/: person") {
+            1
+        } else {
+            0
+        }
+    });
     Ok(out)
 }
 

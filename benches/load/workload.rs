@@ -1296,19 +1296,11 @@ fn script_signed_up(
     if set_ops {
         // Spec §5 in one event: `$set` and `$unset` of a key the person lacks: it takes the
         // value; of a key it has: it disappears. `$set` beats `$set_once` on one key.
-        let ev = s.backend_set(
-            &user,
-            &obj(json!({"coupon": "WELCOME10"})),
-            &Map::new(),
-            &["coupon"],
-        );
+        let set = obj(json!({"coupon": "WELCOME10", "promo": "WINTER"}));
+        let ev = s.backend_set(&user, &set, &Map::new(), &["coupon"]);
         s.push(ev);
-        let ev = s.backend_set(
-            &user,
-            &obj(json!({"coupon": "SPRING5", "tier": "gold"})),
-            &obj(json!({"tier": "silver"})),
-            &["coupon"],
-        );
+        let set = obj(json!({"promo": "SPRING", "tier": "gold"}));
+        let ev = s.backend_set(&user, &set, &obj(json!({"tier": "silver"})), &["promo"]);
         s.push(ev);
         // `$set_once` of a present key changes nothing; top-level `$set` beats the properties'
         // `$set` on one key (spec §1.4).
