@@ -99,9 +99,9 @@ pub enum DecodeError {
     /// No events at all.
     #[error("The batch is empty; send at least one event.")]
     EmptyBatch,
-    /// More than `max_events` events (413).
-    #[error("The request holds {count} events, over the limit of {limit} (answered with 413); split it into smaller batches.")]
-    TooManyEvents { count: usize, limit: usize },
+    /// More than `max_events` events (413). Counting stops past the limit.
+    #[error("The request holds more than {limit} events, the limit (answered with 413); split it into smaller batches.")]
+    TooManyEvents { limit: usize },
     /// An event nested deeper than `max_depth`, or (`index: None`) a body deeper than serde_json's 128.
     #[error("{} nested deeper than {limit} levels; flatten its properties.", deep_subject(*.index))]
     TooDeep { index: Option<usize>, limit: usize },
@@ -148,7 +148,7 @@ pub fn decode_capture(
     limits: &DecodeLimits,
 ) -> Result<CaptureBody, DecodeError> {
     let bytes = decode_bytes(req, limits)?;
-    let (api_key, events, sent_at) = match parse_top(utf8(&bytes)?)? {
+    let (api_key, events, sent_at) = match parse_top(utf8(&bytes)?, limits.max_events)? {
         Top::Envelope(env) => {
             let api_key = env.string("api_key").or_else(|| env.string("token"));
             let sent_at = env.string("sent_at");
@@ -173,7 +173,7 @@ pub fn decode_capture_v1(
     limits: &DecodeLimits,
 ) -> Result<CaptureBody, DecodeError> {
     let bytes = decode_bytes(req, limits)?;
-    let env = match parse_top(utf8(&bytes)?)? {
+    let env = match parse_top(utf8(&bytes)?, limits.max_events)? {
         Top::Envelope(env) => env,
         _ => return Err(invalid("has no `batch` array, which capture v1 requires")),
     };
@@ -261,12 +261,26 @@ impl<'de> serde::Deserialize<'de> for Top<'de> {
     }
 }
 
-/// The events of an array, skimmed.
+thread_local! {
+    /// The most events [`skim_events`] takes before it stops the parse ([`parse_top`] sets it:
+    /// serde's `Deserialize` has no way to be handed it).
+    static MAX_EVENTS: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// How serde_json's error starts when [`skim_events`] stopped at the limit.
+const TOO_MANY_EVENTS: &str = "idstitch: too many events";
+
+/// The events of an array, skimmed; the parse stops one event past [`MAX_EVENTS`], so that
+/// a small compressed body of millions of tiny events costs nothing like their number.
 fn skim_events<'de, A: serde::de::SeqAccess<'de>>(
     mut seq: A,
 ) -> Result<Vec<SkimmedEvent<'de>>, A::Error> {
-    let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(64));
+    let max = MAX_EVENTS.with(|m| m.get());
+    let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(64).min(max));
     while let Some(e) = seq.next_element()? {
+        if events.len() == max {
+            return Err(serde::de::Error::custom(TOO_MANY_EVENTS));
+        }
         events.push(e);
     }
     Ok(events)
@@ -374,8 +388,9 @@ fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
         .map_err(|e| DecodeError::InvalidJson(format!("not UTF-8 from byte {}", e.valid_up_to())))
 }
 
-fn json_error(e: serde_json::Error) -> DecodeError {
+fn json_error(e: serde_json::Error, max_events: usize) -> DecodeError {
     match e.to_string() {
+        m if m.starts_with(TOO_MANY_EVENTS) => DecodeError::TooManyEvents { limit: max_events },
         // Past serde_json's own limit of 128 levels (only when `max_depth` is set above it).
         m if m.starts_with("recursion limit exceeded") => DecodeError::TooDeep {
             index: None,
@@ -388,14 +403,25 @@ fn json_error(e: serde_json::Error) -> DecodeError {
 /// The shape of the body's JSON, in one pass: the scan of the SDKs' shapes ([`scan_top`]),
 /// else serde_json's, in which events are only skimmed (serde_json checks them without
 /// recursion, so no depth overflows the stack), each then measured and parsed on its own.
-fn parse_top(text: &str) -> Result<Top<'_>, DecodeError> {
-    if let Some(top) = scan_top(text) {
+/// More than `max_events` events stop either parse at once: the body is refused (413).
+fn parse_top(text: &str, max_events: usize) -> Result<Top<'_>, DecodeError> {
+    let mut over = false;
+    if let Some(top) = scan_top(text, max_events, &mut over) {
         return Ok(top);
     }
+    if over {
+        return Err(DecodeError::TooManyEvents { limit: max_events });
+    }
+    let error = |e| json_error(e, max_events);
     match text.trim_start().as_bytes().first() {
-        Some(b'[' | b'{') => serde_json::from_str(text).map_err(json_error),
+        Some(b'[' | b'{') => {
+            MAX_EVENTS.with(|m| m.set(max_events));
+            let top = serde_json::from_str(text).map_err(error);
+            MAX_EVENTS.with(|m| m.set(usize::MAX));
+            top
+        }
         _ => {
-            let other: &RawValue = serde_json::from_str(text).map_err(json_error)?;
+            let other: &RawValue = serde_json::from_str(text).map_err(error)?;
             Err(invalid(format!("is {}, not events", kind(other.get()))))
         }
     }
@@ -406,19 +432,20 @@ fn parse_top(text: &str) -> Result<Top<'_>, DecodeError> {
 /// serde_json's skim and the events' indexing give, in about half the work. `None` for
 /// anything else, which [`parse_top`] leaves to serde_json: text that is not JSON (serde_json
 /// names the error), a single event, a `batch` that is not an array or is sent twice, an
-/// item that is not an object, and what the scanner leaves to serde_json.
-fn scan_top(text: &str) -> Option<Top<'_>> {
+/// item that is not an object, and what the scanner leaves to serde_json. Sets `over` (and
+/// gives `None`) when an array holds more than `max_events` events: the scan stops there.
+fn scan_top<'a>(text: &'a str, max_events: usize, over: &mut bool) -> Option<Top<'a>> {
     let mut s = Scanner::new(text);
     s.ws();
     let top = match s.peek()? {
-        b'[' => Top::Events(scan_events(&mut s)?),
+        b'[' => Top::Events(scan_events(&mut s, max_events, over)?),
         b'{' => {
             let (mut batch, mut fields) = (None, Vec::new());
             s.object(|s, key| {
                 if key != "batch" {
                     fields.push((Key(key), s.value_text()?.0));
                 } else if batch.is_none() && s.peek()? == b'[' {
-                    batch = Some(scan_events(s)?);
+                    batch = Some(scan_events(s, max_events, over)?);
                 } else {
                     return None;
                 }
@@ -432,10 +459,19 @@ fn scan_top(text: &str) -> Option<Top<'_>> {
     s.at_end().then_some(top)
 }
 
-/// The events of the array at the scanner's position, each an object, checked and indexed.
-fn scan_events<'a>(s: &mut Scanner<'a>) -> Option<Vec<SkimmedEvent<'a>>> {
+/// The events of the array at the scanner's position, each an object, checked and indexed;
+/// `None`, with `over` set, at the event past `max_events`.
+fn scan_events<'a>(
+    s: &mut Scanner<'a>,
+    max_events: usize,
+    over: &mut bool,
+) -> Option<Vec<SkimmedEvent<'a>>> {
     let mut events = Vec::with_capacity(128);
     s.array(|s| {
+        if events.len() == max_events {
+            *over = true;
+            return None;
+        }
         (s.peek()? == b'{').then_some(())?;
         events.push(SkimmedEvent::Indexed(IndexedEvent::scan(s)?));
         Some(())
@@ -502,7 +538,7 @@ fn checked_events(
     if count == 0 {
         return Err(DecodeError::EmptyBatch);
     } else if count > limit {
-        return Err(DecodeError::TooManyEvents { count, limit });
+        return Err(DecodeError::TooManyEvents { limit });
     }
     // Every event's depth is checked before any event's fields are parsed; the pass that
     // indexes an event's properties measures their depth.
@@ -521,7 +557,7 @@ fn checked_events(
     let limit = limits.max_properties;
     let mut parsed = Vec::with_capacity(indexed.len());
     for (index, e) in indexed.into_iter().enumerate() {
-        let event = WireEvent::from_indexed(e).map_err(json_error)?;
+        let event = WireEvent::from_indexed(e).map_err(|e| json_error(e, limits.max_events))?;
         let count = property_count(&event);
         if count > limit {
             return Err(DecodeError::TooManyProperties {
@@ -793,6 +829,36 @@ mod tests {
         refused(plain(b"[]"), 400, "empty_batch");
     }
 
+    /// Both parses stop one event past the limit: what follows is never read, so that a small
+    /// compressed body of millions of tiny events is refused before it costs their number.
+    /// (Were the rest read, the garbage after the fourth event would make these 400s.)
+    #[test]
+    fn counting_events_stops_past_the_limit() {
+        let limits = DecodeLimits {
+            max_events: 3,
+            ..DecodeLimits::default()
+        };
+        let run = |body: &str| decode_capture(&raw(body.as_bytes(), None, None), &limits);
+        for body in [
+            "[{},{},{},{}, garbage",
+            r#"{"api_key":"k","batch":[{},{},{},{}, garbage"#,
+            // Not objects: left to serde_json's skim, which stops there too.
+            "[1,2,3,4, garbage",
+            r#"{"api_key":"k","batch":[1,2,3,4, garbage"#,
+        ] {
+            let e = run(body).unwrap_err();
+            assert_eq!(
+                (e.status(), e.code()),
+                (413, "too_many_events"),
+                "{body}: {e}"
+            );
+            assert!(e.to_string().contains("more than 3 events"), "{e}");
+        }
+        if let Err(e) = run("[{},{},{}]") {
+            assert_ne!(e.code(), "too_many_events", "at the limit");
+        }
+    }
+
     #[test]
     fn more_properties_than_max_properties_is_a_400_naming_the_event() {
         let limits = DecodeLimits {
@@ -1030,12 +1096,12 @@ mod tests {
                 true => serde_json::to_string_pretty(&body).unwrap(),
                 false => body.to_string(),
             };
-            proptest::prop_assert!(scan_top(&text).is_some(), "not scanned: {}", text);
+            proptest::prop_assert!(scan_top(&text, usize::MAX, &mut false).is_some(), "not scanned: {}", text);
             let limits = DecodeLimits { max_depth: 4, max_properties: 6, max_events: 3, ..DecodeLimits::default() };
             let bytes = edited(text.into_bytes(), edits);
             let Ok(text) = std::str::from_utf8(&bytes) else { return Ok(()) };
             let slow = serde_json::from_str::<Top>(text);
-            if let Some(fast) = scan_top(text) {
+            if let Some(fast) = scan_top(text, usize::MAX, &mut false) {
                 let slow = slow.expect("scanned what serde_json refuses");
                 proptest::prop_assert_eq!(settled(fast, &limits), settled(slow, &limits), "{}", text);
             }
