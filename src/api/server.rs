@@ -269,27 +269,27 @@ async fn count_status(
 pub struct InflightBodies {
     permits: Arc<tokio::sync::Semaphore>,
     max_kib: u32,
-    /// What a body of unknown length (chunked) may grow to: `--max-body-bytes`.
-    max_body: usize,
 }
 
 impl InflightBodies {
-    /// Room for `max_bytes` of request bodies at once, each at most `max_body`.
-    pub fn new(max_bytes: usize, max_body: usize) -> Self {
+    /// Room for `max_bytes` of request bodies at once.
+    pub fn new(max_bytes: usize) -> Self {
         let max_kib = u32::try_from(max_bytes.div_ceil(1024)).unwrap_or(u32::MAX >> 4);
         InflightBodies {
             permits: Arc::new(tokio::sync::Semaphore::new(max_kib as usize)),
             max_kib,
-            max_body,
         }
     }
 }
 
-/// Bounds the memory of concurrent large requests: before its body is read, a request takes
-/// permits for its declared length (`Content-Length`, else the largest body allowed) and holds
-/// them until it is answered; a request that does not fit waits. Requests without a body pass.
+/// Bounds the memory of concurrent request bodies: a body takes permits of the budget for its
+/// bytes as they arrive (a KiB each, rounded up; [`Charged`]) and holds them until its request
+/// is answered; a chunk that does not fit waits (within the body deadline, which this runs
+/// inside of). Charging what arrived, not what a `Content-Length` declares, keeps a few
+/// connections that declare large bodies and send nothing from holding the budget and
+/// stalling every other request. Requests without a body pass.
 async fn bound_inflight_bodies(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let bodies = req.app_data::<web::Data<InflightBodies>>().cloned();
@@ -297,21 +297,86 @@ async fn bound_inflight_bodies(
         *req.method(),
         actix_web::http::Method::GET | actix_web::http::Method::HEAD
     );
-    let _permit = match bodies {
-        Some(b) if has_body => {
-            let declared = req
-                .headers()
-                .get(actix_web::http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-                .unwrap_or(b.max_body);
-            let kib = u32::try_from(declared.div_ceil(1024).max(1))
-                .unwrap_or(u32::MAX)
-                .min(b.max_kib);
-            b.permits.clone().acquire_many_owned(kib).await.ok()
+    let held = Rc::new(std::cell::RefCell::new(Vec::new()));
+    if let Some(b) = bodies.filter(|_| has_body) {
+        let charged = Charged {
+            inner: req.take_payload(),
+            permits: b.permits.clone(),
+            held: held.clone(),
+            bytes: 0,
+            kib: 0,
+            max_kib: b.max_kib,
+            waiting: None,
+        };
+        req.set_payload(Payload::Stream {
+            payload: Box::pin(charged),
+        });
+    }
+    let resp = next.call(req).await;
+    // The body's bytes are the handler's until it answered: the permits go now.
+    drop(held);
+    resp
+}
+
+type Acquire = Pin<
+    Box<dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>>>,
+>;
+
+/// A request body that takes permits of the in-flight budget for its bytes as they arrive,
+/// into `held`, which [`bound_inflight_bodies`] keeps until the request is answered.
+struct Charged {
+    inner: Payload,
+    permits: Arc<tokio::sync::Semaphore>,
+    held: Rc<std::cell::RefCell<Vec<tokio::sync::OwnedSemaphorePermit>>>,
+    /// Bytes arrived so far.
+    bytes: usize,
+    /// KiB charged so far.
+    kib: u32,
+    max_kib: u32,
+    /// A chunk that arrived, and the wait for its permits.
+    waiting: Option<(web::Bytes, Acquire)>,
+}
+
+impl Stream for Charged {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some((_, acquire)) = &mut self.waiting {
+            let Poll::Ready(permit) = acquire.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            let (chunk, _) = self.waiting.take().expect("waiting");
+            // The semaphore is never closed; were it, the chunk would go uncharged.
+            if let Ok(p) = permit {
+                self.held.borrow_mut().push(p);
+            }
+            return Poll::Ready(Some(Ok(chunk)));
         }
-        _ => None,
-    };
-    next.call(req).await
+        let chunk = match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => chunk,
+            other => return other,
+        };
+        self.bytes += chunk.len();
+        let due = u32::try_from(self.bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.max_kib);
+        let more = due.saturating_sub(self.kib);
+        if more == 0 {
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        self.kib = due;
+        match self.permits.clone().try_acquire_many_owned(more) {
+            Ok(p) => {
+                self.held.borrow_mut().push(p);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Err(_) => {
+                let acquire: Acquire = Box::pin(self.permits.clone().acquire_many_owned(more));
+                self.waiting = Some((chunk, acquire));
+                self.poll_next(cx)
+            }
+        }
+    }
 }
 
 /// One server for one transport (a macro: `HttpServer`'s type cannot be named).
@@ -383,10 +448,7 @@ pub fn start(
     unsafe { libc::umask(umask) };
     let listener = bound?;
     // One bound for both listeners and all their workers.
-    let bodies = InflightBodies::new(
-        limits.max_inflight_body_bytes,
-        state.config.limits.max_body_bytes,
-    );
+    let bodies = InflightBodies::new(limits.max_inflight_body_bytes);
     let unix = server!(
         state.clone(),
         Transport::Unix,

@@ -89,9 +89,9 @@ pub struct ServeArgs {
     /// connection is closed [default: 60].
     #[arg(long, env = "IDSTITCH_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
-    /// Request body bytes held in memory at once, over all connections; a request whose
-    /// Content-Length does not fit waits for others to finish (a body without a length counts
-    /// as --max-body-bytes; one larger than this limit runs alone) [default: 268435456].
+    /// Request body bytes held in memory at once, over all connections, counted as they
+    /// arrive; a body whose next bytes do not fit waits for others to be answered (within
+    /// --body-timeout) [default: 268435456].
     #[arg(long, env = "IDSTITCH_MAX_INFLIGHT_BODY_BYTES")]
     pub max_inflight_body_bytes: Option<usize>,
     /// Seconds an idle connection is kept open between requests; 0 closes it after every answer,

@@ -138,13 +138,14 @@ fn an_event_with_more_than_max_properties_is_a_400_and_applies_nothing() {
 
 #[test]
 fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_waits() {
-    // Room for 64 KiB of bodies at once. A slow client declares 60 KiB and trickles it, holding
-    // that room until the body timeout (1 s) cuts it off; a 10 KiB request sent meanwhile has to
-    // wait for it, then succeeds.
+    // Room for 64 KiB of bodies at once, counted as they arrive. A slow client sends 60 KiB of
+    // a 70 KiB body and stops, holding that room until the body timeout (1 s) cuts it off; a
+    // 10 KiB request sent meanwhile has to wait for it, then succeeds.
     let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "1"]);
     let mut slow = UnixStream::connect(&d.socket).expect("connect");
-    slow.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 61440\r\n\r\n[")
+    slow.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 71680\r\n\r\n[")
         .expect("write");
+    slow.write_all(&vec![b' '; 61_440]).expect("write");
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     let pad = "x".repeat(10_000);
@@ -161,6 +162,32 @@ fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_
     drop(slow);
     // Without a slow neighbour, the same request does not wait for anything.
     d.capture(T, json!([{"event": "e", "distinct_id": "next"}]));
+}
+
+/// Connections that declare large bodies and send nothing hold no room: charged by what
+/// they declared, three of them took the whole budget and every other request waited for
+/// their body timeout.
+#[test]
+fn bodies_declared_but_not_sent_do_not_hold_the_room_of_others() {
+    let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "30"]);
+    let idle: Vec<UnixStream> = (0..3)
+        .map(|_| {
+            let mut c = UnixStream::connect(&d.socket).expect("connect");
+            c.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 61440\r\n\r\n")
+                .expect("write");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    d.capture(T, json!([{"event": "e", "distinct_id": "not-stalled"}]));
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(20),
+        "waited for the idle bodies' timeout: {waited:?}"
+    );
+    assert!(d.person(T, "not-stalled").is_some());
+    drop(idle);
 }
 
 #[test]
