@@ -10,7 +10,7 @@ use super::decode::{decode_capture, decode_capture_v1, CaptureBody, RawRequest};
 use super::{engine_error, error, AppState};
 use crate::actors::{IngestItem, ItemOutcome};
 use crate::domain::normalize::event_token;
-use crate::domain::{normalize_wire, ProjectId};
+use crate::domain::{normalize_wire, ProjectId, WireEvent};
 use crate::metrics::Metrics;
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -42,6 +42,35 @@ async fn project_of(st: &AppState, token: &str) -> Result<Option<ProjectId>, Htt
     Ok(id)
 }
 
+/// Longest project token, in bytes (PostHog's are 47: `phc_` and 43 characters).
+pub const MAX_TOKEN_BYTES: usize = 200;
+
+/// The project token of every event, or why the request is refused (its error code and
+/// detail): a request with an event that names no usable project is refused whole (api.md),
+/// so this runs before any project is created.
+fn tokens_of(
+    api_key: Option<&str>,
+    events: &[WireEvent],
+) -> Result<Vec<String>, (&'static str, String)> {
+    let mut tokens = Vec::with_capacity(events.len());
+    for (i, ev) in events.iter().enumerate() {
+        let Some(token) = event_token(api_key, ev) else {
+            return Err((
+                "no_token",
+                format!("event {i} has no project token: set api_key on the batch, or token in the event's properties"),
+            ));
+        };
+        if token.len() > MAX_TOKEN_BYTES || token.chars().any(char::is_control) {
+            return Err((
+                "invalid_token",
+                format!("event {i}'s project token is not one: use at most {MAX_TOKEN_BYTES} bytes and no control characters"),
+            ));
+        }
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
 /// Normalise, ingest and answer; `ok` is the body of a success. `started` is when the handler
 /// began, so that the `decode` stage counts the body's decoding too.
 async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -> HttpResponse {
@@ -52,14 +81,11 @@ async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -
     let CaptureBody {
         api_key, events, ..
     } = body;
-    for (i, ev) in events.into_iter().enumerate() {
-        let Some(token) = event_token(api_key.as_deref(), &ev) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "no_token",
-                format!("event {i} has no project token: set api_key on the batch, or token in the event's properties"),
-            );
-        };
+    let tokens = match tokens_of(api_key.as_deref(), &events) {
+        Ok(t) => t,
+        Err((code, detail)) => return error(StatusCode::BAD_REQUEST, code, detail),
+    };
+    for ((i, ev), token) in events.into_iter().enumerate().zip(tokens) {
         let project = match project_of(st, &token).await {
             Ok(Some(p)) => p,
             Ok(None) => {

@@ -159,6 +159,37 @@ fn a_request_without_a_token_is_refused_with_a_message() {
     assert_eq!(r.json()["code"], json!("no_token"));
 }
 
+/// A request refused for one event's token applies nothing (api.md): not even the projects
+/// of the events before it. A token too long, or with control characters, is no token.
+#[test]
+fn a_request_refused_for_a_token_creates_no_project() {
+    let d = Daemon::start();
+    let cases = [
+        (
+            json!([{"api_key": "phc_first", "event": "e", "distinct_id": "x"}, {"event": "e", "distinct_id": "y"}]),
+            "no_token",
+        ),
+        (
+            json!([{"api_key": "phc_first", "event": "e", "distinct_id": "x"}, {"api_key": "p".repeat(201), "event": "e", "distinct_id": "y"}]),
+            "invalid_token",
+        ),
+        (
+            json!([{"api_key": "phc_first", "event": "e", "distinct_id": "x"}, {"api_key": "phc\nline", "event": "e", "distinct_id": "y"}]),
+            "invalid_token",
+        ),
+    ];
+    for (body, code) in cases {
+        let r = d.post("/batch/", &body);
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(r.json()["code"], json!(code), "{body}");
+        assert_eq!(d.get("/api/projects/phc_first/").status, 404, "{body}");
+    }
+    // At the limit, a token is taken.
+    let at_limit = "p".repeat(200);
+    d.capture(&at_limit, json!([{"event": "e", "distinct_id": "z"}]));
+    assert!(d.person(&at_limit, "z").is_some());
+}
+
 #[test]
 fn an_empty_batch_is_a_400() {
     let d = Daemon::start();
