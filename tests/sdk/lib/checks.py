@@ -148,10 +148,7 @@ def compare_with_model(report, daemon, token, model, dropped_ids=(), check_creat
             wrong_pid = [e.get("uuid") for e in evs if e.get("person_id") != dp.get("uuid")]
             report.check(tag + " events carry person_id of the current person", not wrong_pid,
                          "events with another person_id: %s" % wrong_pid[:5])
-            seq = [e.get("seq") for e in evs]
-            if all(isinstance(x, int) for x in seq):
-                report.check(tag + " events newest first", seq == sorted(seq, reverse=True),
-                             "seq order %s" % seq[:20])
+            check_newest_first(report, tag, evs)
         except Exception as e:  # noqa
             report.crash(tag + " events", e)
     # §5 version: +1 per changing event. The first value is not fixed by the spec, so take it from
@@ -203,6 +200,23 @@ def _ids_creator(model, mp):
         if person_uuid(model.project_id, d) == mp.uuid:
             return d
     return "?"
+
+
+def is_int(v):
+    """Whether a decoded JSON value is an integer (bool is an int in Python, not in JSON)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_newest_first(report, tag, evs):
+    """Events of a person come newest first: their `seq`s decrease. An event without an
+    integer `seq` fails the check (the order cannot be told, so it is not taken as right)."""
+    seq = [e.get("seq") for e in evs]
+    bad = [(e.get("uuid"), e.get("seq", "<missing>")) for e in evs if not is_int(e.get("seq"))]
+    if bad:
+        return report.check(tag + " events newest first", False,
+                            "%d of %d events have no integer seq: %s" % (len(bad), len(seq), short(bad[:5])))
+    return report.check(tag + " events newest first", seq == sorted(seq, reverse=True),
+                        "seq order %s" % seq[:20])
 
 
 def check_warnings(report, got, want):
