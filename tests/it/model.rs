@@ -18,7 +18,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use idstitch::domain::js::same_value;
 use idstitch::domain::normalize;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -82,6 +81,43 @@ fn truthy(v: &Value) -> bool {
         Value::String(s) => !s.is_empty(),
         _ => true,
     }
+}
+
+/// A JSON value as JavaScript holds it after `JSON.parse`: every number is one `f64` (§5 "a
+/// `$set` of the value it already has changes nothing" compares values so).
+#[derive(Debug, PartialEq)]
+enum JsValue {
+    Null,
+    Bool(bool),
+    Number(f64),
+    String(String),
+    Array(Vec<JsValue>),
+    Object(BTreeMap<String, JsValue>),
+}
+
+/// `JSON.parse` of the JSON text of `v`: a number becomes the `f64` nearest its decimal text,
+/// so `1`, `1.0` and `1e0` are one number.
+fn js_parse(v: &Value) -> JsValue {
+    match v {
+        Value::Null => JsValue::Null,
+        Value::Bool(b) => JsValue::Bool(*b),
+        Value::Number(n) => JsValue::Number(
+            n.to_string()
+                .parse()
+                .expect("a JSON number's text is a decimal f64"),
+        ),
+        Value::String(s) => JsValue::String(s.clone()),
+        Value::Array(items) => JsValue::Array(items.iter().map(js_parse).collect()),
+        Value::Object(map) => {
+            JsValue::Object(map.iter().map(|(k, v)| (k.clone(), js_parse(v))).collect())
+        }
+    }
+}
+
+/// Whether JavaScript holds `a` and `b` as the same value once parsed: structural equality, with
+/// numbers (at any depth) compared as `f64`s (`===`: `0` and `-0` are equal).
+fn js_equal(a: &Value, b: &Value) -> bool {
+    js_parse(a) == js_parse(b)
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -311,7 +347,7 @@ impl Model {
             }
         }
         for (k, v) in &ev.updates.set {
-            if !p.properties.get(k).is_some_and(|c| same_value(c, v)) {
+            if !p.properties.get(k).is_some_and(|c| js_equal(c, v)) {
                 to_set.insert(k.clone(), v.clone());
             }
         }
@@ -903,6 +939,52 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // The model and the generator, checked on their own
 // ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_model_compares_values_as_javascript_parses_them() {
+    let parse = |t: &str| serde_json::from_str::<Value>(t).expect(t);
+    for (a, b) in [
+        ("1", "1.0"),
+        ("1", "1e0"),
+        ("1.0", "1e0"),
+        ("100", "1e2"),
+        ("0", "-0"),
+        ("0", "-0.0"),
+        ("0.1", "1e-1"),
+        ("12345678901234567890", "12345678901234567000"),
+        ("null", "null"),
+        ("\"x\"", "\"x\""),
+        ("[]", "[]"),
+        ("{}", "{}"),
+        ("[1,[2,[3.0]]]", "[1.0,[2e0,[3]]]"),
+        (
+            r#"{"a":[1,{"b":2}],"c":true}"#,
+            r#"{"c":true,"a":[1.0,{"b":2e0}]}"#,
+        ),
+    ] {
+        assert!(js_equal(&parse(a), &parse(b)), "{a} === {b} once parsed");
+        assert!(js_equal(&parse(b), &parse(a)), "{b} === {a} once parsed");
+    }
+    for (a, b) in [
+        ("1", "1.5"),
+        ("1", "\"1\""),
+        ("0", "false"),
+        ("null", "0"),
+        ("null", "\"\""),
+        ("true", "1"),
+        ("[]", "{}"),
+        ("[1]", "[1,1]"),
+        ("[1,2]", "[2,1]"),
+        ("[[1]]", "[[1.5]]"),
+        (r#"{"a":1}"#, r#"{"b":1}"#),
+        (r#"{"a":1}"#, r#"{"a":1,"b":1}"#),
+        (r#"{"a":{"b":1}}"#, r#"{"a":{"b":1.5}}"#),
+        (r#"{"a":null}"#, "{}"),
+    ] {
+        assert!(!js_equal(&parse(a), &parse(b)), "{a} !== {b} once parsed");
+        assert!(!js_equal(&parse(b), &parse(a)), "{b} !== {a} once parsed");
+    }
+}
 
 #[test]
 fn the_model_illegal_id_check_follows_the_spec_examples() {
