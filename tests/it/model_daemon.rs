@@ -47,11 +47,14 @@ impl Target for DaemonTarget {
             .all_persons(T)
             .iter()
             .map(|p| ComparablePerson {
-                uuid: p["uuid"].as_str().unwrap_or_default().to_string(),
-                distinct_ids: crate::support::dids(p),
-                properties: p["properties"].clone(),
-                is_identified: p["is_identified"].as_bool().unwrap_or_default(),
-                version: p["version"].as_u64().unwrap_or_default(),
+                uuid: field(p, "uuid", Value::as_str).to_string(),
+                distinct_ids: field(p, "distinct_ids", Value::as_array)
+                    .iter()
+                    .map(|id| id.as_str().expect("a distinct ID is a string").to_string())
+                    .collect(),
+                properties: Value::Object(field(p, "properties", Value::as_object).clone()),
+                is_identified: field(p, "is_identified", Value::as_bool),
+                version: field(p, "version", Value::as_u64),
                 created_at_ms: 0,
             })
             .collect()
@@ -67,13 +70,24 @@ impl Target for DaemonTarget {
             return counts;
         }
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        for w in r.json()["results"].as_array().cloned().unwrap_or_default() {
+        let body = r.json();
+        for w in field(&body, "results", Value::as_array) {
             *counts
-                .entry(w["type"].as_str().unwrap_or_default().to_string())
+                .entry(field(w, "type", Value::as_str).to_string())
                 .or_default() += 1;
         }
         counts
     }
+}
+
+/// Field `name` of a response object, as `read` takes it: a missing field or one of another
+/// type fails the test (read as a default, it would compare equal to an unidentified or
+/// unchanged person).
+fn field<'v, T>(object: &'v Value, name: &str, read: impl FnOnce(&'v Value) -> Option<T>) -> T {
+    let value = object
+        .get(name)
+        .unwrap_or_else(|| panic!("the response has no `{name}`: {object}"));
+    read(value).unwrap_or_else(|| panic!("`{name}` is {value}, of another type: {object}"))
 }
 
 /// Persons without `created_at` (ingestion time differs between the model's fixed clock and the

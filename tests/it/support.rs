@@ -217,20 +217,31 @@ impl Daemon {
             .and_then(|a| a.first().cloned())
     }
 
-    /// Every person of a project, following `next`.
+    /// Every person of a project, following `next` (none when the project does not exist
+    /// yet: a 404 on the first page). A page without `results` or `next` fails the test.
     pub fn all_persons(&self, token: &str) -> Vec<Value> {
         let mut out = Vec::new();
         let mut path = format!("/api/projects/{token}/persons/?limit=500");
         loop {
             let r = self.get(&path);
-            if r.status == 404 {
+            if r.status == 404 && out.is_empty() {
                 return out;
             }
+            assert_eq!(
+                r.status,
+                200,
+                "{path}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
             let j = r.json();
-            out.extend(j["results"].as_array().cloned().unwrap_or_default());
-            match j["next"].as_str() {
-                Some(n) => path = n.to_string(),
-                None => return out,
+            let page = j["results"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path}: no `results` array in {j}"));
+            out.extend(page.iter().cloned());
+            match &j["next"] {
+                Value::String(n) => path = n.to_string(),
+                Value::Null if j.get("next").is_some() => return out,
+                other => panic!("{path}: `next` is {other}, not a URL or null, in {j}"),
             }
         }
     }
