@@ -525,7 +525,9 @@ fn unframe(bytes: &[u8]) -> Vec<Entry> {
     while !rest.is_empty() {
         let (len, tail) = rest.split_at(4);
         let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
-        got.push(decode_entry(&tail[..len]).expect("v1 entry decodes"));
+        let entry = decode_entry(&tail[..len])
+            .unwrap_or_else(|e| panic!("v1 entry {} does not decode: {e}", got.len()));
+        got.push(entry);
         rest = &tail[len..];
     }
     got
@@ -545,9 +547,22 @@ fn log_format_v1_variants_fixture_still_decodes_to_the_same_entries() {
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("committed fixture {name}: {e}"));
     let got = unframe(&bytes);
     assert_eq!(got.len(), want.len(), "entries in {name}");
-    for (i, (got, want)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(got, want, "entry {i} of {name} decodes to another entry");
-    }
+    // Every entry that differs, not only the first: each names the variants that moved.
+    let wrong: Vec<_> = got
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(_, (got, want))| got != want)
+        .map(|(i, (got, want))| format!("entry {i}:\n  decoded  {got:?}\n  expected {want:?}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of the {} entries of {name} decode to other entries (an enum's variants or a \
+         variant's fields moved?):\n{}",
+        wrong.len(),
+        want.len(),
+        wrong.join("\n")
+    );
     assert_eq!(frame(&want), bytes, "encoding is stable byte for byte");
 }
 
