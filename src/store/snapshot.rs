@@ -544,6 +544,7 @@ fn copy_checked(
             let mut buf = vec![0u8; COPY_BUF];
             let mut done = 0;
             let mut dirs = vec![to.to_path_buf()];
+            let mut copied_files = 0u64;
             for f in &m.files {
                 let src = db_dir.join(&f.name);
                 let dest = to.join(&f.name);
@@ -588,6 +589,8 @@ fn copy_checked(
                     )));
                 }
                 done += n;
+                test_abort(&format!("files:{}", copied_files + 1));
+                copied_files += 1;
                 // Only fails if the syncer stopped on an error, which its join reports.
                 let _ = tx.send((output, dest));
             }
@@ -748,6 +751,23 @@ fn rocksdb_lock_held(dir: &Path) -> Result<bool, SnapshotError> {
     }
 }
 
+/// For tests only: the environment variable that makes [`restore`] abort (as `kill -9` would:
+/// no unwinding, no clean-up) at one point, so that an interrupted restore can be made
+/// deterministically instead of by racing a kill. Its value names the point: `files:K` once
+/// the K-th file is copied, `before-cut` once the copy is complete and its log checked (before
+/// an `--as-of` cut), `after-cut` once the log is cut and before derived state is rebuilt.
+pub const TEST_ABORT_RESTORE: &str = "IDSTITCH_TEST_ABORT_RESTORE";
+
+/// Abort the process if [`TEST_ABORT_RESTORE`] names `point`.
+fn test_abort(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var(TEST_ABORT_RESTORE).ok());
+    if at.as_deref() == Some(point) {
+        eprintln!("idstitch: {TEST_ABORT_RESTORE}={point}: aborting the restore here");
+        std::process::abort();
+    }
+}
+
 /// Copy, check the seq, cut at `as_of`: the part of [`restore`] that writes into `data_dir`.
 fn restore_into(
     snapshot: &Path,
@@ -775,6 +795,7 @@ fn restore_into(
         )));
     }
     let mut last = Seq(m.last_seq);
+    test_abort("before-cut");
     if let Some(cut) = as_of {
         let keep = match cut {
             AsOf::Seq(s) => s,
@@ -791,6 +812,7 @@ fn restore_into(
             }
         };
         cut_log(&store, keep)?;
+        test_abort("after-cut");
         let kept = keep.min(m.last_seq);
         progress(Phase::AsOfReplay, 0, kept);
         recover(&store, true, |seq, _| {
