@@ -417,7 +417,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
     claim_socket(&s.socket)?;
     let store = Store::open(&s.data_dir).map_err(|e| {
-        if e.is_corruption() {
+        if let StoreError::Refused(m) = e {
+            Failure::user(m)
+        } else if e.is_corruption() {
             corrupt(&s.data_dir, &e)
         } else {
             Failure::user(format!(

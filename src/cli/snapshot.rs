@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::client::Conn;
 use super::Failure;
 use crate::store::snapshot::{self, AsOf, Phase, RestoreOptions, SnapshotError};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Snapshot subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -197,6 +197,12 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
             if let Some(old) = &r.aside {
                 println!("moved the old data dir aside to {}", old.display());
             }
+            if r.replaced_unfinished {
+                println!(
+                    "replaced the unfinished restore that was in {}",
+                    data_dir.display()
+                );
+            }
             println!(
                 "ok: restored {} into {}: {} bytes in {} files, {secs:.2} s ({:.1} MB/s), at seq {} (snapshot seq {})",
                 snapshot.display(),
@@ -213,11 +219,12 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
 }
 
 fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
-    let store = Store::open(dir).map_err(|e| {
-        Failure::user(format!(
+    let store = Store::open(dir).map_err(|e| match e {
+        StoreError::Refused(m) => Failure::user(m),
+        e => Failure::user(format!(
             "cannot open {}: {e} (if the daemon is running, use --socket)",
             dir.display()
-        ))
+        )),
     })?;
     let b = bar(0, "checksum");
     let m = snapshot::create(&store, out, |d, t| {

@@ -8,12 +8,14 @@ use indicatif::ProgressBar;
 
 use super::Failure;
 use crate::store::verify::{discard, verify};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Run the command: exit 0 when replay and live state agree, 1 with the differences otherwise.
 pub fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let store = Store::open_read_only(data_dir)
-        .map_err(|e| Failure::user(format!("cannot open {}: {e}", data_dir.display())))?;
+    let store = Store::open_read_only(data_dir).map_err(|e| match e {
+        StoreError::Refused(m) => Failure::user(m),
+        e => Failure::user(format!("cannot open {}: {e}", data_dir.display())),
+    })?;
     let last = store
         .last_log_seq()
         .map_err(|e| Failure::corrupt(e.to_string()))?;

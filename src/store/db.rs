@@ -29,6 +29,10 @@ pub enum StoreError {
     /// Anything else that is wrong with the data directory.
     #[error("{0}")]
     Corrupt(String),
+    /// The directory must not be opened as it is, and the user can fix that (exit 1): it holds
+    /// an unfinished restore, or files but no database. The whole line to show, with what to do.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl StoreError {
@@ -37,6 +41,7 @@ impl StoreError {
         match self {
             StoreError::Rocks(e) => e.kind() == rocksdb::ErrorKind::Corruption,
             StoreError::Codec { .. } | StoreError::Corrupt(_) => true,
+            StoreError::Refused(_) => false,
         }
     }
 }
@@ -207,10 +212,79 @@ static BACKGROUND_AT_LOW_PRIORITY: std::sync::LazyLock<Option<rocksdb::Env>> =
 /// Most write-ahead log bytes a restart after a crash replays (see [`options`]).
 const WAL_LIMIT: u64 = 48 << 20;
 
+/// The file `idstitch snapshot restore` puts into a data dir (durably: the file and the
+/// directory fsynced) before it writes anything else there, and removes only once the restore
+/// is complete and durable (copied, checked, cut, rebuilt). While it is there, the data dir's
+/// contents are not a store to serve: some files of a snapshot, or a log not yet cut at
+/// `--as-of`. [`check_data_dir`] refuses such a dir; a restore with `--force` replaces it.
+pub const RESTORE_MARKER: &str = "RESTORE-IN-PROGRESS";
+
+/// The files RocksDB itself may have written into a new database's directory before its
+/// `CURRENT` file (a first start killed at that moment): a dir holding only these may still
+/// become a new store. A snapshot never holds any of them.
+fn written_before_current(name: &str) -> bool {
+    matches!(name, "LOCK" | "LOG" | "IDENTITY" | "MANIFEST-000001") || name.starts_with("LOG.old.")
+}
+
+/// Whether `dir` may be opened as a data dir. Refused ([`StoreError::Refused`]): a dir with
+/// [`RESTORE_MARKER`] (a restore was interrupted), and a non-empty dir without RocksDB's
+/// `CURRENT` (RocksDB would create a new, empty database in it, and later delete the files it
+/// does not know, such as those of a partly copied snapshot). A missing or empty dir is fine:
+/// a new store is created there.
+pub fn check_data_dir(dir: &Path) -> Result<(), StoreError> {
+    let marker = dir.join(RESTORE_MARKER);
+    if marker.symlink_metadata().is_ok() {
+        let note = std::fs::read_to_string(&marker).unwrap_or_default();
+        let note = note.lines().next().unwrap_or_default().trim();
+        let note = if note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({note})")
+        };
+        return Err(StoreError::Refused(format!(
+            "data dir {d} holds an unfinished restore{note}: the restore was interrupted and \
+             what is there is not a usable store. Run it again: `idstitch snapshot restore \
+             SNAPSHOT --data-dir {d} --force`",
+            d = dir.display()
+        )));
+    }
+    if dir.join("CURRENT").exists() {
+        return Ok(());
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Missing: a new store. Unreadable: RocksDB's open says why.
+        Err(_) => return Ok(()),
+    };
+    let foreign = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| !written_before_current(name));
+    match foreign {
+        None => Ok(()),
+        Some(name) => Err(StoreError::Refused(format!(
+            "data dir {d} is not empty (it holds {name:?}) but has no idstitch database in it \
+             (no RocksDB CURRENT file), for example after a restore by an older idstitch was \
+             interrupted: refusing to create a new store over it. Restore into it with \
+             `idstitch snapshot restore SNAPSHOT --data-dir {d} --force`, or give the right \
+             --data-dir (a missing or empty one gets a new store)",
+            d = dir.display()
+        ))),
+    }
+}
+
 impl Store {
-    /// Open (or create) the store in `dir`. Obsolete write-ahead log files go to its archive,
-    /// which a thread of the store empties a few megabytes at a time ([`wal`]).
+    /// Open (or create) the store in `dir`, once [`check_data_dir`] lets it. Obsolete
+    /// write-ahead log files go to its archive, which a thread of the store empties a few
+    /// megabytes at a time ([`wal`]).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        check_data_dir(dir)?;
+        Store::open_unchecked(dir)
+    }
+
+    /// [`Store::open`] without [`check_data_dir`]: for `snapshot restore`, which opens the
+    /// data dir it is restoring into while its [`RESTORE_MARKER`] is there.
+    pub(crate) fn open_unchecked(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
         let cfs = keys::CFS
@@ -228,6 +302,7 @@ impl Store {
 
     /// Open read-only (verify, snapshot of a stopped data dir).
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        check_data_dir(dir)?;
         if !dir.join("CURRENT").exists() {
             return Err(StoreError::Corrupt(format!(
                 "{} is not an idstitch data dir (no CURRENT file)",

@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::db::{Store, StoreError};
+use super::db::{Store, StoreError, RESTORE_MARKER};
 use super::recovery::{clear_derived, recover};
 use super::verify::verify as replay_and_compare;
 use crate::domain::Seq;
@@ -622,6 +622,8 @@ pub struct Restored {
     pub manifest: Manifest,
     /// Where a non-empty data dir was moved (with `force`).
     pub aside: Option<PathBuf>,
+    /// Whether the data dir held an unfinished restore, replaced (with `force`).
+    pub replaced_unfinished: bool,
     /// The last seq of the restored log.
     pub last: Seq,
     /// Bytes copied into the data dir.
@@ -647,10 +649,18 @@ pub struct RestoreOptions {
 /// nothing extra); after, the restored log must end at the manifest's seq. On any failure the
 /// partial restore is removed (and a data dir moved aside by `force` moved back).
 ///
-/// A non-empty `data_dir` is refused unless `opts.force`, which moves it aside. With
-/// `opts.full_verify`, the whole [`verify`] runs first ([`Phase::Checksum`], [`Phase::Replay`]).
-/// With `opts.as_of`, the log is cut there and derived state rebuilt ([`Phase::AsOfReplay`]).
-/// `progress(phase, done, total)` is told the phases in that order, [`Phase::Copy`] always.
+/// Killed part-way (`kill -9`, power loss), it leaves a data dir that nothing opens: before
+/// writing anything into it, the restore puts [`RESTORE_MARKER`] there durably, and removes
+/// it only once everything (copy, checks, cut, rebuild) is done and durable. A `force`d rerun
+/// replaces such an unfinished restore (its files are removed, not moved aside).
+///
+/// A non-empty `data_dir` is refused unless `opts.force`, which moves it aside: a new dir
+/// holding only the marker is made next to it and the two are swapped in one atomic rename
+/// (`RENAME_EXCHANGE`), so that the data dir's path never lacks a store or a marker.
+/// With `opts.full_verify`, the whole [`verify`] runs first ([`Phase::Checksum`],
+/// [`Phase::Replay`]). With `opts.as_of`, the log is cut there and derived state rebuilt
+/// ([`Phase::AsOfReplay`]). `progress(phase, done, total)` is told the phases in that order,
+/// [`Phase::Copy`] always.
 pub fn restore(
     snapshot: &Path,
     data_dir: &Path,
@@ -667,57 +677,198 @@ pub fn restore(
         && fs::read_dir(data_dir)
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
-    let mut aside = None;
-    if non_empty {
-        if !opts.force {
-            return Err(SnapshotError::Refused(format!(
+    let unfinished = data_dir.join(RESTORE_MARKER).symlink_metadata().is_ok();
+    if non_empty && !opts.force {
+        return Err(SnapshotError::Refused(if unfinished {
+            format!(
+                "{} holds an unfinished restore: pass --force to replace it",
+                data_dir.display()
+            )
+        } else {
+            format!(
                 "{} is not empty: restore into an empty dir, or pass --force to move it aside",
                 data_dir.display()
-            )));
-        }
-        if rocksdb_lock_held(data_dir)? {
-            return Err(SnapshotError::Refused(format!(
-                "{} is in use: a running process (an idstitch daemon?) has its database open; \
-                 stop it, then restore",
-                data_dir.display()
-            )));
-        }
+            )
+        }));
+    }
+    if non_empty && rocksdb_lock_held(data_dir)? {
+        return Err(SnapshotError::Refused(format!(
+            "{} is in use: a running process (an idstitch daemon?) has its database open; \
+             stop it, then restore",
+            data_dir.display()
+        )));
+    }
+    let note = format!(
+        "restore of {} started at {}",
+        snapshot.display(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let parent = parent_dir(data_dir);
+    // Mark the data dir before anything in it changes; `undo` puts things back on a failure.
+    let (aside, undo) = if unfinished {
+        // What an interrupted restore left: part of a snapshot, nothing to keep.
+        clear_but_marker(data_dir)?;
+        write_marker(data_dir, &note)?;
+        (None, Undo::LeaveMarked)
+    } else if non_empty {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
         let old = PathBuf::from(format!("{}.before-restore-{stamp}", data_dir.display()));
-        fs::rename(data_dir, &old).map_err(|e| io("cannot move aside", data_dir, e))?;
-        aside = Some(old);
-    }
-    match restore_into(snapshot, data_dir, &m, opts.as_of, &mut progress) {
-        Ok((last, bytes)) => {
-            if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                // The new (or renamed) data dir's entry in its parent.
-                fsync_dir(parent)?;
-            }
-            Ok(Restored {
-                files: m.files.len() as u64,
-                manifest: m,
-                aside,
-                last,
-                bytes,
-            })
+        fs::create_dir(&old).map_err(|e| io("cannot create", &old, e))?;
+        let swapped = write_marker(&old, &note)
+            .and_then(|()| fsync_dir(&parent))
+            .and_then(|()| exchange(data_dir, &old));
+        if let Err(e) = swapped {
+            let _ = fs::remove_dir_all(&old);
+            return Err(e);
         }
-        Err(e) => {
-            // Leave things as they were: no partial data dir, the old one back in its place.
-            let _ = fs::remove_dir_all(data_dir);
-            if let Some(old) = &aside {
-                if let Err(back) = fs::rename(old, data_dir) {
-                    return Err(SnapshotError::Io(format!(
-                        "{e}; and the old data dir could not be moved back from {} to {}: {back}",
+        // The data dir is now the marked new one; the old store is at `old`.
+        (Some(old), Undo::SwapBack)
+    } else {
+        fs::create_dir_all(data_dir).map_err(|e| io("cannot create", data_dir, e))?;
+        if let Err(e) = write_marker(data_dir, &note) {
+            let _ = Undo::Remove { existed }.run(data_dir, None, &parent);
+            return Err(e);
+        }
+        (None, Undo::Remove { existed })
+    };
+    // The marked data dir's entry in its parent is durable before anything is copied.
+    let done = fsync_dir(&parent)
+        .and_then(|()| restore_into(snapshot, data_dir, &m, opts.as_of, &mut progress));
+    let done = done.and_then(|r| {
+        // The restore's own RocksDB files are synced (the copy, then `flush_wal`); their
+        // directory entries too, before the marker goes.
+        fsync_dir(data_dir)?;
+        let marker = data_dir.join(RESTORE_MARKER);
+        fs::remove_file(&marker).map_err(|e| io("cannot remove", &marker, e))?;
+        fsync_dir(data_dir)?;
+        Ok(r)
+    });
+    match done {
+        Ok((last, bytes)) => Ok(Restored {
+            files: m.files.len() as u64,
+            manifest: m,
+            aside,
+            replaced_unfinished: unfinished,
+            last,
+            bytes,
+        }),
+        Err(e) => Err(match undo.run(data_dir, aside.as_deref(), &parent) {
+            Ok(()) => e,
+            Err(back) => SnapshotError::Io(format!("{e}; and {back}")),
+        }),
+    }
+}
+
+/// How [`restore`] leaves things as they were when it fails (not when it is killed: then the
+/// marker stays, and the data dir is refused until a rerun).
+enum Undo {
+    /// The data dir was missing or empty: it is again.
+    Remove { existed: bool },
+    /// It held an unfinished restore: it still does (marked, emptied).
+    LeaveMarked,
+    /// It held a store, swapped with the new marked dir: swap back, remove the new one.
+    SwapBack,
+}
+
+impl Undo {
+    fn run(self, data_dir: &Path, aside: Option<&Path>, parent: &Path) -> Result<(), String> {
+        // The marker goes last, once nothing else of the partial restore is left.
+        let _ = clear_but_marker(data_dir);
+        match self {
+            Undo::LeaveMarked => {}
+            Undo::Remove { existed } => {
+                let _ = fs::remove_file(data_dir.join(RESTORE_MARKER));
+                if !existed {
+                    let _ = fs::remove_dir(data_dir);
+                }
+            }
+            Undo::SwapBack => {
+                let Some(old) = aside else { return Ok(()) };
+                if let Err(e) = exchange(data_dir, old) {
+                    return Err(format!(
+                        "the old data dir could not be moved back from {} to {}: {e}",
                         old.display(),
                         data_dir.display()
-                    )));
+                    ));
                 }
-            } else if existed {
-                let _ = fs::create_dir_all(data_dir);
+                let _ = fs::remove_dir_all(old);
             }
-            Err(e)
         }
+        let _ = fsync_dir(parent);
+        Ok(())
     }
+}
+
+/// The directory holding `dir`'s entry.
+fn parent_dir(dir: &Path) -> PathBuf {
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Write [`RESTORE_MARKER`] (saying `note`) into `dir`, durably: the file and `dir` fsynced.
+fn write_marker(dir: &Path, note: &str) -> Result<(), SnapshotError> {
+    let path = dir.join(RESTORE_MARKER);
+    let mut f = fs::File::create(&path).map_err(|e| io("cannot create", &path, e))?;
+    f.write_all(format!("{note}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("cannot write", &path, e))?;
+    fsync_dir(dir)
+}
+
+/// Remove everything in `dir` except [`RESTORE_MARKER`], then fsync `dir`.
+fn clear_but_marker(dir: &Path) -> Result<(), SnapshotError> {
+    for e in fs::read_dir(dir).map_err(|e| io("cannot list", dir, e))? {
+        let e = e.map_err(|e| io("cannot list", dir, e))?;
+        if e.file_name() == RESTORE_MARKER {
+            continue;
+        }
+        let p = e.path();
+        let gone = match p.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&p),
+            _ => fs::remove_file(&p),
+        };
+        gone.map_err(|e| io("cannot remove", &p, e))?;
+    }
+    fsync_dir(dir)
+}
+
+/// Swap the directories `a` and `b` in one atomic rename (Linux's `renameat2` with
+/// `RENAME_EXCHANGE`): there is no moment at which either path is missing.
+fn exchange(a: &Path, b: &Path) -> Result<(), SnapshotError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| SnapshotError::Io(format!("{} contains a NUL byte", p.display())))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+        return Err(SnapshotError::Refused(format!(
+            "cannot move {} aside: its file system cannot swap two directories atomically \
+             ({e}); move it away yourself, then restore into the empty path",
+            a.display()
+        )));
+    }
+    Err(SnapshotError::Io(format!(
+        "cannot swap {} with {}: {e}",
+        a.display(),
+        b.display()
+    )))
 }
 
 /// Whether another process holds RocksDB's lock on the database in `dir`: RocksDB takes a POSIX
@@ -784,7 +935,7 @@ fn restore_into(
         "restore: copied and synced"
     );
     let t = Instant::now();
-    let store = Store::open(data_dir)
+    let store = Store::open_unchecked(data_dir)
         .map_err(|e| SnapshotError::Corrupt(format!("the restored snapshot does not open: {e}")))?;
     tracing::debug!(secs = t.elapsed().as_secs_f64(), "restore: opened");
     let end = store.last_log_seq()?.0;

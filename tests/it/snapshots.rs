@@ -564,3 +564,254 @@ fn verify_refuses_a_manifest_entry_with_an_absolute_path() {
     add_outside_entry(&snap, &manifest, s(&outside), secret);
     assert_refused_naming(&snap, s(&outside));
 }
+
+/// `idstitch args` with `IDSTITCH_TEST_ABORT_RESTORE=point`: a restore that stops there as a
+/// `kill -9` would (no clean-up), deterministically.
+fn restore_aborted_at(point: &str, args: &[&str]) {
+    let out = Command::new(bin())
+        .args(args)
+        .env(idstitch::store::snapshot::TEST_ABORT_RESTORE, point)
+        .output()
+        .expect("run idstitch");
+    assert!(
+        !out.status.success(),
+        "the restore was not interrupted at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `idstitch serve` on `dir` must exit by itself (within 30 s); its exit code and stderr.
+/// A daemon that starts instead is stopped and reported: it served whatever it found there.
+fn serve_exit(dir: &std::path::Path) -> (Option<i32>, String) {
+    let socket = dir.with_extension("sock");
+    let mut child = Command::new(bin())
+        .args(["serve", "--data-dir", s(dir), "--socket", s(&socket)])
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start idstitch serve");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) || socket.exists() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("idstitch serve started on {}", dir.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `serve`, `verify` and `snapshot create --data-dir` all refuse `dir` with exit 1 and one
+/// line that says so and what to do, containing `says`.
+fn assert_refused_data_dir(dir: &std::path::Path, says: &str) {
+    let (code, err) = serve_exit(dir);
+    assert_eq!(code, Some(1), "serve: {err}");
+    assert!(err.contains(says), "serve does not say {says:?}: {err}");
+    assert!(
+        err.contains("--force"),
+        "serve does not say what to do: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    let out = idstitch(&["verify", "--data-dir", s(dir)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "verify: {err}");
+    assert!(err.contains(says), "verify does not say {says:?}: {err}");
+    let snap = dir.with_extension("snap-of-refused");
+    let out = idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(dir)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "snapshot create: {err}");
+    assert!(
+        err.contains(says),
+        "snapshot create does not say {says:?}: {err}"
+    );
+}
+
+/// A snapshot of persons `p0`..`p{n-1}`.
+fn snapshot_of_persons(tmp: &std::path::Path, n: usize) -> (std::path::PathBuf, Value) {
+    let mut d = Daemon::start();
+    for i in 0..n {
+        d.capture(T, json!([{"event": "e", "distinct_id": format!("p{i}")}]));
+    }
+    d.terminate();
+    let snap = tmp.join("s");
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
+    (snap, manifest)
+}
+
+/// A restore killed part-way through its copy leaves a data dir that every command refuses
+/// (instead of `serve` creating an empty store over the copied files and accepting events);
+/// running the restore again with `--force` replaces it and serves the snapshot's persons.
+#[test]
+fn a_restore_killed_while_copying_is_refused_until_it_is_run_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, manifest) = snapshot_of_persons(tmp.path(), 3);
+    let files = manifest["files"].as_array().unwrap().len();
+    assert!(files >= 3, "{files} files");
+    let target = tmp.path().join("r");
+    let restore = ["snapshot", "restore", s(&snap), "--data-dir", s(&target)];
+    for k in [1, files - 1] {
+        restore_aborted_at(&format!("files:{k}"), &restore);
+        assert!(target.exists(), "killed at file {k}: no data dir");
+        assert_refused_data_dir(&target, "unfinished restore");
+        // Without --force, the rerun is refused and says to pass it.
+        let out = idstitch(&restore);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("--force"), "{err}");
+        assert_refused_data_dir(&target, "unfinished restore");
+        // Killed again while rerunning with --force: still refused.
+        let mut forced = restore.to_vec();
+        forced.push("--force");
+        restore_aborted_at(&format!("files:{k}"), &forced);
+        assert_refused_data_dir(&target, "unfinished restore");
+        succeeds(&forced);
+        succeeds(&["verify", "--data-dir", s(&target)]);
+        let r = Daemon::on(&target, &[]);
+        for i in 0..3 {
+            assert!(r.person(T, &format!("p{i}")).is_some(), "p{i} after rerun");
+        }
+        assert_eq!(r.all_persons(T).len(), 3);
+        drop(r);
+        // The partial copies are not kept as an old data dir.
+        let aside = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().contains("before-restore")
+            })
+            .count();
+        assert_eq!(aside, 0, "a partial restore was moved aside");
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+}
+
+/// `--as-of` killed after the copy, before or after the log is cut: refused (not served with
+/// the entries past the cut, nor silently as if the restore had finished); the rerun cuts.
+#[test]
+fn a_restore_as_of_killed_around_the_cut_is_refused_until_it_is_run_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "anon"}, {"event": "e", "distinct_id": "user"}]),
+    );
+    let before_merge = d
+        .get(&format!("/api/projects/{T}/events/?distinct_id=user"))
+        .json()["results"][0]["seq"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    d.capture(T, json!([{"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "anon"}}]));
+    d.terminate();
+    let snap = tmp.path().join("s");
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
+    for point in ["before-cut", "after-cut"] {
+        let target = tmp.path().join(point);
+        let restore = [
+            "snapshot",
+            "restore",
+            s(&snap),
+            "--data-dir",
+            s(&target),
+            "--as-of",
+            &before_merge,
+            "--force",
+        ];
+        restore_aborted_at(point, &restore);
+        assert_refused_data_dir(&target, "unfinished restore");
+        succeeds(&restore);
+        succeeds(&["verify", "--data-dir", s(&target)]);
+        let r = Daemon::on(&target, &[]);
+        assert_eq!(r.all_persons(T).len(), 2, "{point}");
+        assert_eq!(dids(&r.person(T, "anon").unwrap()), vec!["anon"], "{point}");
+    }
+}
+
+/// `--force` over a store, killed while copying: the old store is aside, whole; the data dir
+/// is refused; the rerun restores without moving the partial copy aside as another old store.
+#[test]
+fn a_forced_restore_killed_while_copying_keeps_the_old_store_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, _) = snapshot_of_persons(tmp.path(), 2);
+    let target = tmp.path().join("live");
+    let mut old = Daemon::on(&target, &[]);
+    old.capture(T, json!([{"event": "e", "distinct_id": "old-only"}]));
+    old.terminate();
+    drop(old);
+    let restore = [
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&target),
+        "--force",
+    ];
+    restore_aborted_at("files:1", &restore);
+    assert_refused_data_dir(&target, "unfinished restore");
+    let aside = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("live.before-restore")
+            })
+            .collect()
+    };
+    let moved = aside();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    succeeds(&["verify", "--data-dir", s(&moved[0])]);
+    succeeds(&restore);
+    assert_eq!(aside(), moved, "only the old store is aside");
+    let r = Daemon::on(&target, &[]);
+    assert!(r.person(T, "p0").is_some() && r.person(T, "p1").is_some());
+    assert!(r.person(T, "old-only").is_none());
+    drop(r);
+    let o = Daemon::on(&moved[0], &[]);
+    assert!(o.person(T, "old-only").is_some(), "the old store is intact");
+}
+
+/// A data dir with files but no database (a restore by an older idstitch, killed while
+/// copying; a wrong --data-dir) is refused, not turned into a new empty store; a missing or
+/// empty dir still gets a new store.
+#[test]
+fn serve_refuses_a_non_empty_dir_without_a_database_but_starts_in_an_empty_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, manifest) = snapshot_of_persons(tmp.path(), 1);
+    let partial = tmp.path().join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    let first = manifest["files"][0]["name"].as_str().unwrap();
+    assert_ne!(first, "CURRENT");
+    std::fs::copy(snap.join("db").join(first), partial.join(first)).unwrap();
+    assert_refused_data_dir(&partial, "no idstitch database");
+    assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 1, "untouched");
+    succeeds(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&partial),
+        "--force",
+    ]);
+    let r = Daemon::on(&partial, &[]);
+    assert!(r.person(T, "p0").is_some());
+    drop(r);
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let d = Daemon::on(&empty, &[]);
+    d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
+    let d = Daemon::on(&tmp.path().join("missing"), &[]);
+    d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
+}
