@@ -544,8 +544,7 @@ fn copy_checked(
             let mut buf = vec![0u8; COPY_BUF];
             let mut done = 0;
             let mut dirs = vec![to.to_path_buf()];
-            let mut copied_files = 0u64;
-            for f in &m.files {
+            for (i, f) in m.files.iter().enumerate() {
                 let src = db_dir.join(&f.name);
                 let dest = to.join(&f.name);
                 if let Some(parent) = dest.parent().filter(|p| *p != to) {
@@ -589,8 +588,7 @@ fn copy_checked(
                     )));
                 }
                 done += n;
-                test_abort(&format!("files:{}", copied_files + 1));
-                copied_files += 1;
+                test_abort(&format!("files:{}", i + 1));
                 // Only fails if the syncer stopped on an error, which its join reports.
                 let _ = tx.send((output, dest));
             }
