@@ -375,7 +375,40 @@ fn decode_bytes<'a>(
     if base64_form || content_type.starts_with(FORM_TYPE) {
         bytes = Cow::Owned(form_data(&bytes, max)?);
     }
+    replace_lone_surrogates(&mut bytes);
     Ok(bytes)
+}
+
+/// Each escape of a lone UTF-16 surrogate (`\ud83d` without its pair: JavaScript writes one
+/// for a string cut inside an emoji, as posthog-js's `.slice()` can) replaced, in place, by
+/// `\ufffd`, as a NUL is (spec §1.2). JSON's grammar allows it, but it is no Unicode: serde_json
+/// refuses it (a whole request lost for one character), and stored properties holding it
+/// could not be read back. The same length, so nothing else moves. Copies the body only when
+/// it has one.
+fn replace_lone_surrogates(bytes: &mut Cow<'_, [u8]>) {
+    let surrogate = |b: &[u8], at: usize| -> Option<u16> {
+        let hex = b.get(at..at + 6)?;
+        (hex[0] == b'\\' && hex[1] == b'u').then_some(())?;
+        let code = u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()?;
+        (0xD800..=0xDFFF).contains(&code).then_some(code)
+    };
+    let mut i = 0;
+    while let Some(found) = memchr::memchr(b'\\', bytes.get(i..).unwrap_or_default()) {
+        let at = i + found;
+        let Some(code) = surrogate(bytes, at) else {
+            // Any other escape is two bytes long at least (`\\` among them): skip both.
+            i = at + 2;
+            continue;
+        };
+        let paired = code <= 0xDBFF
+            && surrogate(bytes, at + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low));
+        if paired {
+            i = at + 12;
+        } else {
+            bytes.to_mut()[at..at + 6].copy_from_slice(b"\\ufffd");
+            i = at + 6;
+        }
+    }
 }
 
 /// The JSON text of `bytes`, a BOM removed.
@@ -827,6 +860,40 @@ mod tests {
         }
         refused(plain(br#"{"api_key":"k","batch":[]}"#), 400, "empty_batch");
         refused(plain(b"[]"), 400, "empty_batch");
+    }
+
+    /// A lone surrogate's escape becomes U+FFFD's, in the events' properties, their `$set` and
+    /// their names alike; a pair (an emoji), an escaped backslash before `u`, and other escapes
+    /// stay as sent.
+    #[test]
+    fn lone_surrogates_become_the_replacement_character() {
+        let fixed = |text: &str| {
+            let mut bytes = Cow::Borrowed(text.as_bytes());
+            replace_lone_surrogates(&mut bytes);
+            String::from_utf8(bytes.into_owned()).unwrap()
+        };
+        assert_eq!(fixed(r#"["\ud83d"]"#), r#"["\ufffd"]"#);
+        assert_eq!(fixed(r#"["a\ud83d\u0041"]"#), r#"["a\ufffd\u0041"]"#);
+        assert_eq!(fixed(r#"["\udc00\ud83d"]"#), r#"["\ufffd\ufffd"]"#);
+        assert_eq!(fixed(r#"["\uD83D\uDE00"]"#), r#"["\uD83D\uDE00"]"#);
+        assert_eq!(
+            fixed(r#"["\\ud83d", "\n\ud8"]"#),
+            r#"["\\ud83d", "\n\ud8"]"#
+        );
+        assert_eq!(
+            fixed(r#"["\ud83d\ud83d\ude00"]"#),
+            r#"["\ufffd\ud83d\ude00"]"#
+        );
+        let limits = DecodeLimits::default();
+        let body = r#"{"api_key":"k","batch":[
+            {"event":"\ud800","distinct_id":"a","properties":{"x":"\ud83d","$set":{"name":"\udfff"}}},
+            {"event":"e","distinct_id":"b"}]}"#;
+        let decoded = decode_capture(&raw(body.as_bytes(), None, None), &limits).unwrap();
+        assert_eq!(decoded.events.len(), 2);
+        let first = crate::domain::normalize_wire(decoded.events[0].clone(), 0).unwrap();
+        assert_eq!(first.name, "\u{fffd}");
+        assert_eq!(first.properties.to_map()["x"], "\u{fffd}");
+        assert_eq!(first.updates.set["name"], "\u{fffd}");
     }
 
     /// Both parses stop one event past the limit: what follows is never read, so that a small

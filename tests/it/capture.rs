@@ -190,6 +190,32 @@ fn a_request_refused_for_a_token_creates_no_project() {
     assert!(d.person(&at_limit, "z").is_some());
 }
 
+/// A string cut inside an emoji (posthog-js's `.slice()`) reaches us as a lone surrogate's
+/// escape: it is stored as U+FFFD, as a NUL is, in the event's properties and its `$set`,
+/// and the event and its neighbours are kept (it read back as `{}` before, or lost the
+/// whole request when in the event's name).
+#[test]
+fn a_lone_surrogate_is_stored_as_the_replacement_character() {
+    let d = Daemon::start();
+    let body = r#"{"api_key": "phc_capture", "batch": [
+        {"event": "cut\ud83d", "distinct_id": "lone", "properties": {"email": "x@y", "bio": "hi \ud83d", "$set": {"name": "\udfff"}}},
+        {"event": "e", "distinct_id": "neighbour"}]}"#;
+    let r = d.request(
+        "POST",
+        "/batch/",
+        &[("content-type", "application/json")],
+        body.as_bytes().to_vec(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let p = d.person("phc_capture", "lone").expect("person");
+    assert_eq!(p["properties"]["name"], json!("\u{fffd}"));
+    let events = d.events_of_person("phc_capture", p["uuid"].as_str().unwrap());
+    assert_eq!(events[0]["event"], json!("cut\u{fffd}"));
+    assert_eq!(events[0]["properties"]["bio"], json!("hi \u{fffd}"));
+    assert_eq!(events[0]["properties"]["email"], json!("x@y"));
+    assert!(d.person("phc_capture", "neighbour").is_some());
+}
+
 #[test]
 fn an_empty_batch_is_a_400() {
     let d = Daemon::start();
