@@ -5,7 +5,8 @@
 //! backend event would create a second person, and the `$identify` would then merge two persons
 //! instead of attaching an ID. Delaying such events for a window lets the merge come first.
 //!
-//! [`BufferedEvent`] is stored in the log (`Change::EventBuffered`): only append fields at the end.
+//! [`BufferedEvent`] is stored in the log (`Change::EventBuffered`): adding or changing a field
+//! bumps the log format (`store::codec::FORMAT_VERSION`, see `domain::change`).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,9 @@
 //! The facts of the log: every state change, in the past tense.
 //!
-//! `bincode` stores enum variants by position: only ever append variants and fields at the end
-//! of the last variant, or bump `store::codec::FORMAT_VERSION` with a fixture test.
+//! `bincode` stores enum variants by position and struct fields with no names or lengths:
+//! only ever append variants. Adding or changing a field anywhere (an old record has no bytes
+//! for it, and an entry holds a list of changes, so the next one would be misread) bumps
+//! `store::codec::FORMAT_VERSION` and keeps a fixture of the old format (ARCHITECTURE.md).
 
 use serde::{Deserialize, Serialize};
 

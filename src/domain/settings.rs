@@ -2,8 +2,8 @@
 //! limit. They are logged state (`Change::ProjectSettingsChanged` carries the whole settings
 //! after a change), so replay, snapshots and restores keep them.
 //!
-//! Stored with `bincode` inside the log: only append fields at the end of the last struct
-//! ([`ProjectSettings`]) or bump the log format.
+//! Stored with `bincode` inside the log: only append enum variants; adding or changing a field
+//! bumps the log format (`store::codec::FORMAT_VERSION`, see `domain::change`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
