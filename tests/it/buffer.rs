@@ -16,7 +16,15 @@ pub fn enable_buffer(d: &Daemon, token: &str, window_secs: u64) {
         token,
         json!([{"event": "$pageview", "distinct_id": "setup", "properties": {"$device_id": "setup"}}]),
     );
-    let body = json!({"conversion_buffer": {"enabled": true, "window_secs": window_secs}});
+    patch_project(
+        d,
+        token,
+        json!({"conversion_buffer": {"enabled": true, "window_secs": window_secs}}),
+    );
+}
+
+/// `PATCH /api/projects/{token}/` with `body`, insisting on 200.
+fn patch_project(d: &Daemon, token: &str, body: Value) {
     let r = d.request(
         "PATCH",
         &format!("/api/projects/{token}/"),
@@ -196,14 +204,7 @@ fn turning_the_buffer_off_releases_what_waits() {
 }
 
 fn patch_buffer(d: &Daemon, enabled: bool) {
-    let body = json!({"conversion_buffer": {"enabled": enabled}});
-    let r = d.request(
-        "PATCH",
-        &format!("/api/projects/{T}/"),
-        &[("content-type", "application/json")],
-        serde_json::to_vec(&body).unwrap(),
-    );
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    patch_project(d, T, json!({"conversion_buffer": {"enabled": enabled}}));
 }
 
 fn plan(d: &Daemon, did: &str, plan: &str) {

@@ -7,31 +7,31 @@ use serde_json::json;
 
 use crate::support::{bin, dids, free_port, Daemon};
 
+/// `idstitch ingest FILE ARGS --socket S`, FILE holding `text`.
+fn ingest_file(d: &Daemon, text: &str, args: &[&str]) -> std::process::Output {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("events.ndjson");
+    std::fs::write(&file, text).unwrap();
+    Command::new(bin())
+        .arg("ingest")
+        .arg(&file)
+        .args(args)
+        .arg("--socket")
+        .arg(&d.socket)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn ingest_sends_an_ndjson_file_in_order_and_summarises() {
     let d = Daemon::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("events.ndjson");
     let mut lines = String::new();
     for i in 0..1200 {
         lines.push_str(&json!({"event": "e", "distinct_id": format!("anon-{}", i % 10), "uuid": format!("n{i}")}).to_string());
         lines.push('\n');
     }
     lines.push_str(&json!({"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "anon-3"}}).to_string());
-    std::fs::write(&file, lines).unwrap();
-    let out = Command::new(bin())
-        .args([
-            "ingest",
-            file.to_str().unwrap(),
-            "--token",
-            "phc_cli",
-            "--batch-size",
-            "250",
-            "--socket",
-        ])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+    let out = ingest_file(&d, &lines, &["--token", "phc_cli", "--batch-size", "250"]);
     assert!(
         out.status.success(),
         "{}",
@@ -127,26 +127,13 @@ fn ingest_reads_a_pipe_given_by_path_whole() {
 #[test]
 fn ingest_token_does_not_override_an_events_own_token() {
     let d = Daemon::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("e.ndjson");
     let lines = [
         json!({"event": "e", "distinct_id": "own", "api_key": "phc_own"}),
         json!({"event": "e", "distinct_id": "nested", "properties": {"token": "phc_own"}}),
         json!({"event": "e", "distinct_id": "plain"}),
     ];
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(bin())
-        .args([
-            "ingest",
-            file.to_str().unwrap(),
-            "--token",
-            "phc_default",
-            "--socket",
-        ])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+    let out = ingest_file(&d, &text, &["--token", "phc_default"]);
     assert!(
         out.status.success(),
         "{}",
@@ -163,26 +150,13 @@ fn ingest_token_does_not_override_an_events_own_token() {
 #[test]
 fn ingest_reports_rejections_by_line_and_where_a_refused_run_stopped() {
     let d = Daemon::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("e.ndjson");
     let text = format!(
         "\n{}\n\n{}\n{}\n",
         json!({"event": "e", "distinct_id": "a", "api_key": "phc_lines"}),
         json!({"event": "e", "api_key": "phc_lines"}),
         json!({"event": "e", "distinct_id": "no-token"}),
     );
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(bin())
-        .args([
-            "ingest",
-            file.to_str().unwrap(),
-            "--batch-size",
-            "2",
-            "--socket",
-        ])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+    let out = ingest_file(&d, &text, &["--batch-size", "2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("rejected line 4:"), "{stderr}");

@@ -815,49 +815,30 @@ mod probe {
         }
     }
 
-    impl ser::SerializeSeq for &mut Recorder<'_> {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> R {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
+    /// The compound serializers: each element, field or value is recorded like a value.
+    macro_rules! forward {
+        ($($trait:ident::$method:ident($($name:ty)?)),* $(,)?) => {$(
+            impl ser::$trait for &mut Recorder<'_> {
+                type Ok = ();
+                type Error = Found;
+                fn $method<T: ?Sized + Serialize>(&mut self, $(_: $name,)? v: &T) -> R {
+                    v.serialize(&mut **self)
+                }
+                fn end(self) -> R {
+                    Ok(())
+                }
+            }
+        )*};
     }
 
-    impl ser::SerializeTuple for &mut Recorder<'_> {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> R {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeTupleStruct for &mut Recorder<'_> {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> R {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeTupleVariant for &mut Recorder<'_> {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> R {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
+    forward!(
+        SerializeSeq::serialize_element(),
+        SerializeTuple::serialize_element(),
+        SerializeTupleStruct::serialize_field(),
+        SerializeTupleVariant::serialize_field(),
+        SerializeStruct::serialize_field(&'static str),
+        SerializeStructVariant::serialize_field(&'static str),
+    );
 
     impl ser::SerializeMap for &mut Recorder<'_> {
         type Ok = ();
@@ -866,28 +847,6 @@ mod probe {
             k.serialize(&mut **self)
         }
         fn serialize_value<T: ?Sized + Serialize>(&mut self, v: &T) -> R {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeStruct for &mut Recorder<'_> {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, v: &T) -> R {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeStructVariant for &mut Recorder<'_> {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, v: &T) -> R {
             v.serialize(&mut **self)
         }
         fn end(self) -> R {
