@@ -54,7 +54,11 @@ pub fn on_connect(conn: &dyn Any, ext: &mut Extensions, stalled_after: Duration)
     let socket = match socket {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "No watchdog for a connection: cannot duplicate its socket.");
+            // Said once: when descriptors run short, it would be said for every connection.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(error = %e, "No watchdog for a connection: cannot duplicate its socket (said once; raise the open-files limit, ulimit -n).");
+            }
             return;
         }
     };

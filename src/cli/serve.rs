@@ -413,6 +413,42 @@ fn corrupt(data_dir: &Path, e: &StoreError) -> anyhow::Error {
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
+/// Raise the soft limit on open files to the hard one, as servers do: a common soft limit of
+/// 1,024 ran out near 500 connections, far below --max-connections, and then connections went
+/// without their watchdog. Says so when even the hard limit is below `wanted`.
+fn raise_open_files_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let before = limit.rlim_cur;
+    if before < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+            tracing::info!(
+                from = before,
+                to = limit.rlim_cur,
+                "Raised the open-files limit."
+            );
+        }
+    }
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            wanted,
+            "The open-files limit is below what --max-connections may need: raise it (ulimit -n) or lower --max-connections."
+        );
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
     claim_socket(&s.socket)?;
@@ -482,6 +518,10 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
         ready: AtomicBool::new(true),
         tokens: RwLock::new(HashMap::new()),
     });
+    // Each connection takes two descriptors (its socket and its watchdog's duplicate), on
+    // every worker of every listener; plus RocksDB's files and the rest.
+    let listeners = 1 + usize::from(s.http.is_some());
+    raise_open_files_limit((s.conn.max_connections * s.workers * listeners * 2 + 1024) as u64);
     let servers = server::start(
         state.clone(),
         &s.socket,
