@@ -369,15 +369,19 @@ impl<'e> EventUpdates<'e> {
     /// What actually changes on a person whose properties are `current` (spec §5, update):
     /// each `$set_once` key the person lacks, then each `$set` whose value differs (a `$set`
     /// beats a `$set_once` of the same key), then the `$unset` keys the person has.
+    ///
+    /// A person of a few dozen properties is looked up in a list of them instead of its
+    /// B-tree ([`PersonKeys`]).
     pub fn diff(self, current: &Map<String, Value>) -> PropertyDiff {
         let mut set = Map::new();
+        let keys = PersonKeys::of(current);
         for (k, v) in self.set_once() {
-            if !current.contains_key(k) {
+            if keys.get(k).is_none() {
                 set.insert(k.to_string(), v.clone());
             }
         }
         for (k, v) in self.set() {
-            if !current.get(k).is_some_and(|c| same_value(c, v)) {
+            if !keys.get(k).is_some_and(|c| same_value(c, v)) {
                 set.insert(k.to_string(), v.clone());
             }
         }
@@ -388,6 +392,33 @@ impl<'e> EventUpdates<'e> {
             }
         }
         PropertyDiff { set, unset }
+    }
+}
+
+/// A person's properties, for the diff's ~20 lookups of one event: up to
+/// [`PersonKeys::LISTED`] of them in a list, where a lookup compares lengths first and bytes
+/// only on an equal length (a few instructions a key), instead of a B-tree search that calls
+/// `memcmp` at every step (~320 instructions a lookup in a person of ~25 properties).
+enum PersonKeys<'p> {
+    Listed(Vec<(&'p str, &'p Value)>),
+    Map(&'p Map<String, Value>),
+}
+
+impl<'p> PersonKeys<'p> {
+    const LISTED: usize = 64;
+
+    fn of(current: &'p Map<String, Value>) -> Self {
+        match current.len() <= Self::LISTED {
+            true => PersonKeys::Listed(current.iter().map(|(k, v)| (k.as_str(), v)).collect()),
+            false => PersonKeys::Map(current),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'p Value> {
+        match self {
+            PersonKeys::Listed(list) => list.iter().find(|(k, _)| *k == key).map(|(_, v)| *v),
+            PersonKeys::Map(map) => map.get(key),
+        }
     }
 }
 
@@ -902,6 +933,24 @@ mod tests {
         assert_eq!(promoted("$pageview", true), 0);
         assert_eq!(promoted("$exception", false), 0);
         assert_eq!(promoted("$snapshot", false), 0);
+    }
+
+    /// A person past [`PersonKeys::LISTED`] properties is searched in its map: the same diff.
+    #[test]
+    fn the_diff_of_a_person_with_many_properties_is_its_definition() {
+        for n in [PersonKeys::LISTED - 1, PersonKeys::LISTED + 1, 200] {
+            let mut current: Map<String, Value> =
+                (0..n).map(|i| (format!("k{i}"), Value::from(i))).collect();
+            current.insert("$os".into(), Value::from("Linux"));
+            let updates = PropertyUpdates {
+                set: map(vec![("$os".into(), 1), ("k5".into(), 5), ("k9".into(), 0)]),
+                set_once: map(vec![("k7".into(), 0), ("new".into(), 2)]),
+                unset: vec![],
+            };
+            let got = EventUpdates::explicit(&updates).diff(&current).set;
+            let want = map(vec![("$os".into(), 1), ("k9".into(), 0), ("new".into(), 2)]);
+            assert_eq!(got, want, "{n} properties");
+        }
     }
 
     /// The definition [`promoted_key`] implements with its table: a search of the list.
