@@ -48,6 +48,8 @@ pub struct Metrics {
     pub buffer_waiting: Gauge,
     /// Events the conversion buffer released.
     pub buffer_released: Counter,
+    /// Events that would have waited but were processed at once: the buffers were full.
+    pub buffer_full: Counter,
     /// Age of the oldest waiting event, in seconds (0 when none waits).
     pub buffer_oldest_age_seconds: Gauge<f64, AtomicU64>,
 }
@@ -70,6 +72,7 @@ impl Metrics {
             resident_actors: Gauge::default(),
             buffer_waiting: Gauge::default(),
             buffer_released: Counter::default(),
+            buffer_full: Counter::default(),
             buffer_oldest_age_seconds: Gauge::default(),
             registry: Registry::default(),
         };
@@ -133,6 +136,11 @@ impl Metrics {
             "idstitch_buffer_events_released",
             "Events released by the conversion buffer",
             m.buffer_released.clone(),
+        );
+        registry.register(
+            "idstitch_buffer_full_events",
+            "Events processed at once that would have waited: the buffers held --buffer-max-waiting",
+            m.buffer_full.clone(),
         );
         registry.register(
             "idstitch_buffer_oldest_age_seconds",

@@ -41,6 +41,8 @@ pub struct EngineConfig {
     pub max_cached_ids: usize,
     /// `--test-clock`: let tests move the conversion buffer's clock forward.
     pub test_clock: bool,
+    /// `--buffer-max-waiting`: events waiting in the conversion buffers at most.
+    pub buffer_max_waiting: usize,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +53,7 @@ impl Default for EngineConfig {
             max_resident_persons: 100_000,
             max_cached_ids: 1_000_000,
             test_clock: false,
+            buffer_max_waiting: 200_000,
         }
     }
 }
@@ -265,6 +268,8 @@ struct Inner {
     releasing: bool,
     /// Whether the last release failed (logged once, not at every tick).
     release_failing: bool,
+    /// Whether the last event that would have waited found the buffers full (logged once).
+    buffer_full: bool,
 }
 
 type Shared = Rc<RefCell<Inner>>;
@@ -333,6 +338,7 @@ impl Router {
             clock,
             releasing: false,
             release_failing: false,
+            buffer_full: false,
         };
         Ok(Router {
             inner: Rc::new(RefCell::new(inner)),
@@ -799,6 +805,19 @@ fn buffer(
             if !qualifies(event, has_person) {
                 return Ok(None);
             }
+            if s.waiting.len() >= s.config.buffer_max_waiting {
+                // Held in memory: past the bound, an event is processed as if the buffer
+                // were off. Said once per time the bound is reached.
+                if !std::mem::replace(&mut s.buffer_full, true) {
+                    tracing::warn!(
+                        waiting = s.waiting.len(),
+                        "The conversion buffers are full (--buffer-max-waiting): new events are processed at once until they drain."
+                    );
+                }
+                s.metrics.buffer_full.inc();
+                return Ok(None);
+            }
+            s.buffer_full = false;
             s.clock.now_ms() + window
         }
     };

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Person actors kept in memory at most [default: 100000].
     #[arg(long, env = "IDSTITCH_MAX_RESIDENT_PERSONS")]
     pub max_resident_persons: Option<usize>,
+    /// Events waiting in the conversion buffers (all projects), which are held in memory, at
+    /// most; past it, new events are processed at once instead of waiting (those of an ID
+    /// with events waiting still queue behind them) [default: 200000].
+    #[arg(long, env = "IDSTITCH_BUFFER_MAX_WAITING")]
+    pub buffer_max_waiting: Option<usize>,
     /// HTTP worker threads per listener [default: 2].
     #[arg(long, env = "IDSTITCH_WORKERS")]
     pub workers: Option<usize>,
@@ -126,6 +131,7 @@ struct FileConfig {
     max_depth: Option<usize>,
     max_properties: Option<usize>,
     max_resident_persons: Option<usize>,
+    buffer_max_waiting: Option<usize>,
     workers: Option<usize>,
     socket_mode: Option<String>,
     snapshot_dir: Option<PathBuf>,
@@ -328,6 +334,10 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
                 .max_resident_persons
                 .or(f.max_resident_persons)
                 .unwrap_or(100_000),
+            buffer_max_waiting: a
+                .buffer_max_waiting
+                .or(f.buffer_max_waiting)
+                .unwrap_or(EngineConfig::default().buffer_max_waiting),
             test_clock: a.test_clock,
             ..EngineConfig::default()
         },

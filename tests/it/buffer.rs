@@ -318,3 +318,31 @@ fn the_buffer_listing_is_per_project_and_paged() {
     assert_eq!(listed, ["user-0", "user-1"]);
     assert_eq!(waiting(&d, OTHER).len(), 2);
 }
+
+/// Waiting events are held in memory: past `--buffer-max-waiting`, an event that would wait is
+/// processed at once (counted, and said once in the log), while one whose ID has events
+/// waiting still queues behind them.
+#[test]
+fn past_the_waiting_bound_new_events_are_processed_at_once() {
+    let d = Daemon::start_with(&["--test-clock", "--buffer-max-waiting", "2"]);
+    enable_buffer(&d, T, 600);
+    plan(&d, "user-0", "free");
+    plan(&d, "user-1", "free");
+    assert_eq!(waiting(&d, T).len(), 2);
+    plan(&d, "user-2", "free");
+    assert!(d.person(T, "user-2").is_some(), "processed at once");
+    plan(&d, "user-0", "pro");
+    assert_eq!(waiting(&d, T).len(), 3, "behind its ID's waiting event");
+    assert!(d.person(T, "user-0").is_none());
+    let metrics = String::from_utf8_lossy(&d.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains("idstitch_buffer_full_events_total 1"),
+        "{metrics}"
+    );
+    advance(&d, 601);
+    wait_until_released(&d, T, Duration::from_secs(10));
+    assert_eq!(
+        d.person(T, "user-0").unwrap()["properties"]["plan"],
+        json!("pro")
+    );
+}
