@@ -9,6 +9,7 @@ use foldhash::fast::RandomState;
 use super::codec::{self, CodecError, ReplayChange, ReplayEntry};
 use super::db::{Store, StoreError};
 use super::keys;
+use super::recovery::recover;
 use crate::domain::memstate::{DidMap, MemState};
 use crate::domain::{Applying, Change, Person, PersonUuid, ProjectId, Seq, State};
 
@@ -428,31 +429,61 @@ fn gap(expected: u64, found: Seq) -> StoreError {
 /// Replay the whole log and compare with the live derived state: the first differences found,
 /// at most `max_report` of them (empty when the two agree).
 ///
-/// Each side of each column family is reduced to a [`Digest`], four sequential passes side by
-/// side (no lookups, which at millions of keys are a cache miss each). Only a column
-/// family whose digests differ is compared record by record, to name the differences (or to
-/// find that the records differ in their encoding alone).
+/// Two checks, side by side:
+///
+/// - The persons and the distinct-ID map are replayed in memory ([`replay`], code of its own,
+///   independent of the materializer that wrote them) and compared with the live ones. Each
+///   side of each column family is reduced to a [`Digest`], four sequential passes side by
+///   side (no lookups, which at millions of keys are a cache miss each). Only a column
+///   family whose digests differ is compared record by record, to name the differences (or to
+///   find that the records differ in their encoding alone).
+/// - Every derived column family (the indexes, uuids, warnings and limits, the buffer,
+///   projects and settings, `meta`; persons and distinct IDs too) is rebuilt from the log into
+///   a scratch store in a temporary directory, by the code recovery rebuilds with, and
+///   compared with the live one record by record ([`compare_rebuilt`]); the live
+///   `applied_seq` must be the log's last seq. The scratch store is removed when done.
+///
+/// `progress` is told how far both have come (the lesser of the two).
 pub fn verify(
     store: &Store,
-    progress: impl FnMut(Seq),
+    mut progress: impl FnMut(Seq),
     max_report: usize,
 ) -> Result<(Replayed, Vec<String>), StoreError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let started = std::time::Instant::now();
     let digester = Digester::default();
-    // The live side's digests need nothing from the replay: they read beside it.
-    let (scratch, live_persons, live_dids) = std::thread::scope(|scope| {
+    let rebuilt_seq = AtomicU64::new(0);
+    let replayed_seq = AtomicU64::new(0);
+    let both = |replayed: u64| Seq(replayed.min(rebuilt_seq.load(Ordering::Relaxed)));
+    // The live side's digests need nothing from the replay: they read beside it, and so does
+    // the rebuild.
+    let (scratch, live_persons, live_dids, rebuilt) = std::thread::scope(|scope| {
         let d = &digester;
+        let rebuilt = scope.spawn(|| compare_rebuilt(store, &rebuilt_seq));
         let live_persons = scope.spawn(move || d.live(store, "persons"));
         let live_dids = scope.spawn(move || d.live(store, "dids"));
-        let scratch = replay(store, progress);
+        let scratch = replay(store, |s| {
+            replayed_seq.store(s.0, Ordering::Relaxed);
+            progress(both(s.0));
+        });
         tracing::debug!(
             secs = started.elapsed().as_secs_f64(),
             "verify: log replayed"
         );
-        (scratch, joined(live_persons), joined(live_dids))
+        let last = replayed_seq.load(Ordering::Relaxed);
+        while !rebuilt.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            progress(both(last));
+        }
+        (
+            scratch,
+            joined(live_persons),
+            joined(live_dids),
+            joined(rebuilt),
+        )
     });
     let scratch = scratch?;
-    let (live_persons, live_dids) = (live_persons?, live_dids?);
+    let (live_persons, live_dids, rebuilt) = (live_persons?, live_dids?, rebuilt?);
     let started = std::time::Instant::now();
     let (persons_agree, dids_agree) = std::thread::scope(|scope| {
         let (d, s) = (&digester, &scratch);
@@ -480,6 +511,17 @@ pub fn verify(
     if !dids_agree {
         diffs.extend(compare_dids(store, &scratch, max_report)?);
     }
+    // A family the in-memory replay already found different is named once, by it.
+    diffs.extend(
+        rebuilt
+            .into_iter()
+            .filter(|(cf, _)| match *cf {
+                "persons" => persons_agree,
+                "dids" => dids_agree,
+                _ => true,
+            })
+            .map(|(_, d)| d),
+    );
     diffs.truncate(max_report);
     Ok((scratch, diffs))
 }
@@ -690,4 +732,385 @@ fn person_line(p: &Person) -> String {
         "created_at_ms": p.created_at_ms, "version": p.version, "created_seq": p.created_seq.0,
     })
     .to_string()
+}
+
+/// Derived column families compared record by record with a rebuild from the log: every one
+/// but the log itself. `persons` and `dids` are also compared with the in-memory replay
+/// ([`verify`]), which reads the log independently of the materializer that wrote them.
+///
+/// Nothing the materializer writes depends on when it runs (it takes every time from the log
+/// entries: a project's creation time, a buffered event's release time, the events'
+/// timestamps), so no record is left out of the comparison. In `meta`, `applied_seq` is
+/// checked against the log's last seq instead ([`compare_meta`]); `derived_format` is compared
+/// as any record.
+const REBUILT_CFS: [&str; 14] = [
+    "meta", "projects", "persons", "order", "dids", "evdid", "uuids", "warnings", "hist",
+    "didhist", "limits", "settings", "buffer", "evname",
+];
+
+/// Differences named per column family before the rest are only counted.
+const SHOWN_PER_FAMILY: usize = 5;
+
+/// A directory for the scratch store of one verify, removed when dropped (also on an error or
+/// a panic; not when the process is killed: its name says whose it was).
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn new() -> Result<ScratchDir, StoreError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "idstitch-verify-{}-{n}-{nanos:08x}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&dir).map_err(|e| {
+            StoreError::Refused(format!(
+                "cannot create the scratch store of verify at {}: {e} (it needs about as much \
+                 room as the data dir; set TMPDIR to a directory that has it)",
+                dir.display()
+            ))
+        })?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Log records copied into the scratch store per write.
+const COPY_GROUP: usize = 4_096;
+
+/// Rebuild the derived state from `store`'s log into a scratch store, with the code start-up
+/// recovery rebuilds with ([`recover`] after a derived-format change or `--rebuild`), and
+/// compare each derived column family with the live one, record by record: the differences,
+/// at most [`SHOWN_PER_FAMILY`] named per family and a count of the rest, with the family each
+/// is in. `rebuilt` is told each seq the rebuild reaches.
+fn compare_rebuilt(
+    store: &Store,
+    rebuilt: &std::sync::atomic::AtomicU64,
+) -> Result<Vec<(&'static str, String)>, StoreError> {
+    use std::sync::atomic::Ordering;
+    let dir = ScratchDir::new()?;
+    // Declared after `dir`: closed before the directory is removed.
+    let scratch = Store::open(&dir.0)?;
+    let started = std::time::Instant::now();
+    // The log as it is, byte for byte: recovery reads it from the store it rebuilds (and a
+    // deletion with its events reads earlier entries back). Without the write-ahead log: the
+    // scratch store is thrown away.
+    let mut unlogged = rocksdb::WriteOptions::default();
+    unlogged.disable_wal(true);
+    let (log, mut batch) = (scratch.cf("log"), rocksdb::WriteBatch::default());
+    let mut it = store.full_scan("log");
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        batch.put_cf(log, k, v);
+        if batch.len() == COPY_GROUP {
+            scratch
+                .db()
+                .write_opt(std::mem::take(&mut batch), &unlogged)?;
+        }
+        it.next();
+    }
+    it.status()?;
+    scratch.db().write_opt(batch, &unlogged)?;
+    tracing::debug!(
+        secs = started.elapsed().as_secs_f64(),
+        "verify: log copied to the scratch store"
+    );
+    let started = std::time::Instant::now();
+    recover(&scratch, true, |seq, _| {
+        rebuilt.store(seq.0, Ordering::Relaxed)
+    })?;
+    rebuilt.store(u64::MAX, Ordering::Relaxed);
+    tracing::debug!(
+        secs = started.elapsed().as_secs_f64(),
+        "verify: derived state rebuilt in the scratch store"
+    );
+    let started = std::time::Instant::now();
+    let mut diffs = compare_meta(store)?;
+    for cf in REBUILT_CFS {
+        let mut found = Vec::new();
+        if store.db().cf_handle(cf).is_none() {
+            // A read-only store written before the family existed.
+            let n = count(&scratch, cf)?;
+            if n > 0 {
+                found.push(format!(
+                    "{cf}: the live store has no such column family, the log rebuilds {n} records"
+                ));
+            }
+        } else {
+            compare_family(cf, store, &scratch, &mut found)?;
+        }
+        diffs.extend(found.into_iter().map(|d| (cf, d)));
+    }
+    tracing::debug!(
+        secs = started.elapsed().as_secs_f64(),
+        "verify: rebuilt column families compared"
+    );
+    Ok(diffs)
+}
+
+/// The live `applied_seq` must be the log's last seq: derived state commits with each log
+/// group, so a stopped store has applied everything its log holds.
+fn compare_meta(store: &Store) -> Result<Vec<(&'static str, String)>, StoreError> {
+    let last = store.last_log_seq()?;
+    let applied = store.meta_u64("applied_seq")?;
+    Ok(match applied {
+        Some(a) if a == last.0 => Vec::new(),
+        None if last.0 == 0 => Vec::new(),
+        _ => vec![(
+            "meta",
+            format!(
+                "meta: applied_seq is {}, but the log ends at seq {last}",
+                applied.map_or_else(|| "missing".to_string(), |a| a.to_string())
+            ),
+        )],
+    })
+}
+
+fn count(store: &Store, cf: &str) -> Result<u64, StoreError> {
+    let (mut n, mut it) = (0, store.full_scan(cf));
+    while it.valid() {
+        n += 1;
+        it.next();
+    }
+    it.status()?;
+    Ok(n)
+}
+
+/// Merge the live and the rebuilt records of `cf` (both sorted by key): name the first
+/// differing ones, and count all.
+fn compare_family(
+    cf: &'static str,
+    live: &Store,
+    rebuilt: &Store,
+    diffs: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    use std::cmp::Ordering;
+    let (mut l, mut r) = (live.full_scan(cf), rebuilt.full_scan(cf));
+    let (mut live_n, mut rebuilt_n, mut differing) = (0u64, 0u64, 0u64);
+    let mut note = |diffs: &mut Vec<String>, line: &dyn Fn() -> String| {
+        differing += 1;
+        if diffs.len() < SHOWN_PER_FAMILY {
+            diffs.push(line());
+        }
+    };
+    loop {
+        let order = match (l.key(), r.key()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(a), Some(b)) => a.cmp(b),
+        };
+        match order {
+            Ordering::Less => {
+                let (k, v) = (l.key().unwrap_or_default(), l.value().unwrap_or_default());
+                if !(cf == "meta" && k == b"applied_seq") {
+                    note(diffs, &|| {
+                        format!(
+                            "{cf}: {} is live but not rebuilt from the log (live value {})",
+                            show_key(cf, k),
+                            show_value(cf, v)
+                        )
+                    });
+                }
+                live_n += 1;
+                l.next();
+            }
+            Ordering::Greater => {
+                let (k, v) = (r.key().unwrap_or_default(), r.value().unwrap_or_default());
+                if !(cf == "meta" && k == b"applied_seq") {
+                    note(diffs, &|| {
+                        format!(
+                            "{cf}: {} is rebuilt from the log but not live (rebuilt value {})",
+                            show_key(cf, k),
+                            show_value(cf, v)
+                        )
+                    });
+                }
+                rebuilt_n += 1;
+                r.next();
+            }
+            Ordering::Equal => {
+                let k = l.key().unwrap_or_default();
+                let (lv, rv) = (l.value().unwrap_or_default(), r.value().unwrap_or_default());
+                // `applied_seq` is checked against the log's last seq ([`compare_meta`]).
+                if lv != rv && !(cf == "meta" && k == b"applied_seq") {
+                    note(diffs, &|| {
+                        format!(
+                            "{cf}: {} differs: live {}, rebuilt from the log {}",
+                            show_key(cf, k),
+                            show_value(cf, lv),
+                            show_value(cf, rv)
+                        )
+                    });
+                }
+                live_n += 1;
+                rebuilt_n += 1;
+                l.next();
+                r.next();
+            }
+        }
+    }
+    l.status()?;
+    r.status()?;
+    if differing > 0 {
+        diffs.push(format!(
+            "{cf}: {differing} record(s) differ in all ({} shown); the live state has {live_n} \
+             records, the log rebuilds {rebuilt_n}",
+            differing.min(SHOWN_PER_FAMILY as u64)
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes as text: printable ASCII as it is, anything else as `\xNN`; long ones cut.
+fn show_bytes(b: &[u8]) -> String {
+    const MAX: usize = 120;
+    let mut s = String::from("\"");
+    for &c in b.iter().take(MAX) {
+        match c {
+            b'"' | b'\\' => {
+                s.push('\\');
+                s.push(c as char);
+            }
+            0x20..=0x7e => s.push(c as char),
+            _ => s.push_str(&format!("\\x{c:02x}")),
+        }
+    }
+    s.push('"');
+    if b.len() > MAX {
+        s.push_str(&format!("... ({} bytes)", b.len()));
+    }
+    s
+}
+
+/// A key as its fields, where its family's layout ([`keys`]) reads; else its bytes.
+fn show_key(cf: &str, k: &[u8]) -> String {
+    read_key(cf, k).unwrap_or_else(|| format!("key {}", show_bytes(k)))
+}
+
+fn read_key(cf: &str, k: &[u8]) -> Option<String> {
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(k.get(at..at + 4)?.try_into().ok()?))
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(k.get(at..at + 8)?.try_into().ok()?))
+    };
+    let uuid_at =
+        |at: usize| -> Option<uuid::Uuid> { uuid::Uuid::from_slice(k.get(at..at + 16)?).ok() };
+    // A length-prefixed text at 4 and where it ends.
+    let text = || -> Option<(&[u8], usize)> {
+        let len = u16::from_be_bytes(k.get(4..6)?.try_into().ok()?) as usize;
+        Some((k.get(6..6 + len)?, 6 + len))
+    };
+    let exact = |end: usize| (end == k.len()).then_some(());
+    Some(match cf {
+        "meta" => format!("key {}", show_bytes(k)),
+        "buffer" => {
+            exact(8)?;
+            format!("seq {}", u64_at(0)?)
+        }
+        "persons" => {
+            exact(20)?;
+            format!("project {}, person {}", u32_at(0)?, uuid_at(4)?)
+        }
+        "order" => {
+            exact(28)?;
+            format!(
+                "project {}, created seq {}, person {}",
+                u32_at(0)?,
+                u64_at(4)?,
+                uuid_at(12)?
+            )
+        }
+        "hist" => {
+            exact(28)?;
+            format!(
+                "project {}, person {}, seq {}",
+                u32_at(0)?,
+                uuid_at(4)?,
+                u64_at(20)?
+            )
+        }
+        "warnings" => {
+            exact(14)?;
+            let index = u16::from_be_bytes(k.get(12..14)?.try_into().ok()?);
+            format!(
+                "project {}, seq {}, warning {index}",
+                u32_at(0)?,
+                u64_at(4)?
+            )
+        }
+        "settings" => {
+            exact(4)?;
+            format!("project {}", u32_at(0)?)
+        }
+        "dids" => {
+            let (id, end) = text()?;
+            exact(end)?;
+            format!("project {}, distinct id {}", u32_at(0)?, show_bytes(id))
+        }
+        "evdid" | "didhist" => {
+            let (id, end) = text()?;
+            exact(end + 8)?;
+            format!(
+                "project {}, distinct id {}, seq {}",
+                u32_at(0)?,
+                show_bytes(id),
+                u64_at(end)?
+            )
+        }
+        "evname" => {
+            let (name, end) = text()?;
+            exact(end + 16)?;
+            let ms = keys::ms_of_sortable(k.get(end..end + 8)?.try_into().ok()?);
+            format!(
+                "project {}, event {}, timestamp {ms} ms, seq {}",
+                u32_at(0)?,
+                show_bytes(name),
+                u64_at(end + 8)?
+            )
+        }
+        "uuids" => match k.get(4)? {
+            0 => {
+                exact(21)?;
+                format!("project {}, event uuid {}", u32_at(0)?, uuid_at(5)?)
+            }
+            _ => format!(
+                "project {}, event uuid {}",
+                u32_at(0)?,
+                show_bytes(k.get(5..)?)
+            ),
+        },
+        "limits" => format!(
+            "project {}, warning kind {}, distinct id {}",
+            u32_at(0)?,
+            k.get(4)?,
+            show_bytes(k.get(5..)?)
+        ),
+        "projects" => match k.first()? {
+            b'i' => {
+                exact(5)?;
+                format!("project {}", u32_at(1)?)
+            }
+            _ => format!("token {}", show_bytes(k.get(1..)?)),
+        },
+        _ => return None,
+    })
+}
+
+/// A value: a number where the family stores one (`meta`, `uuids`: a seq), else its bytes.
+fn show_value(cf: &str, v: &[u8]) -> String {
+    match (cf, <[u8; 8]>::try_from(v)) {
+        ("meta", Ok(b)) => u64::from_be_bytes(b).to_string(),
+        ("uuids", Ok(b)) => format!("seq {}", u64::from_be_bytes(b)),
+        _ if v.is_empty() => "(empty)".to_string(),
+        _ => show_bytes(v),
+    }
 }
