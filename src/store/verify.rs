@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use foldhash::fast::RandomState;
 
+use super::codec::DERIVED_FORMAT;
 use super::codec::{self, CodecError, ReplayChange, ReplayEntry};
 use super::db::{Store, StoreError};
 use super::keys;
@@ -740,9 +741,9 @@ fn person_line(p: &Person) -> String {
 ///
 /// Nothing the materializer writes depends on when it runs (it takes every time from the log
 /// entries: a project's creation time, a buffered event's release time, the events'
-/// timestamps), so no record is left out of the comparison. In `meta`, `applied_seq` is
-/// checked against the log's last seq instead ([`compare_meta`]); `derived_format` is compared
-/// as any record.
+/// timestamps), so no record is left out of the comparison. `meta` is the exception: its
+/// `applied_seq` and `derived_format` are checked by [`compare_meta`] instead (the rebuild
+/// always writes both, a store written without start-up recovery has no `derived_format`).
 const REBUILT_CFS: [&str; 14] = [
     "meta", "projects", "persons", "order", "dids", "evdid", "uuids", "warnings", "hist",
     "didhist", "limits", "settings", "buffer", "evname",
@@ -855,22 +856,39 @@ fn compare_rebuilt(
     Ok(diffs)
 }
 
+/// Records of `meta` that [`compare_meta`] checks, and the record by record comparison leaves
+/// out.
+const META_CHECKED: [&[u8]; 2] = [b"applied_seq", b"derived_format"];
+
 /// The live `applied_seq` must be the log's last seq: derived state commits with each log
-/// group, so a stopped store has applied everything its log holds.
+/// group, so a stopped store has applied everything its log holds. A live `derived_format`
+/// must be this build's (another one is rebuilt at the next start, so its records are not
+/// this build's to compare); none at all is what a store written without start-up recovery
+/// holds (tests, tools), whose records the comparison checks as they are.
 fn compare_meta(store: &Store) -> Result<Vec<(&'static str, String)>, StoreError> {
+    let mut diffs = Vec::new();
     let last = store.last_log_seq()?;
     let applied = store.meta_u64("applied_seq")?;
-    Ok(match applied {
-        Some(a) if a == last.0 => Vec::new(),
-        None if last.0 == 0 => Vec::new(),
-        _ => vec![(
+    if !(applied == Some(last.0) || (applied.is_none() && last.0 == 0)) {
+        diffs.push((
             "meta",
             format!(
                 "meta: applied_seq is {}, but the log ends at seq {last}",
                 applied.map_or_else(|| "missing".to_string(), |a| a.to_string())
             ),
-        )],
-    })
+        ));
+    }
+    match store.meta_u64("derived_format")? {
+        Some(f) if f != DERIVED_FORMAT => diffs.push((
+            "meta",
+            format!(
+                "meta: derived_format is {f}, this idstitch's is {DERIVED_FORMAT} (the next \
+                 start rebuilds the derived state)"
+            ),
+        )),
+        _ => {}
+    }
+    Ok(diffs)
 }
 
 fn count(store: &Store, cf: &str) -> Result<u64, StoreError> {
@@ -910,7 +928,7 @@ fn compare_family(
         match order {
             Ordering::Less => {
                 let (k, v) = (l.key().unwrap_or_default(), l.value().unwrap_or_default());
-                if !(cf == "meta" && k == b"applied_seq") {
+                if !(cf == "meta" && META_CHECKED.contains(&k)) {
                     note(diffs, &|| {
                         format!(
                             "{cf}: {} is live but not rebuilt from the log (live value {})",
@@ -924,7 +942,7 @@ fn compare_family(
             }
             Ordering::Greater => {
                 let (k, v) = (r.key().unwrap_or_default(), r.value().unwrap_or_default());
-                if !(cf == "meta" && k == b"applied_seq") {
+                if !(cf == "meta" && META_CHECKED.contains(&k)) {
                     note(diffs, &|| {
                         format!(
                             "{cf}: {} is rebuilt from the log but not live (rebuilt value {})",
@@ -939,8 +957,8 @@ fn compare_family(
             Ordering::Equal => {
                 let k = l.key().unwrap_or_default();
                 let (lv, rv) = (l.value().unwrap_or_default(), r.value().unwrap_or_default());
-                // `applied_seq` is checked against the log's last seq ([`compare_meta`]).
-                if lv != rv && !(cf == "meta" && k == b"applied_seq") {
+                // Checked by [`compare_meta`].
+                if lv != rv && !(cf == "meta" && META_CHECKED.contains(&k)) {
                     note(diffs, &|| {
                         format!(
                             "{cf}: {} differs: live {}, rebuilt from the log {}",
@@ -960,10 +978,15 @@ fn compare_family(
     l.status()?;
     r.status()?;
     if differing > 0 {
+        let shown = differing.min(SHOWN_PER_FAMILY as u64);
         diffs.push(format!(
-            "{cf}: {differing} record(s) differ in all ({} shown); the live state has {live_n} \
-             records, the log rebuilds {rebuilt_n}",
-            differing.min(SHOWN_PER_FAMILY as u64)
+            "{cf}: {differing} record(s) differ{}; the live state has {live_n} records, the log \
+             rebuilds {rebuilt_n}",
+            if shown < differing {
+                format!(" (the first {shown} shown)")
+            } else {
+                String::new()
+            }
         ));
     }
     Ok(())
