@@ -799,7 +799,7 @@ fn compare_rebuilt(
     use std::sync::atomic::Ordering;
     let dir = ScratchDir::new()?;
     // Declared after `dir`: closed before the directory is removed.
-    let scratch = Store::open(&dir.0)?;
+    let scratch = Store::open_scratch(&dir.0)?;
     let started = std::time::Instant::now();
     // The log as it is, byte for byte: recovery reads it from the store it rebuilds (and a
     // deletion with its events reads earlier entries back). Without the write-ahead log: the
