@@ -85,6 +85,11 @@ pub enum Command {
         /// The data directory (the daemon may be running).
         #[arg(long, env = "IDSTITCH_DATA_DIR", default_value = "./data/store")]
         data_dir: PathBuf,
+        /// Also rebuild every other derived column family (the event indexes, uuids, warnings,
+        /// the buffer, settings, history) from the log in a scratch store and compare it with
+        /// the live one. About ten times slower; needs about the data dir's size in $TMPDIR.
+        #[arg(long)]
+        derived: bool,
     },
     /// Snapshots: create, verify, restore (with point-in-time restore).
     #[command(subcommand)]
@@ -155,7 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Ingest(args) => ingest::run(args),
-        Command::Verify { data_dir } => verify::run(&data_dir),
+        Command::Verify { data_dir, derived } => verify::run(&data_dir, derived),
         Command::Snapshot(cmd) => snapshot::run(cmd),
         Command::Person { socket, cmd } => person::run(&socket, cmd),
         Command::Project { socket, cmd } => project::run(&socket, cmd),

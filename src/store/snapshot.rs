@@ -423,8 +423,12 @@ pub fn verify(
     // are the replay's.
     let (events, replayed) = std::thread::scope(|s| {
         let events = s.spawn(|| count_keys(&store, "evdid"));
-        let replayed =
-            replay_and_compare(&store, |seq| progress(Phase::Replay, seq.0, m.last_seq), 1);
+        let replayed = replay_and_compare(
+            &store,
+            |seq| progress(Phase::Replay, seq.0, m.last_seq),
+            1,
+            false,
+        );
         (join_scan(events), replayed)
     });
     let (scratch, diffs) = replayed.map_err(|e| SnapshotError::Corrupt(e.to_string()))?;

@@ -249,7 +249,7 @@ fn verify_after(d: &Daemon, tamper: impl FnOnce(&idstitch::store::Store)) -> (i3
         store.flush_all().expect("flush");
     }
     let out = Command::new(bin())
-        .args(["verify", "--data-dir"])
+        .args(["verify", "--derived", "--data-dir"])
         .arg(&d.dir)
         .output()
         .expect("run verify");

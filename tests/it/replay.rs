@@ -73,7 +73,7 @@ fn persons_cached_across_groups_are_written_as_the_log_says() {
     for group in log_of(&w).chunks(97) {
         writer.write(&store, group, false).expect("write");
     }
-    let (replayed, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    let (replayed, diffs) = verify(&store, |_| {}, 10, true).expect("verify");
     assert_eq!(diffs, Vec::<String>::new());
     assert_eq!(replayed.into_state().expect("decodes").with_dids(), w.state);
 }
@@ -162,7 +162,7 @@ fn a_created_persons_properties_changed_in_the_log_are_found() {
         let mut bad = good.clone();
         bad[at] = if bad[at] == b'7' { b'8' } else { b'7' };
         store.db().put_cf(log, key, &bad).unwrap();
-        let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+        let (_, diffs) = verify(&store, |_| {}, 10, true).expect("verify");
         let tampered = String::from_utf8_lossy(&bad[at + 2 - text.len()..at + 2]).into_owned();
         assert_ne!(tampered, text);
         assert!(
@@ -173,14 +173,14 @@ fn a_created_persons_properties_changed_in_the_log_are_found() {
         // Not JSON: the string ends one byte early.
         bad[at] = b'"';
         store.db().put_cf(log, key, &bad).unwrap();
-        let err = verify(&store, |_| {}, 10)
+        let err = verify(&store, |_| {}, 10, true)
             .expect_err("an undecodable creation")
             .to_string();
         let named = format!("at seq {}: record does not decode", person.created_seq);
         assert!(err.contains(&named), "version {}: {err}", person.version);
         store.db().put_cf(log, key, &good).unwrap();
     }
-    let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    let (_, diffs) = verify(&store, |_| {}, 10, true).expect("verify");
     assert_eq!(diffs, Vec::<String>::new());
 }
 
@@ -224,7 +224,7 @@ fn a_merged_away_persons_creation_that_does_not_decode_fails_verify() {
         })
         .collect();
     write_group(&store, &log, false).expect("write");
-    let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    let (_, diffs) = verify(&store, |_| {}, 10, true).expect("verify");
     assert_eq!(diffs, Vec::<String>::new());
     let key = 1u64.to_be_bytes();
     let logs = store.cf("log");
@@ -237,7 +237,7 @@ fn a_merged_away_persons_creation_that_does_not_decode_fails_verify() {
         + 7;
     bad[at] = b'#';
     store.db().put_cf(logs, key, &bad).unwrap();
-    let err = verify(&store, |_| {}, 10)
+    let err = verify(&store, |_| {}, 10, true)
         .expect_err("a creation that does not decode")
         .to_string();
     assert!(err.contains("at seq 1: record does not decode"), "{err}");
@@ -259,7 +259,7 @@ fn a_difference_after_a_log_of_creations_alone_names_the_person() {
         })
         .collect();
     write_group(&store, &log, false).expect("write");
-    let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    let (_, diffs) = verify(&store, |_| {}, 10, true).expect("verify");
     assert_eq!(diffs, Vec::<String>::new());
     // One live person changed behind the log's back.
     let uuid = person_uuid(p, "id-17");
@@ -272,7 +272,7 @@ fn a_difference_after_a_log_of_creations_alone_names_the_person() {
         .db()
         .put_cf(persons, &key, idstitch::store::codec::encode(&live))
         .unwrap();
-    let (_, diffs) = verify(&store, |_| {}, 10).expect("verify");
+    let (_, diffs) = verify(&store, |_| {}, 10, true).expect("verify");
     assert!(
         diffs.len() == 1 && diffs[0].contains(&uuid.0.to_string()) && diffs[0].contains("1700"),
         "{diffs:?}"
