@@ -383,10 +383,9 @@ fn restore_refuses_the_data_dir_of_a_running_daemon_even_when_forced() {
     assert_eq!(siblings, 0, "nothing moved aside");
 }
 
-#[test]
-fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start();
+/// Two persons (`anon`, `user`), then an `$identify` that merges them; the seq before the
+/// merge.
+fn two_persons_then_merged(d: &Daemon) -> u64 {
     d.capture(
         T,
         json!([{"event": "e", "distinct_id": "anon"}, {"event": "e", "distinct_id": "user"}]),
@@ -397,6 +396,14 @@ fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
         .as_u64()
         .unwrap();
     d.capture(T, json!([{"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "anon"}}]));
+    before_merge
+}
+
+#[test]
+fn restore_as_of_a_seq_before_a_merge_shows_the_persons_unmerged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    let before_merge = two_persons_then_merged(&d);
     assert_eq!(d.all_persons(T).len(), 1);
     d.terminate();
     let snap = tmp.path().join("s");
@@ -700,17 +707,7 @@ fn a_restore_killed_while_copying_is_refused_until_it_is_run_again() {
 fn a_restore_as_of_killed_around_the_cut_is_refused_until_it_is_run_again() {
     let tmp = tempfile::tempdir().unwrap();
     let mut d = Daemon::start();
-    d.capture(
-        T,
-        json!([{"event": "e", "distinct_id": "anon"}, {"event": "e", "distinct_id": "user"}]),
-    );
-    let before_merge = d
-        .get(&format!("/api/projects/{T}/events/?distinct_id=user"))
-        .json()["results"][0]["seq"]
-        .as_u64()
-        .unwrap()
-        .to_string();
-    d.capture(T, json!([{"event": "$identify", "distinct_id": "user", "properties": {"$anon_distinct_id": "anon"}}]));
+    let before_merge = two_persons_then_merged(&d).to_string();
     d.terminate();
     let snap = tmp.path().join("s");
     succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
