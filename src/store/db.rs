@@ -738,6 +738,17 @@ impl Store {
         self.scan(cf, None, None)
     }
 
+    /// How many keys a column family holds, exactly (one sequential read of all of them).
+    pub fn count_keys(&self, cf: &str) -> Result<u64, StoreError> {
+        let (mut n, mut it) = (0, self.full_scan(cf));
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status()?;
+        Ok(n)
+    }
+
     /// An iterator positioned at `lower` (or the first key) for one long sequential read up to
     /// `upper` (or the end): large readahead, and no filling of the block cache that point
     /// reads rely on.

@@ -187,17 +187,6 @@ fn check_sums(
 /// iterator hands out borrowed keys, and we do not even look at the values), reads ahead 4 MiB
 /// at a time and leaves the block cache alone (a snapshot of a running daemon must not evict
 /// its working set).
-fn count_keys(store: &Store, cf: &str) -> Result<u64, StoreError> {
-    let mut it = store.full_scan(cf);
-    let mut n = 0;
-    while it.valid() {
-        n += 1;
-        it.next();
-    }
-    it.status()?;
-    Ok(n)
-}
-
 /// The column families [`counts`] scans, in the order of [`Counts`]' fields.
 const COUNTED_CFS: [&str; 4] = ["persons", "dids", "evdid", "log"];
 
@@ -205,7 +194,7 @@ const COUNTED_CFS: [&str; 4] = ["persons", "dids", "evdid", "log"];
 /// visited), one column family per thread.
 pub fn counts(store: &Store) -> Result<Counts, StoreError> {
     std::thread::scope(|s| {
-        let scans = COUNTED_CFS.map(|cf| s.spawn(move || count_keys(store, cf)));
+        let scans = COUNTED_CFS.map(|cf| s.spawn(move || store.count_keys(cf)));
         let projects = store.projects()?.len() as u64;
         let [persons, distinct_ids, events, log_entries] = scans.map(join_scan);
         Ok(Counts {
@@ -422,7 +411,7 @@ pub fn verify(
     // that the live persons and distinct IDs are exactly the replayed ones, so those counts
     // are the replay's.
     let (events, replayed) = std::thread::scope(|s| {
-        let events = s.spawn(|| count_keys(&store, "evdid"));
+        let events = s.spawn(|| store.count_keys("evdid"));
         let replayed = replay_and_compare(
             &store,
             |seq| progress(Phase::Replay, seq.0, m.last_seq),

@@ -843,7 +843,7 @@ fn compare_rebuilt(
         let mut found = Vec::new();
         if store.db().cf_handle(cf).is_none() {
             // A read-only store written before the family existed.
-            let n = count(&scratch, cf)?;
+            let n = scratch.count_keys(cf)?;
             if n > 0 {
                 found.push(format!(
                     "{cf}: the live store has no such column family, the log rebuilds {n} records"
@@ -896,16 +896,6 @@ fn compare_meta(store: &Store) -> Result<Vec<(&'static str, String)>, StoreError
     Ok(diffs)
 }
 
-fn count(store: &Store, cf: &str) -> Result<u64, StoreError> {
-    let (mut n, mut it) = (0, store.full_scan(cf));
-    while it.valid() {
-        n += 1;
-        it.next();
-    }
-    it.status()?;
-    Ok(n)
-}
-
 /// Merge the live and the rebuilt records of `cf` (both sorted by key): name the first
 /// differing ones, and count all.
 fn compare_family(
@@ -917,6 +907,8 @@ fn compare_family(
     use std::cmp::Ordering;
     let (mut l, mut r) = (live.full_scan(cf), rebuilt.full_scan(cf));
     let (mut live_n, mut rebuilt_n, mut differing) = (0u64, 0u64, 0u64);
+    // `meta`'s records checked by [`compare_meta`].
+    let checked_apart = |k: &[u8]| cf == "meta" && META_CHECKED.contains(&k);
     let mut note = |diffs: &mut Vec<String>, line: &dyn Fn() -> String| {
         differing += 1;
         if diffs.len() < SHOWN_PER_FAMILY {
@@ -931,39 +923,32 @@ fn compare_family(
             (Some(a), Some(b)) => a.cmp(b),
         };
         match order {
-            Ordering::Less => {
-                let (k, v) = (l.key().unwrap_or_default(), l.value().unwrap_or_default());
-                if !(cf == "meta" && META_CHECKED.contains(&k)) {
+            Ordering::Less | Ordering::Greater => {
+                let (it, n, what) = match order {
+                    Ordering::Less => (
+                        &mut l,
+                        &mut live_n,
+                        "is live but not rebuilt from the log (live value",
+                    ),
+                    _ => (
+                        &mut r,
+                        &mut rebuilt_n,
+                        "is rebuilt from the log but not live (rebuilt value",
+                    ),
+                };
+                let (k, v) = (it.key().unwrap_or_default(), it.value().unwrap_or_default());
+                if !checked_apart(k) {
                     note(diffs, &|| {
-                        format!(
-                            "{cf}: {} is live but not rebuilt from the log (live value {})",
-                            show_key(cf, k),
-                            show_value(cf, v)
-                        )
+                        format!("{cf}: {} {what} {})", show_key(cf, k), show_value(cf, v))
                     });
                 }
-                live_n += 1;
-                l.next();
-            }
-            Ordering::Greater => {
-                let (k, v) = (r.key().unwrap_or_default(), r.value().unwrap_or_default());
-                if !(cf == "meta" && META_CHECKED.contains(&k)) {
-                    note(diffs, &|| {
-                        format!(
-                            "{cf}: {} is rebuilt from the log but not live (rebuilt value {})",
-                            show_key(cf, k),
-                            show_value(cf, v)
-                        )
-                    });
-                }
-                rebuilt_n += 1;
-                r.next();
+                *n += 1;
+                it.next();
             }
             Ordering::Equal => {
                 let k = l.key().unwrap_or_default();
                 let (lv, rv) = (l.value().unwrap_or_default(), r.value().unwrap_or_default());
-                // Checked by [`compare_meta`].
-                if lv != rv && !(cf == "meta" && META_CHECKED.contains(&k)) {
+                if lv != rv && !checked_apart(k) {
                     note(diffs, &|| {
                         format!(
                             "{cf}: {} differs: live {}, rebuilt from the log {}",

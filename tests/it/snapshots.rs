@@ -502,14 +502,7 @@ fn restore_as_of_a_time_cuts_the_log_at_that_moment() {
 
 /// A snapshot of a small store, and the manifest as JSON, for tampering with.
 fn small_snapshot(tmp: &std::path::Path) -> (std::path::PathBuf, Value) {
-    let mut d = Daemon::start();
-    d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
-    d.terminate();
-    let snap = tmp.join("s");
-    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
-    (snap, manifest)
+    snapshot_of_persons(tmp, 1)
 }
 
 /// Add a manifest entry named `name` for a file that exists outside the snapshot's `db/`, with
