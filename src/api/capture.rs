@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::decode::{decode_capture, decode_capture_v1, CaptureBody, RawRequest};
+use super::server::{ConnLimits, InflightBodies, NoRoom};
 use super::{engine_error, error, AppState};
 use crate::actors::{IngestItem, ItemOutcome};
 use crate::domain::normalize::event_token;
@@ -133,11 +134,50 @@ async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -
     }
 }
 
+/// Room in the in-flight body budget for what decoding added to a body (its decompressed
+/// bytes beyond those received, which the budget already holds), kept until the answer; or
+/// the answer when there is none: 413 if it could never fit, 503 with `Retry-After` if the
+/// budget stayed full for `--body-timeout`.
+async fn room_for_decoded(
+    req: &HttpRequest,
+    received: usize,
+    decoded: &CaptureBody,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, HttpResponse> {
+    let grown = decoded.decoded_bytes.saturating_sub(received);
+    let (Some(bodies), Some(limits)) = (
+        req.app_data::<web::Data<InflightBodies>>(),
+        req.app_data::<web::Data<ConnLimits>>(),
+    ) else {
+        return Ok(None);
+    };
+    match bodies.charge_decoded(grown, limits.body_timeout).await {
+        Ok(room) => Ok(room),
+        Err(NoRoom::OverBudget { budget }) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("The request body decompresses to {} bytes, more than --max-inflight-body-bytes ({budget}) allows in memory at once; send smaller batches.", decoded.decoded_bytes),
+        )),
+        Err(NoRoom::Busy { waited }) => Err(HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(json!({
+                "type": "server_error",
+                "code": "busy",
+                "detail": format!("Request bodies in memory filled --max-inflight-body-bytes for {:.1} s; nothing of this request was applied: send it again.", waited.as_secs_f64()),
+            }))),
+    }
+}
+
 /// `POST /batch/`, `/capture/`, `/e/`, `/i/v0/e/`, `/track/`, `/engage/`.
 pub async fn capture(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
     match decode_capture(&raw(&req, &body), &st.config.limits) {
-        Ok(decoded) => ingest(&st, started, decoded, json!({"status": 1})).await,
+        Ok(decoded) => {
+            let _room = match room_for_decoded(&req, body.len(), &decoded).await {
+                Ok(room) => room,
+                Err(refused) => return refused,
+            };
+            ingest(&st, started, decoded, json!({"status": 1})).await
+        }
         Err(e) => error(
             StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             e.code(),
@@ -157,7 +197,13 @@ pub async fn capture_v1(
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(str::trim);
     match decode_capture_v1(&raw(&req, &body), bearer, &st.config.limits) {
-        Ok(decoded) => ingest(&st, started, decoded, json!({"results": {}})).await,
+        Ok(decoded) => {
+            let _room = match room_for_decoded(&req, body.len(), &decoded).await {
+                Ok(room) => room,
+                Err(refused) => return refused,
+            };
+            ingest(&st, started, decoded, json!({"results": {}})).await
+        }
         Err(e) => error(
             StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             e.code(),

@@ -74,6 +74,9 @@ pub struct CaptureBody {
     pub events: Vec<WireEvent>,
     /// The envelope's `sent_at` (for v1, else `created_at`) when it is a string.
     pub sent_at: Option<String>,
+    /// Bytes of the JSON text after every layer of compression and encoding was undone:
+    /// what the events take in memory, whatever the body took on the wire.
+    pub decoded_bytes: usize,
 }
 
 /// Why a capture request was refused as a whole; `Display` says what is wrong and what to do.
@@ -148,6 +151,7 @@ pub fn decode_capture(
     limits: &DecodeLimits,
 ) -> Result<CaptureBody, DecodeError> {
     let bytes = decode_bytes(req, limits)?;
+    let decoded_bytes = bytes.len();
     let (api_key, events, sent_at) = match parse_top(utf8(&bytes)?, limits.max_events)? {
         Top::Envelope(env) => {
             let api_key = env.string("api_key").or_else(|| env.string("token"));
@@ -161,6 +165,7 @@ pub fn decode_capture(
         api_key,
         events: checked_events(events, limits)?,
         sent_at,
+        decoded_bytes,
     })
 }
 
@@ -185,6 +190,7 @@ pub fn decode_capture_v1(
         api_key: api_key.map(str::to_owned),
         events,
         sent_at,
+        decoded_bytes: bytes.len(),
     })
 }
 

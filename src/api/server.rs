@@ -282,6 +282,42 @@ impl InflightBodies {
     }
 }
 
+/// Why a body's decoded bytes found no room in the in-flight budget.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoRoom {
+    /// More than the whole budget: it could never fit.
+    OverBudget { budget: usize },
+    /// The budget stayed full for the whole wait.
+    Busy { waited: Duration },
+}
+
+impl InflightBodies {
+    /// Charges `bytes` more of the budget for a body that grew when it was decoded (a 20 KB
+    /// gzip can inflate to 20 MiB, and its events are held until the request is answered):
+    /// waits up to `wait` for room. The permit is the room, until it is dropped.
+    pub async fn charge_decoded(
+        &self,
+        bytes: usize,
+        wait: Duration,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, NoRoom> {
+        if bytes == 0 {
+            return Ok(None);
+        }
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        if kib > self.max_kib {
+            let budget = self.max_kib as usize * 1024;
+            return Err(NoRoom::OverBudget { budget });
+        }
+        let acquire = self.permits.clone().acquire_many_owned(kib);
+        match actix_rt::time::timeout(wait, acquire).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            // The semaphore is never closed; were it, the bytes would go uncharged.
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(NoRoom::Busy { waited: wait }),
+        }
+    }
+}
+
 /// Bounds the memory of concurrent request bodies: a body takes permits of the budget for its
 /// bytes as they arrive (a KiB each, rounded up; [`Charged`]) and holds them until its request
 /// is answered; a chunk that does not fit waits (within the body deadline, which this runs
@@ -491,5 +527,25 @@ mod tests {
         ] {
             assert!(!admin_key_matches(key, wrong), "{wrong:?}");
         }
+    }
+
+    #[actix_rt::test]
+    async fn decoded_bytes_wait_for_room_and_are_refused_when_they_never_fit() {
+        let bodies = InflightBodies::new(64 * 1024);
+        let wait = Duration::from_millis(50);
+        let over = bodies.charge_decoded(64 * 1024 + 1, wait).await;
+        assert_eq!(over.unwrap_err(), NoRoom::OverBudget { budget: 65536 });
+        assert!(bodies.charge_decoded(0, wait).await.unwrap().is_none());
+        let most = bodies.charge_decoded(60 * 1024, wait).await.unwrap();
+        assert_eq!(bodies.permits.available_permits(), 4);
+        // 10 KiB more does not fit while `most` is held: the wait runs out.
+        let busy = bodies.charge_decoded(10 * 1024, wait).await;
+        assert_eq!(busy.unwrap_err(), NoRoom::Busy { waited: wait });
+        // Once `most` is given back, it does.
+        drop(most);
+        let room = bodies.charge_decoded(10 * 1024, wait).await.unwrap();
+        assert_eq!(bodies.permits.available_permits(), 54);
+        drop(room);
+        assert_eq!(bodies.permits.available_permits(), 64);
     }
 }

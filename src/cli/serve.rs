@@ -95,8 +95,10 @@ pub struct ServeArgs {
     #[arg(long, env = "IDSTITCH_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
     /// Request body bytes held in memory at once, over all connections, counted as they
-    /// arrive; a body whose next bytes do not fit waits for others to be answered (within
-    /// --body-timeout) [default: 268435456].
+    /// arrive and again as they decompress; a body whose next bytes do not fit waits for
+    /// others to be answered (within --body-timeout; then 408, or 503 with Retry-After for
+    /// decompressed bytes), and one that decompresses to more than all of it is a 413
+    /// [default: 268435456].
     #[arg(long, env = "IDSTITCH_MAX_INFLIGHT_BODY_BYTES")]
     pub max_inflight_body_bytes: Option<usize>,
     /// Seconds an idle connection is kept open between requests; 0 closes it after every answer,

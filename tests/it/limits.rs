@@ -164,6 +164,57 @@ fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_
     d.capture(T, json!([{"event": "e", "distinct_id": "next"}]));
 }
 
+fn gzipped_batch(distinct_id: &str, pad_bytes: usize) -> Vec<u8> {
+    let batch = json!({"api_key": T, "batch": [{"event": "e", "distinct_id": distinct_id, "properties": {"pad": "x".repeat(pad_bytes)}}]});
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&serde_json::to_vec(&batch).unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The budget of bodies in memory counts a compressed body's decoded bytes too: a 1 KB gzip
+/// that inflates to 100 KiB, under --max-body-bytes, was charged 1 KiB, so a few thousand of
+/// them could hold gigabytes while they waited for their 200.
+#[test]
+fn a_compressed_body_is_charged_its_decoded_bytes() {
+    let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "1"]);
+    let big = gzipped_batch("too-big", 100 * 1024);
+    assert!(big.len() < 2048, "{} bytes", big.len());
+    let r = d.request("POST", "/batch/", &[("content-encoding", "gzip")], big);
+    assert_eq!(
+        (r.status, code(&r)),
+        (413, json!("payload_too_large")),
+        "{}",
+        r.json()
+    );
+    assert!(r.json()["detail"]
+        .as_str()
+        .is_some_and(|s| s.contains("--max-inflight-body-bytes")));
+    nothing_was_applied(&d);
+
+    // A slow client holds 60 KiB for the body timeout (1 s); a gzip of ~1 KB that inflates
+    // to 20 KiB fits as received but not as decoded, so it waits for that room, then succeeds.
+    let mut slow = UnixStream::connect(&d.socket).expect("connect");
+    slow.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 71680\r\n\r\n[")
+        .expect("write");
+    slow.write_all(&vec![b' '; 61_440]).expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let r = d.request(
+        "POST",
+        "/batch/",
+        &[("content-encoding", "gzip")],
+        gzipped_batch("waited", 20 * 1024),
+    );
+    let waited = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the decoded bytes did not wait for the slow body's room: {waited:?}"
+    );
+    assert!(d.person(T, "waited").is_some());
+    drop(slow);
+}
+
 /// Connections that declare large bodies and send nothing hold no room: charged by what
 /// they declared, three of them took the whole budget and every other request waited for
 /// their body timeout.
