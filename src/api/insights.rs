@@ -116,8 +116,8 @@ fn storage(e: StoreError) -> HttpResponse {
     error(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e)
 }
 
-/// A date bound: RFC 3339, `YYYY-MM-DD` (the whole day), relative (`-7d`, `-24h`, `-30m`,
-/// `-2w`), or `all`/empty for no bound.
+/// A date bound: RFC 3339, `YYYY-MM-DD` (the whole day), relative as PostHog writes it
+/// (`-7d`, `-24h`, `-3m`: see [`relative_ms`]), or `all`/empty for no bound.
 pub fn parse_date(
     field: &str,
     s: Option<&str>,
@@ -130,23 +130,11 @@ pub fn parse_date(
         Some(s) => s,
     };
     if let Some(rel) = s.strip_prefix('-') {
-        // The unit is the last character, which may take more than one byte.
-        let cut = rel.char_indices().last().map_or(0, |(at, _)| at);
-        let (n, unit) = rel.split_at(cut);
-        let secs = match unit {
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            "w" => 7 * 86_400,
-            _ => 0,
-        };
-        if let (Ok(n), true) = (n.parse::<i64>(), secs > 0) {
-            let at = now_ms.saturating_sub(n.saturating_mul(secs * 1000));
+        match relative_ms(rel, now_ms) {
+            Some(Some(at)) => return Ok(at),
             // Further back than a date can be written is not a bound the answer could echo.
-            if chrono::DateTime::from_timestamp_millis(at).is_none() {
-                return Err(bad(field, "reaches further back than dates go"));
-            }
-            return Ok(at);
+            Some(None) => return Err(bad(field, "reaches further back than dates go")),
+            None => {}
         }
     }
     if let Some(ms) = crate::domain::normalize::parse_timestamp_ms(Some(&Value::String(s.into()))) {
@@ -162,8 +150,50 @@ pub fn parse_date(
     }
     Err(bad(
         field,
-        "must be a date (2026-01-31), a time (2026-01-31T12:00:00Z), relative (-7d, -24h) or all",
+        "must be a date (2026-01-31), a time (2026-01-31T12:00:00Z), relative (-24h, -7d, -3m for months, -30M for minutes) or all",
     ))
+}
+
+/// `now_ms` minus `rel` (what follows the `-`) when `rel` is a relative date as PostHog's
+/// `relative_date_parse` reads it: a count, then `s` seconds, `M` minutes, `h` hours, `d`
+/// days, `w` weeks, `m` months, `q` quarters (13 weeks) or `y` years; months and years by the
+/// calendar (a month back from March 31 is February's last day). `None` when `rel` is not
+/// one; `Some(None)` when it reaches further back than a date can be written.
+fn relative_ms(rel: &str, now_ms: i64) -> Option<Option<i64>> {
+    let unit = *rel.as_bytes().last()?;
+    let seconds = match unit {
+        b's' => 1,
+        b'M' => 60,
+        b'h' => 3600,
+        b'd' => 86_400,
+        b'w' => 7 * 86_400,
+        b'q' => 13 * 7 * 86_400,
+        b'm' | b'y' => 0,
+        _ => return None,
+    };
+    // The unit is one ASCII byte, so the count ends on a character boundary.
+    let n = &rel[..rel.len() - 1];
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let Ok(n) = n.parse::<u32>() else {
+        return Some(None);
+    };
+    let at = match unit {
+        b'm' | b'y' => {
+            let months = if unit == b'y' {
+                n.checked_mul(12)
+            } else {
+                Some(n)
+            };
+            chrono::DateTime::from_timestamp_millis(now_ms)
+                .zip(months)
+                .and_then(|(now, m)| now.checked_sub_months(chrono::Months::new(m)))
+                .map(|at| at.timestamp_millis())
+        }
+        _ => now_ms.checked_sub(i64::from(n) * seconds * 1000),
+    };
+    Some(at.filter(|&at| chrono::DateTime::from_timestamp_millis(at).is_some()))
 }
 
 /// The query's answer for `filter_test_accounts`.
@@ -824,4 +854,53 @@ fn count_funnel(
         "Insight phase."
     );
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_ms;
+
+    fn at(rfc3339: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn relative_dates_read_as_posthog_reads_them() {
+        let now = at("2026-03-31T12:00:00Z");
+        for (rel, want) in [
+            ("90s", "2026-03-31T11:58:30Z"),
+            ("30M", "2026-03-31T11:30:00Z"),
+            ("24h", "2026-03-30T12:00:00Z"),
+            ("7d", "2026-03-24T12:00:00Z"),
+            ("2w", "2026-03-17T12:00:00Z"),
+            // Months by the calendar: a month before March 31 is February's last day.
+            ("1m", "2026-02-28T12:00:00Z"),
+            ("3m", "2025-12-31T12:00:00Z"),
+            ("1q", "2025-12-30T12:00:00Z"),
+            ("1y", "2025-03-31T12:00:00Z"),
+            ("0d", "2026-03-31T12:00:00Z"),
+        ] {
+            assert_eq!(relative_ms(rel, now), Some(Some(at(want))), "-{rel}");
+        }
+    }
+
+    #[test]
+    fn other_forms_are_not_relative_and_too_far_back_is_said() {
+        let now = at("2026-03-31T12:00:00Z");
+        for rel in [
+            "", "m", "d", "1x", "1D", "1é", "é", "1.5d", "+1d", " 1d", "1dStart",
+        ] {
+            assert_eq!(relative_ms(rel, now), None, "-{rel}");
+        }
+        for rel in [
+            "99999999999d",
+            "4294967295y",
+            "300000y",
+            "9999999999999999999999M",
+        ] {
+            assert_eq!(relative_ms(rel, now), Some(None), "-{rel}");
+        }
+    }
 }

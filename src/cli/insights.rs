@@ -41,7 +41,8 @@ pub enum InsightsCmd {
 /// Options both insights take.
 #[derive(clap::Args, Debug)]
 pub struct Range {
-    /// Only events at or after this time: 2026-01-31, 2026-01-31T12:00:00Z, -7d, -24h.
+    /// Only events at or after this time: 2026-01-31, 2026-01-31T12:00:00Z, or relative as
+    /// PostHog writes it: -24h, -7d, -2w, -3m (months), -1y, -30M (minutes), -90s.
     #[arg(long, allow_hyphen_values = true)]
     date_from: Option<String>,
     /// Only events up to this time (a date means the end of that day).
