@@ -145,7 +145,15 @@ pub async fn check(target: &Target, exp: &Expectations<'_>) -> anyhow::Result<Ch
                 });
             }
         }
-        next = page["next"].as_str().map(str::to_string);
+        // `next` is an absolute URL; this client needs its path and query.
+        next = match page["next"].as_str() {
+            None => None,
+            Some(url) => Some(
+                url.split_once("://")
+                    .and_then(|(_, rest)| rest.find('/').map(|at| rest[at..].to_string()))
+                    .with_context(|| format!("`next` is {url:?}, not an absolute URL"))?,
+            ),
+        };
     }
     out.persons_found = found.len();
     if found.len() != expected.len() {

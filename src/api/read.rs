@@ -167,10 +167,9 @@ pub async fn persons(
         ""
     };
     let next = match page.last() {
-        Some((k, _)) if page.len() == limit && more => Value::String(format!(
-            "{}?limit={limit}&after={}{filter_arg}",
-            req.path(),
-            hex_encode(k)
+        Some((k, _)) if page.len() == limit && more => Value::String(page_url(
+            &req,
+            format_args!("limit={limit}&after={}{filter_arg}", hex_encode(k)),
         )),
         _ => Value::Null,
     };
@@ -346,10 +345,9 @@ pub async fn events(
                 (None, Some(pid)) => format!("person_id={pid}"),
                 _ => String::new(),
             };
-            Value::String(format!(
-                "{}?{filter}&limit={limit}&after={}",
-                req.path(),
-                s.0
+            Value::String(page_url(
+                &req,
+                format_args!("{filter}&limit={limit}&after={}", s.0),
             ))
         }
         _ => Value::Null,
@@ -376,6 +374,14 @@ pub async fn warnings(
             .json(json!({"results": ws.iter().map(render::warning).collect::<Vec<_>>()})),
         Err(e) => store_error(e),
     }
+}
+
+/// The URL of another page of the list `req` asked for, with `query` (api.md: `next` is "the
+/// URL of the next page", absolute as PostHog's are): the scheme and host the request came
+/// by (its `Host` header; over the Unix socket, whatever host the client named).
+fn page_url(req: &HttpRequest, query: std::fmt::Arguments<'_>) -> String {
+    let info = req.connection_info();
+    format!("{}://{}{}?{query}", info.scheme(), info.host(), req.path())
 }
 
 fn hex_encode(b: &[u8]) -> String {

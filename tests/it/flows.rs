@@ -172,7 +172,7 @@ fn the_persons_list_pages_in_creation_order() {
                 .map(|p| dids(p)[0].clone()),
         );
         match j["next"].as_str() {
-            Some(n) => path = n.to_string(),
+            Some(n) => path = crate::support::path_of_url(n),
             None => break,
         }
     }

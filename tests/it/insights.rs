@@ -152,7 +152,7 @@ fn the_persons_list_leaves_out_test_accounts_with_the_filter_on() {
                 out.push(p["properties"]["email"].as_str().unwrap_or("-").to_string());
             }
             match j["next"].as_str() {
-                Some(n) => path = n.to_string(),
+                Some(n) => path = crate::support::path_of_url(n),
                 None => return out,
             }
         }

@@ -239,7 +239,7 @@ impl Daemon {
                 .unwrap_or_else(|| panic!("{path}: no `results` array in {j}"));
             out.extend(page.iter().cloned());
             match &j["next"] {
-                Value::String(n) => path = n.to_string(),
+                Value::String(n) => path = path_of_url(n),
                 Value::Null if j.get("next").is_some() => return out,
                 other => panic!("{path}: `next` is {other}, not a URL or null, in {j}"),
             }
@@ -356,4 +356,18 @@ pub fn creation(
         changes: vec![change],
     };
     (idstitch::domain::Seq(seq), std::sync::Arc::new(entry))
+}
+
+/// The path and query of a page's `next`, which must be an absolute URL (api.md: "the URL of
+/// the next page"), as PostHog's are.
+pub fn path_of_url(url: &str) -> String {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or_else(|| panic!("`next` is {url:?}, not an absolute URL"));
+    let at = rest
+        .find('/')
+        .unwrap_or_else(|| panic!("`next` {url:?} has no path"));
+    assert!(at > 0, "`next` {url:?} has no host");
+    rest[at..].to_string()
 }
