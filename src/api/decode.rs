@@ -902,6 +902,137 @@ mod tests {
         assert_eq!(first.updates.set["name"], "\u{fffd}");
     }
 
+    /// Where a number can be in an event (`N` stands for it): properties, nested in arrays
+    /// and objects, `$set`/`$set_once` inside or at the top level, the top-level fields; and
+    /// the top-level field that holds it.
+    const NUMBER_PLACES: [(&str, &str); 12] = [
+        (
+            "properties",
+            r#"{"event":"e","distinct_id":"a","properties":{"x":N}}"#,
+        ),
+        (
+            "properties",
+            r#"{"event":"e","distinct_id":"a","properties":{"x":[1,{"y":[true,N]}]}}"#,
+        ),
+        (
+            "properties",
+            r#"{"event":"e","distinct_id":"a","properties":{"$set":{"x":N}}}"#,
+        ),
+        (
+            "properties",
+            r#"{"event":"e","distinct_id":"a","properties":{"$set_once":{"x":{"y":N}}}}"#,
+        ),
+        (
+            "$set",
+            r#"{"event":"e","distinct_id":"a","$set":{"x":N},"properties":{}}"#,
+        ),
+        (
+            "$set_once",
+            r#"{"event":"e","distinct_id":"a","$set_once":{"x":N}}"#,
+        ),
+        (
+            "timestamp",
+            r#"{"event":"e","distinct_id":"a","timestamp":N}"#,
+        ),
+        ("distinct_id", r#"{"event":"e","distinct_id":N}"#),
+        (
+            "properties",
+            r#"{"event":"e","distinct_id":"a","properties":{"distinct_id":N}}"#,
+        ),
+        ("uuid", r#"{"event":"e","distinct_id":"a","uuid":N}"#),
+        ("event", r#"{"event":N,"distinct_id":"a"}"#),
+        ("other", r#"{"event":"e","distinct_id":"a","other":[N]}"#),
+    ];
+
+    /// The events of `[ok, event, ok]` decoded (by the one-pass scan) and of `event` alone (by
+    /// serde_json's skim), each normalised: the middle one's result, the neighbours'
+    /// properties read back.
+    fn decode_number_event(event: &str) -> Vec<Result<Value, String>> {
+        let ok = r#"{"event":"e","distinct_id":"ok","properties":{"k":2.5e-3}}"#;
+        let batch = format!(r#"{{"api_key":"k","batch":[{ok},{event},{ok}]}}"#);
+        let mut out = Vec::new();
+        for (body, at) in [(batch.as_str(), 1), (event, 0)] {
+            let decoded = plain(body.as_bytes());
+            let decoded = decoded.unwrap_or_else(|e| panic!("{body}: refused whole: {e}"));
+            for (i, e) in decoded.events.into_iter().enumerate() {
+                let normalized = crate::domain::normalize_wire(e, 0).map_err(|r| r.to_string());
+                // What reading the stored event back parses.
+                let read_back = normalized.map(|n| {
+                    let props = n.properties.raw().as_str();
+                    serde_json::from_str::<Value>(props).unwrap_or_else(|e| {
+                        panic!("{body}: stored {props} does not read back: {e}")
+                    })
+                });
+                match i == at {
+                    true => out.push(read_back),
+                    false => assert_eq!(read_back.unwrap()["k"], 2.5e-3, "{body}"),
+                }
+            }
+        }
+        out
+    }
+
+    /// A number that no f64 holds (serde_json refuses to read it back) rejects its event
+    /// alone, in both decodes, wherever it is; the finite edges are stored and read back.
+    #[test]
+    fn a_number_out_of_f64s_range_rejects_its_event_alone() {
+        let digits = |n: usize| format!("1{}", "0".repeat(n - 1));
+        let out = [
+            "1e400".to_string(),
+            "-1e400".into(),
+            "1E+999".into(),
+            "2e308".into(),
+            "1.8e308".into(),
+            "-0.2e310".into(),
+            "1e0400".into(),
+            "1e99999999999999999999".into(),
+            digits(400),
+            format!("-{}", digits(400)),
+            format!("{}.5", digits(310)),
+            format!("{}e99", digits(250)),
+        ];
+        for number in &out {
+            for (field, place) in NUMBER_PLACES {
+                let event = place.replace('N', number);
+                for got in decode_number_event(&event) {
+                    let detail = got.expect_err(&event);
+                    let named = format!("a number in its `{field}` is out of range");
+                    assert!(
+                        detail.starts_with(&named) && detail.contains("send finite numbers"),
+                        "{event}: {detail}"
+                    );
+                    let shown = &number[..number.len().min(16)];
+                    assert!(detail.contains(shown), "{event}: {detail}");
+                }
+            }
+        }
+        let finite = [
+            "1.7976931348623157e308",
+            "-1.7976931348623157e308",
+            "1e308",
+            "1e-400",
+            "0e999",
+            "-0.0e+99999",
+            "12.5E-7",
+        ];
+        let finite = finite
+            .map(String::from)
+            .into_iter()
+            .chain([digits(300), digits(308)]);
+        for number in finite {
+            for (_, place) in NUMBER_PLACES {
+                let event = place.replace('N', &number);
+                for got in decode_number_event(&event) {
+                    // Some places reject a number for what it is (an event name, a
+                    // distinct ID of 1e308 characters), never for its range.
+                    if let Err(detail) = got {
+                        assert!(!detail.contains("out of range"), "{event}: {detail}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Both parses stop one event past the limit: what follows is never read, so that a small
     /// compressed body of millions of tiny events is refused before it costs their number.
     /// (Were the rest read, the garbage after the fourth event would make these 400s.)
@@ -1140,6 +1271,19 @@ mod tests {
         (fields, events.map_err(|e| e.to_string()))
     }
 
+    /// Numbers out of f64's range and the edges of it (`D`: 320 digits).
+    const NUMBERS: [&str; 9] = [
+        "1e400",
+        "-1E+999",
+        "2e308",
+        "D",
+        "-D.5",
+        "1.7976931348623157e308",
+        "1e308",
+        "1e-400",
+        "0e999",
+    ];
+
     /// An event object: a few of the fields the rules read, and others, with any values.
     fn event_json() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
@@ -1159,16 +1303,21 @@ mod tests {
             events in proptest::collection::vec(event_json(), 0..4),
             envelope: bool,
             pretty: bool,
+            number in proptest::option::of(proptest::sample::select(&NUMBERS[..])),
             edits in edits(),
         ) {
             let body = match envelope {
                 true => json!({"api_key": "k\"é", "batch": events, "sent_at": 1}),
                 false => Value::Array(events),
             };
-            let text = match pretty {
+            let mut text = match pretty {
                 true => serde_json::to_string_pretty(&body).unwrap(),
                 false => body.to_string(),
             };
+            // Numbers a `Value` cannot hold, and the edges, in place of one of the strings.
+            if let Some(number) = number {
+                text = text.replace("\"$direct\"", &number.replace('D', &"9".repeat(320)));
+            }
             proptest::prop_assert!(scan_top(&text, usize::MAX, &mut false).is_some(), "not scanned: {}", text);
             let limits = DecodeLimits { max_depth: 4, max_properties: 6, max_events: 3, ..DecodeLimits::default() };
             let bytes = edited(text.into_bytes(), edits);
@@ -1176,7 +1325,18 @@ mod tests {
             let slow = serde_json::from_str::<Top>(text);
             if let Some(fast) = scan_top(text, usize::MAX, &mut false) {
                 let slow = slow.expect("scanned what serde_json refuses");
-                proptest::prop_assert_eq!(settled(fast, &limits), settled(slow, &limits), "{}", text);
+                let fast = settled(fast, &limits);
+                proptest::prop_assert_eq!(&fast, &settled(slow, &limits), "{}", text);
+                // Properties that would not read back (a number out of f64's range) reject
+                // their event.
+                for event in fast.1.unwrap_or_default() {
+                    let props = event.properties().map(|p| p.raw().as_str());
+                    let props = props.or(event.other_properties()).map(str::to_owned);
+                    let unreadable = props.is_some_and(|p| serde_json::from_str::<Value>(&p).is_err());
+                    let rejected = crate::domain::normalize_wire(event, 0)
+                        .is_err_and(|r| r.to_string().contains("out of range"));
+                    proptest::prop_assert!(!unreadable || rejected, "{}: stored as is", text);
+                }
             }
         }
     }

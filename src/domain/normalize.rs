@@ -81,6 +81,9 @@ pub enum Rejection {
     /// No event name.
     #[error("event name is missing or not a string")]
     BadEventName,
+    /// A number no `f64` holds, which could be stored but never read back.
+    #[error("a number in its `{field}` is out of range ({number}): send finite numbers, at most 1.7976931348623157e308 in magnitude")]
+    NumberOutOfRange { field: String, number: String },
 }
 
 /// An event after normalisation: the only shape the rules below see.
@@ -453,11 +456,18 @@ pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejec
     let WireEvent::Object {
         fields: mut obj,
         properties,
+        out_of_range,
         ..
     } = event
     else {
         return Err(Rejection::NotAnObject);
     };
+    if let Some(n) = out_of_range {
+        return Err(Rejection::NumberOutOfRange {
+            field: n.field.into(),
+            number: n.number.into(),
+        });
+    }
     let properties = properties.unwrap_or_default();
     let raw_name = obj
         .get("event")

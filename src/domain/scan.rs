@@ -22,16 +22,64 @@ use super::swar;
 pub const MAX_DEPTH: usize = 64;
 
 /// A position in JSON text, moving forward as values are checked.
+///
+/// It also notes the first number it passes that no `f64` holds (`1e400`, an integer of 400
+/// digits): valid JSON, but serde_json refuses to read it into a value, so text holding one
+/// can be checked and stored but never read back. The callers take it
+/// ([`Scanner::take_out_of_range`]) and reject what holds it.
 #[derive(Clone, Debug)]
 pub struct Scanner<'a> {
     text: &'a str,
     i: usize,
+    /// The span of the first number out of range since the last take.
+    out_of_range: Option<(usize, usize)>,
+}
+
+/// Whether the JSON number `token` is out of `f64`'s range: serde_json (the parser that reads
+/// stored text back) refuses it. Its judgement, not a second one that might round otherwise
+/// at the edge (`1.7976931348623158e308` is `f64::MAX`, `1.7976931348623159e308` is not).
+pub fn out_of_range(token: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(token).is_err()
+}
+
+/// The first number out of `f64`'s range in `text`, valid JSON: what a [`Scanner`] notes
+/// while it checks the same text, found at any depth. For text that was checked already
+/// (serde_json's skim).
+pub fn first_out_of_range(text: &str) -> Option<&str> {
+    let mut s = Scanner::new(text);
+    loop {
+        match s.peek()? {
+            b'"' => {
+                s.string()?;
+            }
+            b'-' | b'0'..=b'9' => {
+                s.number()?;
+                if let Some(number) = s.take_out_of_range() {
+                    return Some(number);
+                }
+            }
+            // Brackets, separators, whitespace, the letters of `true`, `false` and `null`.
+            _ => s.i += 1,
+        }
+    }
 }
 
 impl<'a> Scanner<'a> {
     /// At the start of `text`.
     pub fn new(text: &'a str) -> Self {
-        Scanner { text, i: 0 }
+        Scanner {
+            text,
+            i: 0,
+            out_of_range: None,
+        }
+    }
+
+    /// The first number out of `f64`'s range the scanner has passed since the last call, if
+    /// any (see [`Scanner`]).
+    #[inline]
+    pub fn take_out_of_range(&mut self) -> Option<&'a str> {
+        let (a, b) = self.out_of_range.take()?;
+        Some(&self.text[a..b])
     }
 
     /// The text scanned.
@@ -191,7 +239,8 @@ impl<'a> Scanner<'a> {
         Some(())
     }
 
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`; a number that may be out of
+    /// `f64`'s range is judged ([`Scanner::judge_range`]), the others are not.
     #[inline]
     fn number(&mut self) -> Option<()> {
         let b = self.bytes();
@@ -201,25 +250,43 @@ impl<'a> Scanner<'a> {
             }
             i
         };
-        let mut i = self.i + usize::from(b.get(self.i) == Some(&b'-'));
-        i = match *b.get(i)? {
-            b'0' => i + 1,
-            b'1'..=b'9' => digits(i + 1),
+        let start = self.i;
+        let int = start + usize::from(b.get(start) == Some(&b'-'));
+        let mut i = match *b.get(int)? {
+            b'0' => int + 1,
+            b'1'..=b'9' => digits(int + 1),
             _ => return None,
         };
+        let int_digits = i - int;
         if b.get(i) == Some(&b'.') {
             let end = digits(i + 1);
             (end > i + 1).then_some(())?;
             i = end;
         }
+        let mut exp_digits = 0;
         if matches!(b.get(i), Some(b'e' | b'E')) {
             i += 1 + usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
             let end = digits(i);
-            (end > i).then_some(())?;
+            exp_digits = end - i;
+            (exp_digits > 0).then_some(())?;
             i = end;
         }
         self.i = i;
+        // Below 10^300 without an exponent, below 10^200 * 10^99 with one of two digits: far
+        // inside the range (f64::MAX is 1.8e308). Only other numbers are judged.
+        if int_digits > 300 || exp_digits > 2 || (exp_digits > 0 && int_digits > 200) {
+            self.judge_range(start, i);
+        }
         Some(())
+    }
+
+    /// Notes the number at `start..end` when it is out of `f64`'s range and none was noted.
+    #[cold]
+    #[inline(never)]
+    fn judge_range(&mut self, start: usize, end: usize) {
+        if self.out_of_range.is_none() && out_of_range(&self.text[start..end]) {
+            self.out_of_range = Some((start, end));
+        }
     }
 
     /// An object or array, without recursion: which of them encloses the position is one
@@ -478,6 +545,95 @@ mod tests {
         assert_eq!(Scanner::new(&deep(MAX_DEPTH)).value(), Some(MAX_DEPTH));
         assert_eq!(Scanner::new(&deep(MAX_DEPTH + 1)).value(), None);
         assert!(serde_accepts(&deep(MAX_DEPTH + 1)));
+    }
+
+    /// The first number out of range that a scan passed, and what [`first_out_of_range`]
+    /// finds in the same text.
+    fn noted(text: &str) -> (Option<&str>, Option<&str>) {
+        let mut s = Scanner::new(text);
+        assert!(s.value().is_some() && s.at_end(), "{text}");
+        (s.take_out_of_range(), first_out_of_range(text))
+    }
+
+    #[test]
+    fn numbers_out_of_f64s_range_are_noted_wherever_they_are() {
+        let digits = |n: usize| format!("1{}", "0".repeat(n - 1));
+        let (big, minus_big) = (digits(400), format!("-{}", digits(400)));
+        for number in [
+            "1e400",
+            "-1e400",
+            "1E+999",
+            "2e308",
+            "1e0400",
+            "1e99999999999999999999",
+            &big,
+            &minus_big,
+        ] {
+            for text in [
+                number.to_string(),
+                format!("[1, \"1e400\", {{\"a\": [true, {number}]}}]"),
+                format!("{{\"$set\": {{\"x\": {number}}}, \"y\": 1e999}}"),
+            ] {
+                assert_eq!(noted(&text), (Some(number), Some(number)), "{text}");
+                assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
+            }
+        }
+        // Only the first is noted, and taking it clears it.
+        let mut s = Scanner::new("[1e400, 2e400]");
+        s.value().unwrap();
+        assert_eq!(s.take_out_of_range(), Some("1e400"));
+        assert_eq!(s.take_out_of_range(), None);
+        // The edges of the range, and numbers only a judge would tell from those above.
+        let (max_digits, below) = (digits(308), format!("{}e99", digits(200)));
+        for number in [
+            "1.7976931348623157e308",
+            "-1.7976931348623157e308",
+            "1.7976931348623158e308",
+            "1e308",
+            "1e-400",
+            "0e999",
+            "-0.0e+99999",
+            "1.5e-7",
+            &max_digits,
+            &below,
+        ] {
+            let text = format!("{{\"a\": [{number}]}}");
+            assert_eq!(noted(&text), (None, None), "{text}");
+            assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+        }
+    }
+
+    /// A number token: sign, up to 320 integer digits, a fraction, an exponent of up to four
+    /// digits.
+    fn number_token() -> impl Strategy<Value = String> {
+        (
+            any::<bool>(),
+            "[1-9][0-9]{0,319}|0",
+            proptest::option::of("[0-9]{1,20}"),
+            proptest::option::of(("[eE]", "[+-]?", "[0-9]{1,4}")),
+        )
+            .prop_map(|(minus, int, frac, exp)| {
+                let mut t = format!("{}{int}", if minus { "-" } else { "" });
+                if let Some(frac) = frac {
+                    t = format!("{t}.{frac}");
+                }
+                if let Some((e, sign, digits)) = exp {
+                    t = format!("{t}{e}{sign}{digits}");
+                }
+                t
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        /// The numbers the scanner does not judge are all in range: a number is noted
+        /// exactly when serde_json refuses to read it.
+        #[test]
+        fn a_number_is_noted_exactly_when_serde_json_refuses_it(token in number_token()) {
+            let refused = serde_json::from_str::<serde_json::Value>(&token).is_err();
+            let want = refused.then_some(token.as_str());
+            prop_assert_eq!(noted(&token), (want, want));
+        }
     }
 
     proptest! {

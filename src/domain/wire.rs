@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::json_out;
 use super::props::RawProps;
-use super::scan::Scanner;
+use super::scan::{first_out_of_range, Scanner};
 use super::swar;
 
 /// Where one top-level key of an [`EventProps`] is: a span of the text, or (for a key written
@@ -539,6 +539,33 @@ pub enum SkimmedEvent<'a> {
     Indexed(IndexedEvent<'a>),
 }
 
+/// A number in an event that no `f64` holds (`1e400`, an integer of 400 digits), the first in
+/// the event's text: JSON allows it, but serde_json refuses to read it into a value, so an
+/// event stored with it would read back without its properties. Normalisation rejects the
+/// event ([`super::normalize::Rejection::NumberOutOfRange`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutOfRange {
+    /// The top-level field that holds it (`properties`, `$set`, `timestamp`, …), its first
+    /// 64 characters.
+    pub field: Box<str>,
+    /// The number as sent, cut to its first 16 characters when longer than 24.
+    pub number: Box<str>,
+}
+
+impl OutOfRange {
+    fn new(field: &str, number: &str) -> OutOfRange {
+        let number = match number.len() > 24 {
+            // A number's text is ASCII: any byte is a character boundary.
+            true => format!("{}… ({} characters)", &number[..16], number.len()),
+            false => number.to_string(),
+        };
+        OutOfRange {
+            field: field.chars().take(64).collect::<String>().into(),
+            number: number.into(),
+        }
+    }
+}
+
 /// A skimmed event with its `properties` indexed and its nesting depth measured, its other
 /// fields still JSON text: the depth limit can be checked before any of them is parsed
 /// ([`WireEvent::from_indexed`]).
@@ -551,6 +578,9 @@ pub struct IndexedEvent<'a> {
     fields: Option<Vec<(Key<'a>, &'a str)>>,
     properties: Option<EventProps>,
     other_properties: Option<Box<str>>,
+    /// The first number out of `f64`'s range in any of its entries (a dropped `properties`
+    /// too): its fields holding one are not parsed.
+    out_of_range: Option<OutOfRange>,
 }
 
 impl<'a> SkimmedEvent<'a> {
@@ -566,6 +596,7 @@ impl<'a> SkimmedEvent<'a> {
                     fields: None,
                     properties: None,
                     other_properties: None,
+                    out_of_range: None,
                 }
             }
             SkimmedEvent::Indexed(indexed) => return indexed,
@@ -573,7 +604,13 @@ impl<'a> SkimmedEvent<'a> {
         let mut deepest = 0;
         let mut props: Option<&RawValue> = None;
         let mut fields = Vec::with_capacity(entries.len());
+        let mut out_of_range = None;
         for (key, value) in entries {
+            // The scan notes such a number as it checks the text; here the text was checked
+            // by serde_json's skim, so it takes a pass of its own (this is the fallback path).
+            if out_of_range.is_none() {
+                out_of_range = first_out_of_range(value.get()).map(|n| OutOfRange::new(&key.0, n));
+            }
             if key.0 == "properties" {
                 // One sent earlier is dropped, but its depth still counts.
                 if let Some(earlier) = props.replace(value) {
@@ -608,6 +645,7 @@ impl<'a> SkimmedEvent<'a> {
             fields: Some(fields),
             properties,
             other_properties,
+            out_of_range,
         }
     }
 }
@@ -621,10 +659,16 @@ impl<'a> IndexedEvent<'a> {
         let mut deepest = 0;
         let mut fields = Vec::with_capacity(8);
         let (mut properties, mut other_properties) = (None, None);
+        // One noted before the event (in an envelope's field) is not the event's.
+        s.take_out_of_range();
+        let mut out_of_range = None;
         s.object(|s, key| {
             if key != "properties" {
                 let (text, depth) = s.value_text()?;
                 deepest = deepest.max(depth);
+                if let Some(number) = s.take_out_of_range() {
+                    out_of_range.get_or_insert_with(|| OutOfRange::new(&key, number));
+                }
                 fields.push((Key(key), text));
                 return Some(());
             }
@@ -638,6 +682,9 @@ impl<'a> IndexedEvent<'a> {
                 deepest = deepest.max(depth);
                 (properties, other_properties) = (None, Some(text.into()));
             }
+            if let Some(number) = s.take_out_of_range() {
+                out_of_range.get_or_insert_with(|| OutOfRange::new(&key, number));
+            }
             Some(())
         })?;
         Some(IndexedEvent {
@@ -645,6 +692,7 @@ impl<'a> IndexedEvent<'a> {
             fields: Some(fields),
             properties,
             other_properties,
+            out_of_range,
         })
     }
 }
@@ -696,12 +744,14 @@ impl<'de> Deserialize<'de> for SkimmedEvent<'de> {
 pub enum WireEvent {
     /// A JSON object.
     Object {
-        /// Every field except `properties`.
+        /// Every field except `properties` (but those holding a number out of range).
         fields: Map<String, Value>,
         /// `properties` when it is an object.
         properties: Option<EventProps>,
         /// The JSON text of `properties` when it is there but not an object.
         other_properties: Option<Box<str>>,
+        /// The first number in the event that no `f64` holds: normalisation rejects it.
+        out_of_range: Option<OutOfRange>,
     },
     /// Not an object.
     NotAnObject,
@@ -738,6 +788,12 @@ impl WireEvent {
             // `timestamp`): taken as they are rather than through serde_json's parser.
             let value = match parse_value(v) {
                 Some(value) => value,
+                // A field holding a number out of range does not parse; its event is
+                // rejected, but its other fields still name its project.
+                None if event.out_of_range.is_some() => match serde_json::from_str(v) {
+                    Ok(value) => value,
+                    Err(_) => continue,
+                },
                 None => serde_json::from_str(v)?,
             };
             fields.insert(k.into_owned(), value);
@@ -746,6 +802,7 @@ impl WireEvent {
             fields,
             properties: event.properties,
             other_properties: event.other_properties,
+            out_of_range: event.out_of_range,
         })
     }
 
@@ -770,6 +827,8 @@ impl WireEvent {
             fields,
             properties,
             other_properties,
+            // A `Value` holds no such number.
+            out_of_range: None,
         }
     }
 

@@ -345,3 +345,45 @@ fn distinct_id_is_read_from_properties_when_not_at_the_top_level() {
     );
     assert_eq!(dids(&d.person(T, "nested-id").unwrap()), vec!["nested-id"]);
 }
+
+/// A number no f64 holds (`1e400`) could be stored but never read back (serde_json refuses
+/// it, and the person's or event's properties came back `{}`): its event is rejected alone,
+/// naming the number, and its neighbours, finite edges included, are stored and read back.
+#[test]
+fn an_event_with_a_number_out_of_range_is_rejected_alone_and_its_neighbours_read_back() {
+    let d = Daemon::start();
+    let body = format!(
+        r#"{{"api_key":"{T}","batch":[
+        {{"event":"e","distinct_id":"n1","properties":{{"a":1.5e3,"$set":{{"plan":"pro"}}}}}},
+        {{"event":"e","distinct_id":"big","properties":{{"x":1e400,"$set":{{"y":1}}}}}},
+        {{"event":"e","distinct_id":"n2","$set":{{"max":1.7976931348623157e308}},"properties":{{"b":[1e308]}}}}]}}"#
+    );
+    let r = d.request(
+        "POST",
+        "/batch/",
+        &[("content-type", "application/json")],
+        body.into_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let answer = r.json();
+    let rejected = answer["rejected"].as_array().expect("a rejected list");
+    assert_eq!(rejected.len(), 1, "{answer}");
+    assert_eq!(rejected[0]["index"], 1, "{answer}");
+    let detail = rejected[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("out of range") && detail.contains("1e400"),
+        "{detail}"
+    );
+    assert!(d.person(T, "big").is_none(), "nothing of event 1 is stored");
+    let n1 = d.person(T, "n1").expect("person n1");
+    assert_eq!(n1["properties"]["plan"], "pro");
+    let n2 = d.person(T, "n2").expect("person n2");
+    assert_eq!(n2["properties"]["max"], json!(f64::MAX));
+    let props = |p: &Value| {
+        let events = d.events_of_person(T, p["uuid"].as_str().unwrap());
+        assert_eq!(events.len(), 1);
+        events[0]["properties"].clone()
+    };
+    assert_eq!(props(&n1)["a"], json!(1500.0));
+    assert_eq!(props(&n2)["b"], json!([1e308]));
+}
