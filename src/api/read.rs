@@ -180,15 +180,23 @@ pub async fn persons(
     HttpResponse::Ok().json(json!({"results": results, "next": next}))
 }
 
-/// Why `did` belongs to its person: every logged decision that named it, oldest first.
+/// Why `did` belongs to its person: every logged decision that named it since it last lost a
+/// person (a deletion releases it, and a later event gives it a fresh person), oldest first.
+/// An ID whose person was deleted and that nothing named since shows the story that ended
+/// with that deletion.
 fn explain(store: &Store, project: ProjectId, did: &str) -> Result<Value, HttpResponse> {
     let seqs = store.history_of_did(project, did).map_err(store_error)?;
     let mut steps = Vec::new();
-    for seq in seqs {
-        if let Some(entry) = store.entry(seq).map_err(store_error)? {
-            steps.push(render::entry(seq, &entry, |c| names_did(c, did)));
+    for seq in seqs.into_iter().rev() {
+        let Some(entry) = store.entry(seq).map_err(store_error)? else {
+            continue;
+        };
+        if entry.releases_distinct_id(did) && !steps.is_empty() {
+            break;
         }
+        steps.push(render::entry(seq, &entry, |c| names_did(c, did)));
     }
+    steps.reverse();
     Ok(Value::Array(steps))
 }
 
@@ -249,7 +257,10 @@ pub async fn person(path: web::Path<(String, String)>, st: web::Data<AppState>) 
     }
 }
 
-/// `GET /api/projects/{project}/persons/{uuid}/history/`.
+/// `GET /api/projects/{project}/persons/{uuid}/history/`: from the person's creation on. After
+/// a deletion, a later event for its distinct ID starts a fresh person with the same uuid
+/// (spec §6, §10), whose history starts at its own creation; a deleted person whose uuid was
+/// not taken again keeps its history up to its deletion.
 pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>) -> HttpResponse {
     let store = st.engine.store();
     let p = tri!(find_project(store, &path.0));
@@ -265,16 +276,22 @@ pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>)
         Ok(s) => s,
         Err(e) => return store_error(e),
     };
+    // Newest first, back to the entry that created the person this uuid names now (or named
+    // last): an earlier person with the same uuid (deleted, or merged away) is not this one.
     let mut results = Vec::new();
-    for seq in seqs {
+    for seq in seqs.into_iter().rev() {
         match store.entry(seq) {
             Ok(Some(entry)) => {
-                results.push(render::entry(seq, &entry, |c| in_history(&entry, c, uuid)))
+                results.push(render::entry(seq, &entry, |c| in_history(&entry, c, uuid)));
+                if entry.begins_person(uuid) {
+                    break;
+                }
             }
             Ok(None) => {}
             Err(e) => return store_error(e),
         }
     }
+    results.reverse();
     HttpResponse::Ok().json(json!({"results": results}))
 }
 

@@ -224,3 +224,76 @@ pub struct Entry {
     /// What changed, in order.
     pub changes: Vec<Change>,
 }
+
+impl Entry {
+    /// Whether this entry brings person `uuid` into being: its creation, or a split of another
+    /// person that makes it one of the parts (the split person itself goes on). A uuid is a
+    /// function of the project and a distinct ID (spec §6), so once its person is gone (deleted,
+    /// or merged into a person later deleted or split) a later event for that ID starts a fresh
+    /// person with the same uuid: the history of a uuid's person starts at the last such entry.
+    pub fn begins_person(&self, uuid: PersonUuid) -> bool {
+        self.changes.iter().any(|c| match c {
+            Change::PersonCreated { person, .. } => *person == uuid,
+            Change::PersonSplit { person, parts, .. } => {
+                *person != uuid && parts.iter().any(|(_, u)| *u == uuid)
+            }
+            _ => false,
+        })
+    }
+
+    /// Whether this entry takes `did` away from its person (a deletion releases every ID of the
+    /// deleted person): what the ID went through before is the story of a person it no longer
+    /// belongs to.
+    pub fn releases_distinct_id(&self, did: &str) -> bool {
+        self.changes.iter().any(|c| {
+            matches!(c, Change::PersonDeleted { distinct_ids, .. } if distinct_ids.iter().any(|d| d == did))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(changes: Vec<Change>) -> Entry {
+        Entry {
+            project: ProjectId(1),
+            at_ms: 0,
+            cause: None,
+            changes,
+        }
+    }
+
+    fn uuid(n: u8) -> PersonUuid {
+        PersonUuid(uuid::Uuid::from_bytes([n; 16]))
+    }
+
+    #[test]
+    fn a_person_begins_at_its_creation_or_as_a_new_part_of_a_split() {
+        let created = entry(vec![Change::PersonCreated {
+            person: uuid(1),
+            distinct_ids: vec!["a".into()],
+            properties: Props::default(),
+            is_identified: false,
+            created_at_ms: 0,
+        }]);
+        assert!(created.begins_person(uuid(1)));
+        assert!(!created.begins_person(uuid(2)));
+        let split = entry(vec![Change::PersonSplit {
+            person: uuid(1),
+            main: "a".into(),
+            parts: vec![("a".into(), uuid(1)), ("b".into(), uuid(2))],
+        }]);
+        assert!(!split.begins_person(uuid(1)), "the split person goes on");
+        assert!(split.begins_person(uuid(2)));
+        let deleted = entry(vec![Change::PersonDeleted {
+            person: uuid(1),
+            distinct_ids: vec!["a".into(), "b".into()],
+            delete_events: false,
+        }]);
+        assert!(!deleted.begins_person(uuid(1)));
+        assert!(deleted.releases_distinct_id("b"));
+        assert!(!deleted.releases_distinct_id("c"));
+        assert!(!created.releases_distinct_id("a"));
+    }
+}

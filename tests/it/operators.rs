@@ -548,3 +548,130 @@ fn a_deletion_survives_snapshot_and_restore() {
         .iter()
         .any(|c| c["type"] == json!("person_deleted"))));
 }
+
+/// Each entry of a history or an explanation as (cause, change types), oldest first.
+fn steps(entries: &Value) -> Vec<(String, Vec<String>)> {
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let types = e["changes"].as_array().unwrap().iter();
+            (
+                e["cause_event_uuid"].as_str().unwrap_or("").to_string(),
+                types
+                    .map(|c| c["type"].as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn history(d: &Daemon, uuid: &str) -> Vec<(String, Vec<String>)> {
+    steps(
+        &d.get(&format!("/api/projects/{T}/persons/{uuid}/history/"))
+            .json()["results"],
+    )
+}
+
+fn explanation(d: &Daemon, did: &str) -> Vec<(String, Vec<String>)> {
+    steps(
+        &d.get(&format!(
+            "/api/projects/{T}/persons/?distinct_id={did}&explain=true"
+        ))
+        .json()["explanation"],
+    )
+}
+
+fn created_by(cause: &str) -> Vec<(String, Vec<String>)> {
+    vec![(cause.to_string(), vec!["person_created".to_string()])]
+}
+
+/// A person's uuid is a function of (project, distinct ID) (spec §6): after a deletion, a later
+/// event for the same ID starts a fresh person with the same uuid (spec §10). Its history, and
+/// the explanation of its ID, start at its own creation: the deleted person's creation, merges
+/// and deletion are not its story. The same for the uuid of a person merged into the deleted
+/// one. A deleted person whose uuid is not taken again keeps its history up to its deletion.
+#[test]
+fn a_fresh_person_after_a_deletion_has_only_its_own_history() {
+    let d = Daemon::start();
+    let p = merged(&d);
+    let user = p["uuid"].as_str().unwrap().to_string();
+    // The uuid of anon's first person, merged into user's.
+    let h = d
+        .get(&format!("/api/projects/{T}/persons/{user}/history/"))
+        .json();
+    let anon = h["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["changes"].as_array().unwrap().clone())
+        .find(|c| c["type"] == json!("persons_merged"))
+        .unwrap()["absorbed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_anon = history(&d, &anon);
+    assert_eq!(old_anon[..1], created_by("c1")[..], "{old_anon:?}");
+    assert_ne!(anon, user);
+    let r = d.request(
+        "DELETE",
+        &format!("/api/projects/{T}/persons/{user}/?delete_events=false"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(r.status, 204);
+    // Deleted, not taken again: everything up to the deletion.
+    let deleted = history(&d, &user);
+    assert_eq!(deleted[..1], created_by("c2")[..], "{deleted:?}");
+    assert_eq!(deleted.last().unwrap().1, ["person_deleted"], "{deleted:?}");
+    let causes: Vec<&str> = deleted.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(causes, ["c2", "merge-1", "attach-1", ""], "{deleted:?}");
+    let user_story = explanation(&d, "user");
+    assert_eq!(user_story.first(), deleted.first(), "{user_story:?}");
+    assert_eq!(user_story.last(), deleted.last(), "{user_story:?}");
+    assert_eq!(history(&d, &anon), old_anon, "merged away, not taken again");
+
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "user", "uuid": "fresh-user"}]),
+    );
+    let fresh = d.person(T, "user").unwrap();
+    assert_eq!(fresh["uuid"], json!(user), "the same uuid, a fresh person");
+    assert_eq!(history(&d, &user), created_by("fresh-user"));
+    assert_eq!(explanation(&d, "user"), created_by("fresh-user"));
+    // anon was released by the deletion too, and not named since: its last story.
+    let anon_story = explanation(&d, "anon");
+    assert_eq!(anon_story[..1], created_by("c1")[..], "{anon_story:?}");
+    assert_eq!(anon_story.last().unwrap().1, ["person_deleted"]);
+
+    // anon's first person was merged into the deleted one: its uuid is free again too.
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "anon", "uuid": "fresh-anon"}]),
+    );
+    assert_eq!(d.person(T, "anon").unwrap()["uuid"], json!(anon));
+    assert_eq!(history(&d, &anon), created_by("fresh-anon"));
+    assert_eq!(explanation(&d, "anon"), created_by("fresh-anon"));
+
+    // The CLI prints what the API answers.
+    let sock = d.socket.to_str().unwrap().to_string();
+    let out = Command::new(bin())
+        .args(["person", "--socket", &sock, "history", T, &user])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(steps(&printed["results"]), created_by("fresh-user"));
+    let out = Command::new(bin())
+        .args(["person", "--socket", &sock, "show", T, "user", "--explain"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(steps(&printed["explanation"]), created_by("fresh-user"));
+}
