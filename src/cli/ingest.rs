@@ -3,12 +3,12 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::client::Conn;
+use super::client::{Conn, Response};
 use super::Failure;
 
 /// Options of `idstitch ingest`.
@@ -32,6 +32,15 @@ pub struct IngestArgs {
     /// Events per request.
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
+    /// How many times one request is sent again before the run stops, when the daemon answers
+    /// 503 (degraded or stopping: its `Retry-After` is waited, at most 30 s) or the connection
+    /// fails mid-run (the daemon restarting: waits of 0.5 s, doubling up to 30 s). Each retry
+    /// is one line on stderr. Not retried: any other answer (a 4xx, a 5xx other than 503), and
+    /// a daemon not reachable at the start. A resent request is safe: the daemon drops events
+    /// it already stored by their `uuid`, and an event sent without one is given a random
+    /// `uuid` before its first send (as PostHog's capture does), kept across retries.
+    #[arg(long, default_value_t = 8)]
+    pub retries: u32,
 }
 
 /// Parse a file of events: a JSON document, else NDJSON. Returns events and a batch token.
@@ -219,7 +228,44 @@ pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         total,
         tokens,
         args.batch_size.max(1),
+        args.retries,
     ))
+}
+
+/// The longest wait before a retry, whatever `Retry-After` asks.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// The wait before retry `n` (from 1) after a connection failure: 0.5 s, doubling, capped.
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(MAX_RETRY_WAIT)
+}
+
+/// The wait a 503 asks for in `Retry-After` (seconds; an HTTP date is not read), capped.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.headers
+        .iter()
+        .find(|(k, _)| k == "retry-after")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_WAIT))
+}
+
+/// Give an event that the daemon would store without a uuid (none, or not a non-empty string)
+/// a random one, so that a resend of its request is deduplicated like any other.
+fn ensure_uuid(event: &mut Value) {
+    if let Some(fields) = event.as_object_mut() {
+        if fields
+            .get("uuid")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            fields.insert(
+                "uuid".into(),
+                Value::String(uuid::Uuid::new_v4().to_string()),
+            );
+        }
+    }
 }
 
 /// The project tokens of a run.
@@ -245,8 +291,10 @@ async fn send(
     total: Option<u64>,
     tokens: Tokens,
     batch: usize,
+    retries: u32,
 ) -> anyhow::Result<ExitCode> {
-    let mut conn = Conn::unix(socket).await?;
+    // Not retried: a daemon not there at the start is most likely the wrong --socket.
+    let mut conn = Some(Conn::unix(socket).await?);
     let bar = match total {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::no_length(),
@@ -288,15 +336,53 @@ async fn send(
                 }
             }
         }
+        chunk.iter_mut().for_each(ensure_uuid);
         let count = chunk.len();
         let mut body = json!({ "batch": chunk });
         if let Some(t) = &tokens.batch {
             body["api_key"] = Value::String(t.clone());
         }
-        let resp = conn.post_json("/batch/", &body).await.map_err(|e| {
+        let mut attempt = 0;
+        let outcome = loop {
+            let outcome = match conn.as_mut() {
+                Some(c) => c.post_json("/batch/", &body).await,
+                None => match Conn::unix(socket).await {
+                    Ok(c) => conn.insert(c).post_json("/batch/", &body).await,
+                    Err(e) => Err(e),
+                },
+            };
+            let (wait, why) = match &outcome {
+                Ok(r) if r.status == 503 => (
+                    retry_after(r).unwrap_or_else(|| backoff(attempt + 1)),
+                    format!("503: {}", r.json().get("detail").unwrap_or(&Value::Null)),
+                ),
+                Ok(_) => break outcome,
+                Err(e) => {
+                    conn = None;
+                    (backoff(attempt + 1), e.to_string())
+                }
+            };
+            if attempt == retries {
+                break outcome;
+            }
+            attempt += 1;
+            let line = format!(
+                "request {} ({unit}s {}-{last}): {why}; retry {attempt} of {retries} in {:.1}s",
+                n + 1,
+                positions[0],
+                wait.as_secs_f64()
+            );
+            bar.suspend(|| eprintln!("{line}"));
+            tokio::time::sleep(wait).await;
+        };
+        let tried = match attempt {
+            0 => String::new(),
+            a => format!(" after {a} retries"),
+        };
+        let resp = outcome.map_err(|e| {
             bar.abandon();
             Failure::runtime(format!(
-                "{e}: the daemon went away during request {} ({})",
+                "{e}: the daemon went away during request {}{tried} ({})",
                 n + 1,
                 stopped(sent, done)
             ))
@@ -305,7 +391,7 @@ async fn send(
             bar.abandon();
             let detail = resp.json().get("detail").cloned().unwrap_or(Value::Null);
             let message = format!(
-                "request {} ({unit}s {}-{last}) was refused with {}: {detail} ({})",
+                "request {} ({unit}s {}-{last}) was refused with {}{tried}: {detail} ({})",
                 n + 1,
                 positions[0],
                 resp.status,

@@ -379,3 +379,257 @@ fn a_second_signal_exits_at_once_while_draining() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "the second signal exits at once");
 }
+
+/// What [`FakeDaemon`] does with a request.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// This status, with `Retry-After: 1` on a 503.
+    Status(u16),
+    /// Close the connection without an answer (a daemon gone mid-request).
+    Hang,
+}
+
+/// A stand-in for the daemon on a Unix socket: answers each request (kept-alive connections,
+/// then new ones) with the next of its answers, the last one from then on, and keeps each
+/// request's JSON body.
+struct FakeDaemon {
+    socket: std::path::PathBuf,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl FakeDaemon {
+    fn start(answers: Vec<Answer>) -> FakeDaemon {
+        use std::io::{BufRead, BufReader, Read};
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = tmp.path().join("fake.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                'requests: loop {
+                    let mut len = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break 'requests;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let line = line.to_ascii_lowercase();
+                        if let Some(v) = line.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    seen.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap_or_default());
+                    let answer = answers[n.min(answers.len() - 1)];
+                    n += 1;
+                    let (status, extra, text) = match answer {
+                        Answer::Hang => break 'requests,
+                        Answer::Status(200) => (200, "", r#"{"status": 1}"#),
+                        Answer::Status(503) => {
+                            (503, "retry-after: 1\r\n", r#"{"detail": "stopping"}"#)
+                        }
+                        Answer::Status(s) => (s, "", r#"{"detail": "no"}"#),
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if stream.write_all(reply.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        FakeDaemon {
+            socket,
+            bodies,
+            _tmp: tmp,
+        }
+    }
+
+    fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+fn ingest_into(socket: &std::path::Path, text: &str, args: &[&str]) -> std::process::Output {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("events.ndjson");
+    std::fs::write(&file, text).unwrap();
+    Command::new(bin())
+        .arg("ingest")
+        .arg(&file)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap()
+}
+
+/// A 503 (honouring `Retry-After`) and a connection lost mid-request are retried, each retry
+/// one line on stderr, with the same body: an event the file gave no uuid got one before the
+/// first send, so the daemon can drop a resend it already stored.
+#[test]
+fn ingest_retries_a_503_and_a_lost_connection_with_the_same_uuids() {
+    let fake = FakeDaemon::start(vec![Answer::Status(503), Answer::Hang, Answer::Status(200)]);
+    let text = format!(
+        "{}\n{}\n{}\n",
+        json!({"event": "e", "distinct_id": "a", "uuid": "r1"}),
+        json!({"event": "e", "distinct_id": "b"}),
+        json!({"event": "e", "distinct_id": "c"}),
+    );
+    let out = ingest_into(
+        &fake.socket,
+        &text,
+        &["--token", "phc_r", "--batch-size", "2"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("3 accepted, 0 rejected"),
+        "{stderr}"
+    );
+    let retries: Vec<&str> = stderr.lines().filter(|l| l.contains("retry")).collect();
+    assert_eq!(retries.len(), 2, "{stderr}");
+    assert!(
+        retries[0].contains("request 1 (lines 1-2): 503"),
+        "{stderr}"
+    );
+    assert!(retries[0].contains("retry 1 of 8 in 1.0s"), "{stderr}");
+    assert!(retries[1].contains("retry 2 of 8"), "{stderr}");
+    let bodies = fake.bodies();
+    assert_eq!(bodies.len(), 4, "{bodies:?}");
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(bodies[0], bodies[2]);
+    let first = bodies[0]["batch"].as_array().unwrap();
+    assert_eq!(first[0]["uuid"], json!("r1"));
+    let given = first[1]["uuid"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(given).is_ok(), "{given}");
+    let last = bodies[3]["batch"].as_array().unwrap();
+    assert_eq!(last.len(), 1);
+    assert!(last[0]["uuid"].as_str().is_some_and(|u| u != given));
+}
+
+/// A 400 (or a 5xx other than 503) is an answer, not a transient failure: sent once.
+#[test]
+fn ingest_does_not_retry_a_400_or_a_500() {
+    for status in [400, 500] {
+        let fake = FakeDaemon::start(vec![Answer::Status(status)]);
+        let line = json!({"event": "e", "distinct_id": "a"});
+        let out = ingest_into(&fake.socket, &format!("{line}\n"), &["--token", "phc_r"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("was refused with {status}: \"no\"")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("retry"), "{stderr}");
+        assert_eq!(fake.bodies().len(), 1);
+    }
+}
+
+/// A daemon stopped and started again on the same socket mid-ingest: the events sent while it
+/// was away are retried until it is back, and every event of the file is stored once.
+#[test]
+fn ingest_rides_out_a_daemon_restart_without_duplicates() {
+    use std::io::BufRead;
+    let mut d = Daemon::start();
+    let mut child = Command::new(bin())
+        .args([
+            "ingest",
+            "-",
+            "--token",
+            "phc_restart",
+            "--batch-size",
+            "1",
+            "--socket",
+        ])
+        .arg(&d.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Half the events carry a uuid, half do not.
+    let event = |i: usize| {
+        let mut e = json!({"event": "e", "distinct_id": format!("r-{i}")});
+        if i % 2 == 0 {
+            e["uuid"] = json!(format!("restart-{i}"));
+        }
+        format!("{e}\n")
+    };
+    for i in 0..10 {
+        stdin.write_all(event(i).as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let arrived = |d: &Daemon| {
+        let r = d.get("/api/projects/phc_restart/persons/?distinct_id=r-9");
+        r.status == 200 && !r.json()["results"].as_array().unwrap().is_empty()
+    };
+    while !arrived(&d) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first events never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    d.terminate();
+    // Ignoring a closed pipe: an ingest that gives up at the first failure is gone.
+    for i in 10..20 {
+        let _ = stdin.write_all(event(i).as_bytes());
+    }
+    let _ = stdin.flush();
+    // Wait for the first retry: the daemon is away while ingest tries.
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv() {
+            Ok(line) if line.contains("retry 1 of") => break,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("ingest ended without a retry: {seen:?}"),
+        }
+    }
+    d.start_again();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{stdout} {seen:?}");
+    assert!(stdout.starts_with("20 accepted, 0 rejected"), "{stdout}");
+    for i in 0..20 {
+        let events = d
+            .get(&format!(
+                "/api/projects/phc_restart/events/?distinct_id=r-{i}"
+            ))
+            .json();
+        assert_eq!(
+            events["results"].as_array().unwrap().len(),
+            1,
+            "r-{i}: {events}"
+        );
+    }
+}
