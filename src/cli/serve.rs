@@ -29,9 +29,14 @@ pub struct ServeArgs {
     /// Unix socket path [default: <data-dir>/idstitch.sock].
     #[arg(long, env = "IDSTITCH_SOCKET")]
     pub socket: Option<PathBuf>,
-    /// Also listen on TCP at this address (e.g. 127.0.0.1:8010) [default: off].
+    /// Also listen on TCP at this address (e.g. 127.0.0.1:8010, or a port alone, which means
+    /// 127.0.0.1) [default: off]. Loopback addresses only, unless --http-allow-remote.
     #[arg(long, env = "IDSTITCH_HTTP")]
     pub http: Option<String>,
+    /// Let --http listen on an address other machines can reach (0.0.0.0, a LAN address):
+    /// the capture endpoints are then open to the network; /api/ still needs the admin key.
+    #[arg(long, env = "IDSTITCH_HTTP_ALLOW_REMOTE")]
+    pub http_allow_remote: bool,
     /// A TOML file with any of these options.
     #[arg(long, env = "IDSTITCH_CONFIG")]
     pub config: Option<PathBuf>,
@@ -124,6 +129,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     http: Option<String>,
+    http_allow_remote: Option<bool>,
     admin_key_file: Option<PathBuf>,
     projects: Option<PathBuf>,
     merge_limit: Option<u64>,
@@ -245,6 +251,11 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         None => FileConfig::default(),
     };
     let conn = conn_limits(&a, &f)?;
+    let allow_remote = a.http_allow_remote || f.http_allow_remote.unwrap_or(false);
+    let http = match a.http.clone().or(f.http.clone()) {
+        Some(addr) => Some(tcp_address(&addr, allow_remote)?),
+        None => None,
+    };
     let max_ids_per_person = a
         .max_distinct_ids_per_person
         .or(f.max_distinct_ids_per_person);
@@ -349,7 +360,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
             admin_key,
             snapshot_dir,
         },
-        http: a.http.or(f.http),
+        http,
         on_storage_error: a
             .on_storage_error
             .or(f.on_storage_error)
@@ -362,6 +373,35 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         projects,
         project_settings,
     })
+}
+
+/// The address `--http` listens on: a port alone means 127.0.0.1; an address that is not
+/// loopback (api.md: "loopback addresses by default") only with `allow_remote`.
+fn tcp_address(addr: &str, allow_remote: bool) -> anyhow::Result<String> {
+    use std::net::ToSocketAddrs;
+    let addr = addr.trim();
+    let addr = match addr.parse::<u16>() {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => addr.to_string(),
+    };
+    let resolved: Vec<std::net::SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| {
+            Failure::user(format!(
+                "--http {addr:?} is not an address to listen on ({e}); give host:port, e.g. 127.0.0.1:8010"
+            ))
+        })?
+        .collect();
+    if let Some(remote) = resolved.iter().find(|a| !a.ip().is_loopback()) {
+        if !allow_remote {
+            return Err(Failure::user(format!(
+                "--http {addr} would listen on {}, which other machines can reach; use a loopback address such as 127.0.0.1:{}, or pass --http-allow-remote to open the capture endpoints to the network (/api/ still needs --admin-key-file's key)",
+                remote.ip(),
+                remote.port()
+            )));
+        }
+    }
+    Ok(addr)
 }
 
 /// The connection limits: flags/env, then the file, then the defaults.
@@ -516,39 +556,16 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
         data_dir = %s.data_dir.display(),
         "Recovered."
     );
-    for (token, name) in &s.projects {
-        engine.resolve_project(token, name.clone(), true).await?;
-    }
-    for (token, patch) in &s.project_settings {
-        if let Some(id) = engine.resolve_project(token, None, true).await? {
-            engine.patch_settings(id, patch.clone()).await?;
+    let (servers, state) = match listen(&s, &engine).await {
+        Ok(started) => started,
+        Err(e) => {
+            // Stopped here, inside the runtime: actors dropped with it, outside it, panicked
+            // on their timers and printed a backtrace over the real cause (a port in use).
+            let _ = engine.shutdown().await;
+            let _ = writer.join();
+            return Err(e);
         }
-    }
-    let state = web::Data::new(AppState {
-        engine: engine.clone(),
-        config: s.api.clone(),
-        ready: AtomicBool::new(true),
-        tokens: RwLock::new(HashMap::new()),
-    });
-    // Each connection takes two descriptors (its socket and its watchdog's duplicate), on
-    // every worker of every listener; plus RocksDB's files and the rest.
-    let listeners = 1 + usize::from(s.http.is_some());
-    raise_open_files_limit((s.conn.max_connections * s.workers * listeners * 2 + 1024) as u64);
-    let servers = server::start(
-        state.clone(),
-        &s.socket,
-        s.socket_mode,
-        s.http.as_deref(),
-        s.workers,
-        s.conn,
-    )
-    .map_err(|e| {
-        Failure::user(format!(
-            "cannot listen: {e} (socket {}, http {:?})",
-            s.socket.display(),
-            s.http
-        ))
-    })?;
+    };
     let handles: Vec<_> = servers.iter().map(|srv| srv.handle()).collect();
     for srv in servers {
         actix_rt::spawn(srv);
@@ -583,6 +600,47 @@ async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_file(&s.socket);
     tracing::info!("Stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The projects of `--projects` and the listeners: the daemon's last steps before it is ready.
+async fn listen(
+    s: &Settings,
+    engine: &Engine,
+) -> anyhow::Result<(Vec<actix_web::dev::Server>, web::Data<AppState>)> {
+    for (token, name) in &s.projects {
+        engine.resolve_project(token, name.clone(), true).await?;
+    }
+    for (token, patch) in &s.project_settings {
+        if let Some(id) = engine.resolve_project(token, None, true).await? {
+            engine.patch_settings(id, patch.clone()).await?;
+        }
+    }
+    let state = web::Data::new(AppState {
+        engine: engine.clone(),
+        config: s.api.clone(),
+        ready: AtomicBool::new(true),
+        tokens: RwLock::new(HashMap::new()),
+    });
+    // Each connection takes two descriptors (its socket and its watchdog's duplicate), on
+    // every worker of every listener; plus RocksDB's files and the rest.
+    let listeners = 1 + usize::from(s.http.is_some());
+    raise_open_files_limit((s.conn.max_connections * s.workers * listeners * 2 + 1024) as u64);
+    server::start(
+        state.clone(),
+        &s.socket,
+        s.socket_mode,
+        s.http.as_deref(),
+        s.workers,
+        s.conn,
+    )
+    .map_err(|e| {
+        Failure::user(format!(
+            "cannot listen: {e} (socket {}, http {:?})",
+            s.socket.display(),
+            s.http
+        ))
+    })
+    .map(|servers| (servers, state))
 }
 
 /// SIGTERM and SIGINT, listened for from before the daemon is ready until it exits, so that

@@ -103,3 +103,72 @@ fn metrics_are_exposed_in_prometheus_format() {
         assert!(text.contains(&line), "no {line:?} in {text}");
     }
 }
+
+/// api.md: "`--http ADDR`, default off; loopback addresses by default". A port alone is
+/// 127.0.0.1; an address other machines can reach is refused unless asked for.
+#[test]
+fn http_listens_on_loopback_unless_remote_is_allowed() {
+    use std::process::Command;
+    let health = |d: &Daemon| d.tcp_request("GET", "/_health", &[], Vec::new()).status;
+
+    let port = free_port().to_string();
+    let mut d = Daemon::start_with(&["--http", &port]);
+    d.http = Some(format!("127.0.0.1:{port}"));
+    assert_eq!(health(&d), 200, "a port alone listens on 127.0.0.1");
+    drop(d);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let everywhere = format!("0.0.0.0:{}", free_port());
+    let mut child = Command::new(crate::support::bin())
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path().join("store"))
+        .args(["--http", &everywhere])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A daemon that started anyway would run until killed.
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("serve --http {everywhere} started listening instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--http-allow-remote"), "{stderr}");
+    assert!(
+        !tmp.path().join("store").exists(),
+        "refused before the data dir was made"
+    );
+
+    let mut d = Daemon::start_with(&["--http", &everywhere, "--http-allow-remote"]);
+    d.http = Some(everywhere.replace("0.0.0.0", "127.0.0.1"));
+    assert_eq!(health(&d), 200, "allowed, it listens on every address");
+}
+
+/// A port in use is the user's to fix: exit 1 and one line saying so. The actors started
+/// for recovery used to be dropped outside the runtime then, and panicked on their timers,
+/// printing a backtrace over the cause.
+#[test]
+fn a_port_in_use_is_one_line_and_exit_1_not_a_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::bin())
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path().join("store"))
+        .args(["--http", &addr])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen: Address already in use"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
