@@ -67,15 +67,26 @@ pub async fn delete(
     if delete_events {
         // Reclaim the redacted events' bytes before answering, so a 204 means they are gone.
         let store = st.engine.store().clone();
-        match web::block(move || store.compact_log()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Compaction after a deletion failed; it will happen later.")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Compaction after a deletion failed; it will happen later.")
-            }
-        }
+        let failed = match web::block(move || store.compact_log()).await {
+            Ok(Ok(())) => return HttpResponse::NoContent().finish(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the compaction did not run ({e})"),
+        };
+        tracing::warn!(person = %uuid, error = %failed, "Compaction after a deletion failed: the deleted events' bytes may still be on disk.");
+        // Not a 204: that promises the bytes are gone. The deletion itself is durable.
+        let detail = format!(
+            "person {uuid} and its events are deleted (durable: the deletion is in the log, and \
+             reads and restarts no longer show them), but reclaiming the deleted events' bytes \
+             from disk failed: {failed}. Their old bytes may still be in the data dir's files. \
+             Fix the cause (see the daemon's log): the next DELETE with delete_events=true \
+             that succeeds (of any person) compacts the whole log and removes them; until \
+             then, RocksDB's own compactions rewrite those files in time"
+        );
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "compaction_failed",
+            detail,
+        );
     }
     HttpResponse::NoContent().finish()
 }

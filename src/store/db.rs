@@ -12,6 +12,11 @@ use super::wal;
 use crate::domain::buffer::BufferedEvent;
 use crate::domain::{Entry, Person, PersonUuid, ProjectId, ProjectSettings, Seq, Warning};
 
+/// For tests only: the environment variable that makes [`Store::compact_log`] fail (after
+/// its flush and compaction, as a compaction that hit an error would), so that what a failed
+/// compaction answers can be tested without breaking a disk.
+pub const TEST_FAIL_COMPACTION: &str = "IDSTITCH_TEST_FAIL_COMPACTION";
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,6 +38,10 @@ pub enum StoreError {
     /// an unfinished restore, or files but no database. The whole line to show, with what to do.
     #[error("{0}")]
     Refused(String),
+    /// Reclaiming disk space failed ([`Store::compact_log`]): what was written is intact, but
+    /// bytes meant to leave the disk may still be there. Says which and why.
+    #[error("{0}")]
+    Reclaim(String),
 }
 
 impl StoreError {
@@ -41,7 +50,7 @@ impl StoreError {
         match self {
             StoreError::Rocks(e) => e.kind() == rocksdb::ErrorKind::Corruption,
             StoreError::Codec { .. } | StoreError::Corrupt(_) => true,
-            StoreError::Refused(_) => false,
+            StoreError::Refused(_) | StoreError::Reclaim(_) => false,
         }
     }
 }
@@ -804,19 +813,58 @@ impl Store {
 
     /// Flush memtables and compact the log, so that bytes of redacted (deleted) events and
     /// obsolete WAL files leave the disk. Costs a full rewrite of the log's SST files.
+    ///
+    /// An error means those bytes may still be on disk, not that anything written is lost:
+    /// the flush failed, RocksDB counted a background error while compacting (its manual
+    /// compaction reports none to the caller), or obsolete write-ahead log files were not all
+    /// archived and removed. [`TEST_FAIL_COMPACTION`] makes it fail, for the tests.
     pub fn compact_log(&self) -> Result<(), StoreError> {
+        let errors = || -> Result<u64, StoreError> {
+            Ok(self
+                .db
+                .property_int_value("rocksdb.background-errors")?
+                .unwrap_or(0))
+        };
+        let before = errors()?;
         self.db.flush()?;
         self.db
             .compact_range_cf(self.cf("log"), None::<&[u8]>, None::<&[u8]>);
         self.db
             .compact_range_cf(self.cf("evdid"), None::<&[u8]>, None::<&[u8]>);
+        let after = errors()?;
+        if after > before {
+            return Err(StoreError::Reclaim(format!(
+                "RocksDB reported {} background error(s) while compacting the log (see the LOG \
+                 file in {})",
+                after - before,
+                self.db.path().display()
+            )));
+        }
+        if std::env::var_os(TEST_FAIL_COMPACTION).is_some() {
+            return Err(StoreError::Reclaim(format!(
+                "{TEST_FAIL_COMPACTION} is set: the compaction is made to fail"
+            )));
+        }
         let keep = self
             .db
             .property_int_value("rocksdb.min-log-number-to-keep")?
             .unwrap_or(0);
-        wal::wait_archived(self.db.path(), keep, std::time::Duration::from_secs(5));
+        let patience = std::time::Duration::from_secs(5);
+        if !wal::wait_archived(self.db.path(), keep, patience) {
+            return Err(StoreError::Reclaim(format!(
+                "RocksDB did not archive the obsolete write-ahead log files of {} within {} s",
+                self.db.path().display(),
+                patience.as_secs()
+            )));
+        }
         let _held = self.hold_wal_archive();
         wal::purge(self.db.path());
+        if let Some(left) = wal::archived_below(self.db.path(), keep).first() {
+            return Err(StoreError::Reclaim(format!(
+                "the obsolete write-ahead log file {} could not be removed",
+                left.display()
+            )));
+        }
         Ok(())
     }
 

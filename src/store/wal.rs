@@ -50,20 +50,34 @@ pub fn purge(data_dir: &Path) -> usize {
 /// Wait until RocksDB has moved every write-ahead log file numbered below `keep` (its
 /// `rocksdb.min-log-number-to-keep`: the files no memtable needs any more) out of `data_dir`
 /// into the archive, which it does just after a flush; at most `patience`. Then [`purge`]
-/// can remove them all.
-pub fn wait_archived(data_dir: &Path, keep: u64, patience: Duration) {
+/// can remove them all. Whether none is left in `data_dir`.
+pub fn wait_archived(data_dir: &Path, keep: u64, patience: Duration) -> bool {
     let deadline = std::time::Instant::now() + patience;
-    let obsolete_left = || {
-        logs_in(data_dir).any(|p| {
-            p.file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok())
-                .is_some_and(|n| n < keep)
-        })
-    };
-    while obsolete_left() && std::time::Instant::now() < deadline {
+    let obsolete_left = || logs_in(data_dir).any(|p| numbered_below(&p, keep));
+    while obsolete_left() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    true
+}
+
+/// The archived write-ahead log files of `data_dir` numbered below `keep`: those [`purge`]
+/// should have removed, which RocksDB archived before `keep` was read (files it archives
+/// later have higher numbers).
+pub fn archived_below(data_dir: &Path, keep: u64) -> Vec<PathBuf> {
+    logs_in(&archive_dir(data_dir))
+        .filter(|p| numbered_below(p, keep))
+        .collect()
+}
+
+/// Whether the log file `p` (`NNNNNN.log`) is numbered below `keep`.
+fn numbered_below(p: &Path, keep: u64) -> bool {
+    p.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|n| n < keep)
 }
 
 /// The `*.log` files directly in `dir`.

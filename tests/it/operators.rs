@@ -172,6 +172,47 @@ fn split_gives_each_id_its_own_person_and_its_events() {
     d.assert_verifies();
 }
 
+/// A 204 to a deletion with its events promises their bytes left the disk: when the compaction
+/// that removes them fails, the answer is a server error that says the deletion itself holds
+/// and how the bytes go, and the deletion is still durable.
+#[test]
+fn a_deletion_whose_compaction_fails_is_not_answered_204_but_stays_deleted() {
+    let mut d = Daemon::start_with_env(&[("IDSTITCH_TEST_FAIL_COMPACTION", "1")]);
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    let r = d.request(
+        "DELETE",
+        &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
+        &[],
+        Vec::new(),
+    );
+    let body = r.json();
+    assert_eq!(r.status, 500, "{body}");
+    assert_eq!(body["type"], "server_error", "{body}");
+    assert_eq!(body["code"], "compaction_failed", "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    for says in [
+        uuid.as_str(),
+        "deleted (durable",
+        "IDSTITCH_TEST_FAIL_COMPACTION",
+        "delete_events=true",
+    ] {
+        assert!(detail.contains(says), "does not say {says:?}: {detail}");
+    }
+    d.restart();
+    assert!(d.person(T, "user").is_none() && d.person(T, "anon").is_none());
+    assert_eq!(
+        d.get(&format!("/api/projects/{T}/persons/{uuid}/")).status,
+        404
+    );
+    assert!(d
+        .get(&format!("/api/projects/{T}/events/?distinct_id=anon"))
+        .json()["results"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
 #[test]
 fn a_deleted_person_disappears_and_a_later_event_starts_a_fresh_person() {
     let mut d = Daemon::start();

@@ -21,6 +21,8 @@ pub struct Daemon {
     /// `host:port` when started with TCP.
     pub http: Option<String>,
     extra: Vec<String>,
+    /// Extra environment variables of `serve` (the tests' fault hooks).
+    env: Vec<(String, String)>,
     /// Where its stderr goes (the terminal when `None`).
     log: Option<PathBuf>,
     child: Option<Child>,
@@ -51,6 +53,19 @@ impl Daemon {
         d
     }
 
+    /// A daemon on a fresh temp dir with extra environment variables (kept across restarts).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut d = Daemon::unstarted(&tmp.path().join("store"), &[], None);
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d._tmp = Some(tmp);
+        d.spawn();
+        d
+    }
+
     /// A daemon on a given data dir (not removed afterwards).
     pub fn on(dir: &Path, extra: &[&str]) -> Daemon {
         Daemon::on_logged(dir, extra, None)
@@ -58,6 +73,12 @@ impl Daemon {
 
     /// [`Daemon::on`], with its stderr appended to `log` (info level) when given.
     pub fn on_logged(dir: &Path, extra: &[&str], log: Option<&Path>) -> Daemon {
+        let mut d = Daemon::unstarted(dir, extra, log);
+        d.spawn();
+        d
+    }
+
+    fn unstarted(dir: &Path, extra: &[&str], log: Option<&Path>) -> Daemon {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -67,6 +88,7 @@ impl Daemon {
             dir: dir.to_path_buf(),
             http: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             log: log.map(Path::to_path_buf),
             child: None,
             rt,
@@ -75,7 +97,6 @@ impl Daemon {
         if let Some(i) = d.extra.iter().position(|a| a == "--http") {
             d.http = d.extra.get(i + 1).cloned();
         }
-        d.spawn();
         d
     }
 
@@ -98,6 +119,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", level)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
