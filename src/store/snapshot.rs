@@ -651,13 +651,16 @@ pub struct RestoreOptions {
 /// With `opts.full_verify`, the whole [`verify`] runs first ([`Phase::Checksum`],
 /// [`Phase::Replay`]). With `opts.as_of`, the log is cut there and derived state rebuilt
 /// ([`Phase::AsOfReplay`]). `progress(phase, done, total)` is told the phases in that order,
-/// [`Phase::Copy`] always.
+/// [`Phase::Copy`] always. A second restore into the same data dir while one runs is
+/// refused at once ([`RestoreLock`]), as is the data dir of a running daemon.
 pub fn restore(
     snapshot: &Path,
     data_dir: &Path,
     opts: RestoreOptions,
     mut progress: impl FnMut(Phase, u64, u64),
 ) -> Result<Restored, SnapshotError> {
+    // Held until the restore returns: a second restore into the same dir is refused at once.
+    let _lock = RestoreLock::take(data_dir, snapshot)?;
     let m = if opts.full_verify {
         verify(snapshot, &mut progress)?
     } else {
@@ -669,6 +672,14 @@ pub fn restore(
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
     let unfinished = data_dir.join(RESTORE_MARKER).symlink_metadata().is_ok();
+    // Before the refusal of a non-empty dir, whose advice (`--force`) would not help.
+    if non_empty && rocksdb_lock_held(data_dir)? {
+        return Err(SnapshotError::Refused(format!(
+            "{} is in use: a running process (an idstitch daemon?) has its database open; \
+             stop it, then restore",
+            data_dir.display()
+        )));
+    }
     if non_empty && !opts.force {
         return Err(SnapshotError::Refused(if unfinished {
             format!(
@@ -681,13 +692,6 @@ pub fn restore(
                 data_dir.display()
             )
         }));
-    }
-    if non_empty && rocksdb_lock_held(data_dir)? {
-        return Err(SnapshotError::Refused(format!(
-            "{} is in use: a running process (an idstitch daemon?) has its database open; \
-             stop it, then restore",
-            data_dir.display()
-        )));
     }
     let note = format!(
         "restore of {} started at {}",
@@ -862,6 +866,77 @@ fn exchange(a: &Path, b: &Path) -> Result<(), SnapshotError> {
     )))
 }
 
+/// An exclusive advisory lock (`flock`) on `<data dir>.restore-lock`, beside the data dir and
+/// not in it (a forced restore swaps the dir itself away), held for a whole [`restore`]: two
+/// restores into one data dir would otherwise clear, copy and swap over each other. The file
+/// says which restore holds it (snapshot, pid, start time), for the one refused; it stays
+/// when the restore ends (removing it would let a third restore lock a new file while a
+/// second still waits on the old one). The kernel drops the lock with the process, also when
+/// it is killed.
+struct RestoreLock {
+    _file: fs::File,
+}
+
+impl RestoreLock {
+    /// The path of the lock file of `data_dir`.
+    fn path(data_dir: &Path) -> Result<PathBuf, SnapshotError> {
+        let name = data_dir.file_name().ok_or_else(|| {
+            SnapshotError::Refused(format!(
+                "{} does not name a directory to restore into: give the data dir's own path",
+                data_dir.display()
+            ))
+        })?;
+        let mut name = name.to_os_string();
+        name.push(".restore-lock");
+        Ok(parent_dir(data_dir).join(name))
+    }
+
+    /// Take the lock, or refuse at once, naming the restore that holds it.
+    fn take(data_dir: &Path, snapshot: &Path) -> Result<RestoreLock, SnapshotError> {
+        use std::os::fd::AsRawFd;
+        let path = Self::path(data_dir)?;
+        let parent = parent_dir(data_dir);
+        fs::create_dir_all(&parent).map_err(|e| io("cannot create", &parent, e))?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io("cannot open the restore lock", &path, e))?;
+        // SAFETY: `flock` on the descriptor `file` owns, open for the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io("cannot lock", &path, e));
+            }
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "one that has not said which yet".to_string(),
+                h => h.to_string(),
+            };
+            return Err(SnapshotError::Refused(format!(
+                "another restore into {} is running ({holder}; it holds {}): wait for it to end, \
+                 or stop it, then restore again",
+                data_dir.display(),
+                path.display()
+            )));
+        }
+        let note = format!(
+            "restore of {} by pid {} started at {}\n",
+            snapshot.display(),
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        // Only the note: nobody waits for it to be durable.
+        file.set_len(0)
+            .and_then(|()| file.write_all(note.as_bytes()))
+            .map_err(|e| io("cannot write", &path, e))?;
+        Ok(RestoreLock { _file: file })
+    }
+}
+
 /// Whether another process holds RocksDB's lock on the database in `dir`: RocksDB takes a POSIX
 /// record lock (`fcntl` `F_SETLK`, write) on `dir/LOCK` for as long as the database is open,
 /// and such a lock held by another process makes ours fail at once. No `LOCK` file, no
@@ -900,11 +975,26 @@ fn rocksdb_lock_held(dir: &Path) -> Result<bool, SnapshotError> {
 /// an `--as-of` cut), `after-cut` once the log is cut and before derived state is rebuilt.
 pub const TEST_ABORT_RESTORE: &str = "IDSTITCH_TEST_ABORT_RESTORE";
 
-/// Abort the process if [`TEST_ABORT_RESTORE`] names `point`.
+/// For tests only: the environment variable that makes [`restore`] pause at one point (the
+/// points of [`TEST_ABORT_RESTORE`]) until its stdin ends, so that a test can act while a
+/// restore is under way (it reads the line the restore prints on stderr there).
+pub const TEST_PAUSE_RESTORE: &str = "IDSTITCH_TEST_PAUSE_RESTORE";
+
+/// Abort the process if [`TEST_ABORT_RESTORE`] names `point`; pause there if
+/// [`TEST_PAUSE_RESTORE`] does.
 fn test_abort(point: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let at = AT.get_or_init(|| std::env::var(TEST_ABORT_RESTORE).ok());
-    if at.as_deref() == Some(point) {
+    static AT: std::sync::OnceLock<(Option<String>, Option<String>)> = std::sync::OnceLock::new();
+    let (abort, pause) = AT.get_or_init(|| {
+        (
+            std::env::var(TEST_ABORT_RESTORE).ok(),
+            std::env::var(TEST_PAUSE_RESTORE).ok(),
+        )
+    });
+    if pause.as_deref() == Some(point) {
+        eprintln!("idstitch: {TEST_PAUSE_RESTORE}={point}: paused until stdin ends");
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    }
+    if abort.as_deref() == Some(point) {
         eprintln!("idstitch: {TEST_ABORT_RESTORE}={point}: aborting the restore here");
         std::process::abort();
     }

@@ -371,6 +371,12 @@ fn restore_refuses_the_data_dir_of_a_running_daemon_even_when_forced() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("in use"), "says why: {stderr}");
+    // Unforced, it says the same: not that the dir is merely non-empty (`--force` would not
+    // help).
+    let out = idstitch(&["snapshot", "restore", s(&snap), "--data-dir", s(&live.dir)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use"), "says why: {stderr}");
     // Nothing moved: the daemon goes on, on its own data.
     live.capture(T, json!([{"event": "e", "distinct_id": "after"}]));
     assert!(live.person(T, "live").is_some() && live.person(T, "after").is_some());
@@ -645,6 +651,68 @@ fn snapshot_of_persons(tmp: &std::path::Path, n: usize) -> (std::path::PathBuf, 
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
     (snap, manifest)
+}
+
+/// Two restores into one data dir at once would clear and copy over each other: while one
+/// runs (paused by the test hook, after its first file), a second, even forced, is refused at
+/// once with exit 1 and one line naming the first; the first then completes.
+#[test]
+fn a_second_restore_into_the_same_data_dir_is_refused_while_the_first_runs() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, _) = snapshot_of_persons(tmp.path(), 3);
+    let target = tmp.path().join("r");
+    let mut first = Command::new(bin())
+        .args(["snapshot", "restore", s(&snap), "--data-dir", s(&target)])
+        .env("IDSTITCH_TEST_PAUSE_RESTORE", "files:1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the first restore");
+    let mut stderr = BufReader::new(first.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("paused") {
+        line.clear();
+        let n = stderr.read_line(&mut line).unwrap();
+        assert!(
+            n > 0,
+            "the first restore ended without pausing: {:?}",
+            first.wait()
+        );
+    }
+    for force in [false, true] {
+        let mut args = vec!["snapshot", "restore", s(&snap), "--data-dir", s(&target)];
+        if force {
+            args.push("--force");
+        }
+        let out = idstitch(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "force {force}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        let pid = format!("pid {}", first.id());
+        for says in ["another restore", s(&snap), pid.as_str()] {
+            assert!(
+                err.contains(says),
+                "force {force}: does not say {says:?}: {err}"
+            );
+        }
+    }
+    drop(first.stdin.take());
+    let status = first.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "the first restore failed: {rest}");
+    let aside = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().contains("before-restore")
+        })
+        .count();
+    assert_eq!(aside, 0, "the refused restore moved something aside");
+    let r = Daemon::on(&target, &[]);
+    assert_eq!(r.all_persons(T).len(), 3);
 }
 
 /// A restore killed part-way through its copy leaves a data dir that every command refuses
