@@ -757,19 +757,73 @@ const REBUILT_CFS: [&str; 14] = [
 /// Differences named per column family before the rest are only counted.
 const SHOWN_PER_FAMILY: usize = 5;
 
+/// The start of the name of a scratch store's directory, followed by the pid of its verify.
+const SCRATCH_PREFIX: &str = "idstitch-verify-";
+
 /// A directory for the scratch store of one verify, removed when dropped (also on an error or
-/// a panic; not when the process is killed: its name says whose it was).
+/// a panic; not when the process is killed: its name says whose it was, and the next verify
+/// removes it, [`remove_dead_scratch_dirs`]).
 struct ScratchDir(std::path::PathBuf);
+
+/// Remove the scratch stores in `tmp` that verifies killed before they ended left behind:
+/// those whose pid (in the name) is no longer running, as `/proc/<pid>` says. Those of a
+/// running process stay, as does anything else. Nothing is removed without a `/proc` to ask
+/// (it could not tell a running verify from a dead one). Each removal is logged; the paths
+/// removed.
+pub fn remove_dead_scratch_dirs(tmp: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let proc = std::path::Path::new("/proc");
+    if !proc.join("self").exists() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
+        if !is_dir || pid == 0 || proc.join(pid.to_string()).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(
+                    path = %path.display(),
+                    pid,
+                    "Removed the scratch store a verify left when it was killed (its process is gone)."
+                );
+                removed.push(path);
+            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                pid,
+                error = %e,
+                "Cannot remove the scratch store a killed verify left; remove it by hand."
+            ),
+        }
+    }
+    removed
+}
 
 impl ScratchDir {
     fn new() -> Result<ScratchDir, StoreError> {
+        remove_dead_scratch_dirs(&std::env::temp_dir());
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let dir = std::env::temp_dir().join(format!(
-            "idstitch-verify-{}-{n}-{nanos:08x}",
+            "{SCRATCH_PREFIX}{}-{n}-{nanos:08x}",
             std::process::id()
         ));
         std::fs::create_dir(&dir).map_err(|e| {

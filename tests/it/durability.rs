@@ -259,6 +259,56 @@ fn verify_after(d: &Daemon, tamper: impl FnOnce(&idstitch::store::Store)) -> (i3
     )
 }
 
+/// A verify killed by a signal leaves its scratch store; the next `verify --derived` removes
+/// those of processes that are gone, and only those, and says so.
+#[test]
+fn verify_derived_removes_the_scratch_stores_of_dead_verifies_only() {
+    let mut d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "alice"}]));
+    d.terminate();
+    let tmp = tempfile::tempdir().unwrap();
+    // A pid that was running and is no longer: a child, waited for.
+    let mut child = Command::new("true").spawn().expect("run true");
+    let dead = child.id();
+    child.wait().unwrap();
+    let leftover = |pid: &str| {
+        let dir = tmp.path().join(format!("idstitch-verify-{pid}-0-0badf00d"));
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::write(dir.join("db").join("000001.sst"), b"scratch").unwrap();
+        dir
+    };
+    let dead_dir = leftover(&dead.to_string());
+    let live_dir = leftover(&std::process::id().to_string());
+    let not_a_pid = leftover("x");
+    let out = Command::new(bin())
+        .args(["verify", "--derived", "--data-dir"])
+        .arg(&d.dir)
+        .env("TMPDIR", tmp.path())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!dead_dir.exists(), "the dead verify's scratch store stayed");
+    assert!(
+        live_dir.exists(),
+        "a running process's scratch store was removed"
+    );
+    assert!(not_a_pid.exists(), "a dir without a pid was removed");
+    assert!(
+        stderr.contains(dead_dir.to_str().unwrap()) && stderr.contains("Removed"),
+        "the removal is not logged: {stderr}"
+    );
+    assert!(!stderr.contains(live_dir.to_str().unwrap()), "{stderr}");
+    // This verify's own scratch store is gone too, as it ended.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
 #[test]
 fn verify_names_each_kind_of_difference_and_exits_1() {
     use idstitch::domain::{person_uuid, ProjectId};
