@@ -11,7 +11,7 @@ use super::server::{ConnLimits, InflightBodies, NoRoom};
 use super::{engine_error, error, AppState};
 use crate::actors::{IngestItem, ItemOutcome};
 use crate::domain::normalize::event_token;
-use crate::domain::{normalize_wire, ProjectId, WireEvent};
+use crate::domain::{normalize_wire, ProjectId, Rejection, WireEvent};
 use crate::metrics::Metrics;
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -48,13 +48,20 @@ pub const MAX_TOKEN_BYTES: usize = 200;
 
 /// The project token of every event, or why the request is refused (its error code and
 /// detail): a request with an event that names no usable project is refused whole (api.md),
-/// so this runs before any project is created.
+/// so this runs before any project is created. An item that is not an event object has no
+/// token to look for and needs no project (`None`): it is an event-level problem, rejected
+/// alone by [`normalize_wire`], wherever it is in the array and whether or not the request
+/// has an `api_key`.
 fn tokens_of(
     api_key: Option<&str>,
     events: &[WireEvent],
-) -> Result<Vec<String>, (&'static str, String)> {
+) -> Result<Vec<Option<String>>, (&'static str, String)> {
     let mut tokens = Vec::with_capacity(events.len());
     for (i, ev) in events.iter().enumerate() {
+        if ev.fields().is_none() {
+            tokens.push(None);
+            continue;
+        }
         let Some(token) = event_token(api_key, ev) else {
             return Err((
                 "no_token",
@@ -67,7 +74,7 @@ fn tokens_of(
                 format!("event {i}'s project token is not one: use at most {MAX_TOKEN_BYTES} bytes and no control characters"),
             ));
         }
-        tokens.push(token);
+        tokens.push(Some(token));
     }
     Ok(tokens)
 }
@@ -87,6 +94,12 @@ async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -
         Err((code, detail)) => return error(StatusCode::BAD_REQUEST, code, detail),
     };
     for ((i, ev), token) in events.into_iter().enumerate().zip(tokens) {
+        let Some(token) = token else {
+            // Not an event object ([`tokens_of`]): rejected, with no project to resolve.
+            Metrics::inc(&st.engine.metrics().events_rejected, "invalid_event");
+            rejected.push((i, Rejection::NotAnObject.to_string()));
+            continue;
+        };
         let project = match project_of(st, &token).await {
             Ok(Some(p)) => p,
             Ok(None) => {

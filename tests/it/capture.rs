@@ -260,6 +260,58 @@ fn a_bad_event_is_rejected_alone_and_its_neighbours_are_stored() {
     assert!(d.person(T, "before").is_some() && d.person(T, "after").is_some());
 }
 
+/// An item of a top-level array that is not an event object is an event-level problem, as
+/// in an envelope's batch: rejected alone, with its index and what is wrong, wherever it is
+/// (not a request-wide `no_token` because the item carries no token).
+#[test]
+fn an_array_item_that_is_not_an_object_is_rejected_alone_wherever_it_is() {
+    let d = Daemon::start();
+    let with_token =
+        |did: &str| json!({"event": "e", "distinct_id": did, "properties": {"token": T}});
+    let rejected = |body: Value| {
+        let r = d.post("/batch/", &body);
+        let answer = r.json();
+        assert_eq!(r.status, 200, "{body}: {answer}");
+        answer["rejected"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}: nothing rejected: {answer}"))
+            .iter()
+            .map(|r| {
+                let detail = r["detail"].as_str().unwrap();
+                assert!(detail.contains("JSON object"), "{body}: {detail}");
+                r["index"].as_u64().unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rejected(json!([1, with_token("first-after-1")])), vec![0]);
+    assert_eq!(
+        rejected(json!(["x", with_token("after-x"), null])),
+        vec![0, 2]
+    );
+    assert_eq!(rejected(json!([with_token("before-1"), 1])), vec![1]);
+    assert_eq!(rejected(json!(["x"])), vec![0]);
+    // The same as in an envelope.
+    assert_eq!(
+        rejected(json!({"api_key": T, "batch": [1, ev("in-batch", "b1")]})),
+        vec![0]
+    );
+    for did in ["first-after-1", "after-x", "before-1", "in-batch"] {
+        assert!(d.person(T, did).is_some(), "{did} was not stored");
+    }
+    // An object without a token is still refused whole, naming it.
+    let r = d.post(
+        "/batch/",
+        &json!([1, {"event": "e", "distinct_id": "no-token"}]),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "no_token");
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("event 1"),
+        "{}",
+        r.json()
+    );
+}
+
 #[test]
 fn a_redelivered_event_uuid_is_acknowledged_and_stored_once() {
     let d = Daemon::start();
