@@ -707,7 +707,14 @@ pub fn restore(
         (None, Undo::LeaveMarked)
     } else if non_empty {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
-        let old = PathBuf::from(format!("{}.before-restore-{stamp}", data_dir.display()));
+        // Named beside the data dir from its own name: text appended to `dst/` would name a
+        // path inside it.
+        let mut name = data_dir
+            .file_name()
+            .unwrap_or(data_dir.as_os_str())
+            .to_os_string();
+        name.push(format!(".before-restore-{stamp}"));
+        let old = parent.join(name);
         fs::create_dir(&old).map_err(|e| io("cannot create", &old, e))?;
         let swapped = write_marker(&old, &note)
             .and_then(|()| fsync_dir(&parent))

@@ -346,6 +346,36 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
         .collect();
     assert_eq!(aside.len(), 1, "the old contents were kept aside");
     assert!(aside[0].path().join("keep.txt").exists());
+
+    // The same, with the data dir written with a trailing slash (as shells complete it): the
+    // old contents go beside it, not into a path inside it.
+    let slashed = tmp.path().join("slashed");
+    std::fs::create_dir_all(&slashed).unwrap();
+    std::fs::write(slashed.join("keep.txt"), "old").unwrap();
+    let with_slash = format!("{}/", s(&slashed));
+    succeeds(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        &with_slash,
+        "--force",
+    ]);
+    let aside: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("slashed.before-restore")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the old contents were kept beside the dir");
+    assert!(aside[0].path().join("keep.txt").exists());
+    assert!(
+        slashed.join("CURRENT").exists(),
+        "the snapshot was restored"
+    );
 }
 
 /// `--force` moves a data dir aside; a running daemon's dir is refused instead, or the daemon
