@@ -9,17 +9,7 @@ use crate::support::{bin, dids, free_port, Daemon};
 
 /// `idstitch ingest FILE ARGS --socket S`, FILE holding `text`.
 fn ingest_file(d: &Daemon, text: &str, args: &[&str]) -> std::process::Output {
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("events.ndjson");
-    std::fs::write(&file, text).unwrap();
-    Command::new(bin())
-        .arg("ingest")
-        .arg(&file)
-        .args(args)
-        .arg("--socket")
-        .arg(&d.socket)
-        .output()
-        .unwrap()
+    ingest_into(&d.socket, text, args)
 }
 
 #[test]
@@ -463,6 +453,7 @@ impl FakeDaemon {
     }
 }
 
+/// `idstitch ingest FILE ARGS --socket SOCKET`, FILE holding `text`.
 fn ingest_into(socket: &std::path::Path, text: &str, args: &[&str]) -> std::process::Output {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("events.ndjson");

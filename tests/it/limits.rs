@@ -136,17 +136,24 @@ fn an_event_with_more_than_max_properties_is_a_400_and_applies_nothing() {
     assert_eq!(d.person(T, "ok").expect("ok")["properties"]["x"], 1);
 }
 
+/// A connection that sent 60 KiB of a 70 KiB body and stops: it holds that much of the
+/// in-flight budget until the body timeout cuts it off.
+fn slow_body_holding_60_kib(d: &Daemon) -> UnixStream {
+    let mut slow = UnixStream::connect(&d.socket).expect("connect");
+    slow.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 71680\r\n\r\n[")
+        .expect("write");
+    slow.write_all(&vec![b' '; 61_440]).expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    slow
+}
+
 #[test]
 fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_waits() {
     // Room for 64 KiB of bodies at once, counted as they arrive. A slow client sends 60 KiB of
     // a 70 KiB body and stops, holding that room until the body timeout (1 s) cuts it off; a
     // 10 KiB request sent meanwhile has to wait for it, then succeeds.
     let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "1"]);
-    let mut slow = UnixStream::connect(&d.socket).expect("connect");
-    slow.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 71680\r\n\r\n[")
-        .expect("write");
-    slow.write_all(&vec![b' '; 61_440]).expect("write");
-    std::thread::sleep(Duration::from_millis(200));
+    let slow = slow_body_holding_60_kib(&d);
     let started = Instant::now();
     let pad = "x".repeat(10_000);
     d.capture(
@@ -193,11 +200,7 @@ fn a_compressed_body_is_charged_its_decoded_bytes() {
 
     // A slow client holds 60 KiB for the body timeout (1 s); a gzip of ~1 KB that inflates
     // to 20 KiB fits as received but not as decoded, so it waits for that room, then succeeds.
-    let mut slow = UnixStream::connect(&d.socket).expect("connect");
-    slow.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 71680\r\n\r\n[")
-        .expect("write");
-    slow.write_all(&vec![b' '; 61_440]).expect("write");
-    std::thread::sleep(Duration::from_millis(200));
+    let slow = slow_body_holding_60_kib(&d);
     let started = Instant::now();
     let r = d.request(
         "POST",

@@ -180,12 +180,7 @@ fn a_deletion_whose_compaction_fails_is_not_answered_204_but_stays_deleted() {
     let mut d = Daemon::start_with_env(&[("IDSTITCH_TEST_FAIL_COMPACTION", "1")]);
     let p = merged(&d);
     let uuid = p["uuid"].as_str().unwrap().to_string();
-    let r = d.request(
-        "DELETE",
-        &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
-        &[],
-        Vec::new(),
-    );
+    let r = delete_person_and_events(&d, &uuid);
     let body = r.json();
     assert_eq!(r.status, 500, "{body}");
     assert_eq!(body["type"], "server_error", "{body}");
@@ -200,6 +195,22 @@ fn a_deletion_whose_compaction_fails_is_not_answered_204_but_stays_deleted() {
         assert!(detail.contains(says), "does not say {says:?}: {detail}");
     }
     d.restart();
+    assert_deleted_with_events(&d, &uuid);
+}
+
+/// `DELETE` of person `uuid` with its events.
+fn delete_person_and_events(d: &Daemon, uuid: &str) -> idstitch::cli::client::Response {
+    d.request(
+        "DELETE",
+        &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
+        &[],
+        Vec::new(),
+    )
+}
+
+/// [`merged`]'s person, deleted with its events: found by neither ID nor its uuid, and the
+/// anonymous ID's events gone.
+fn assert_deleted_with_events(d: &Daemon, uuid: &str) {
     assert!(d.person(T, "user").is_none() && d.person(T, "anon").is_none());
     assert_eq!(
         d.get(&format!("/api/projects/{T}/persons/{uuid}/")).status,
@@ -218,25 +229,9 @@ fn a_deleted_person_disappears_and_a_later_event_starts_a_fresh_person() {
     let mut d = Daemon::start();
     let p = merged(&d);
     let uuid = p["uuid"].as_str().unwrap().to_string();
-    let r = d.request(
-        "DELETE",
-        &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
-        &[],
-        Vec::new(),
-    );
-    assert_eq!(r.status, 204);
+    assert_eq!(delete_person_and_events(&d, &uuid).status, 204);
     let gone = |d: &Daemon| {
-        assert!(d.person(T, "user").is_none() && d.person(T, "anon").is_none());
-        assert_eq!(
-            d.get(&format!("/api/projects/{T}/persons/{uuid}/")).status,
-            404
-        );
-        assert!(d
-            .get(&format!("/api/projects/{T}/events/?distinct_id=anon"))
-            .json()["results"]
-            .as_array()
-            .unwrap()
-            .is_empty());
+        assert_deleted_with_events(d, &uuid);
         assert!(d.all_persons(T).is_empty());
     };
     gone(&d);

@@ -335,17 +335,22 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
         s(&target),
         "--force",
     ]);
-    let aside: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("busy.before-restore")
-        })
-        .collect();
+    // Where `--force` put a dir's old contents: beside it, named after it.
+    let kept_aside = |name: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}.before-restore"))
+            })
+            .map(|e| e.path())
+            .collect()
+    };
+    let aside = kept_aside("busy");
     assert_eq!(aside.len(), 1, "the old contents were kept aside");
-    assert!(aside[0].path().join("keep.txt").exists());
+    assert!(aside[0].join("keep.txt").exists());
 
     // The same, with the data dir written with a trailing slash (as shells complete it): the
     // old contents go beside it, not into a path inside it.
@@ -361,17 +366,9 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
         &with_slash,
         "--force",
     ]);
-    let aside: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("slashed.before-restore")
-        })
-        .collect();
+    let aside = kept_aside("slashed");
     assert_eq!(aside.len(), 1, "the old contents were kept beside the dir");
-    assert!(aside[0].path().join("keep.txt").exists());
+    assert!(aside[0].join("keep.txt").exists());
     assert!(
         slashed.join("CURRENT").exists(),
         "the snapshot was restored"
