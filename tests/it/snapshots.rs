@@ -1,5 +1,6 @@
 //! Snapshot create / verify / restore, including point-in-time restore.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::{json, Value};
@@ -310,6 +311,20 @@ fn an_online_snapshot_into_the_default_snapshot_dir_is_taken() {
     );
 }
 
+/// The dirs in `parent` where `restore --force` put the old contents of a data dir whose
+/// name starts with `name` (any, for ""): `<name>.before-restore-<stamp>`.
+fn kept_aside(parent: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.starts_with(name) && file.contains(".before-restore")
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 #[test]
 fn restore_refuses_a_non_empty_dir_unless_forced() {
     let tmp = tempfile::tempdir().unwrap();
@@ -335,20 +350,7 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
         s(&target),
         "--force",
     ]);
-    // Where `--force` put a dir's old contents: beside it, named after it.
-    let kept_aside = |name: &str| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(tmp.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{name}.before-restore"))
-            })
-            .map(|e| e.path())
-            .collect()
-    };
-    let aside = kept_aside("busy");
+    let aside = kept_aside(tmp.path(), "busy");
     assert_eq!(aside.len(), 1, "the old contents were kept aside");
     assert!(aside[0].join("keep.txt").exists());
 
@@ -366,7 +368,7 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
         &with_slash,
         "--force",
     ]);
-    let aside = kept_aside("slashed");
+    let aside = kept_aside(tmp.path(), "slashed");
     assert_eq!(aside.len(), 1, "the old contents were kept beside the dir");
     assert!(aside[0].join("keep.txt").exists());
     assert!(
@@ -730,14 +732,11 @@ fn a_second_restore_into_the_same_data_dir_is_refused_while_the_first_runs() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(status.success(), "the first restore failed: {rest}");
-    let aside = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            name.to_string_lossy().contains("before-restore")
-        })
-        .count();
-    assert_eq!(aside, 0, "the refused restore moved something aside");
+    let aside = kept_aside(tmp.path(), "");
+    assert!(
+        aside.is_empty(),
+        "the refused restore moved {aside:?} aside"
+    );
     let r = Daemon::on(&target, &[]);
     assert_eq!(r.all_persons(T).len(), 3);
 }
@@ -777,14 +776,11 @@ fn a_restore_killed_while_copying_is_refused_until_it_is_run_again() {
         assert_eq!(r.all_persons(T).len(), 3);
         drop(r);
         // The partial copies are not kept as an old data dir.
-        let aside = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .filter(|e| {
-                let name = e.as_ref().unwrap().file_name();
-                name.to_string_lossy().contains("before-restore")
-            })
-            .count();
-        assert_eq!(aside, 0, "a partial restore was moved aside");
+        let aside = kept_aside(tmp.path(), "");
+        assert!(
+            aside.is_empty(),
+            "a partial restore was moved aside: {aside:?}"
+        );
         std::fs::remove_dir_all(&target).unwrap();
     }
 }
