@@ -6,8 +6,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::decode::{decode_capture, decode_capture_v1, CaptureBody, RawRequest};
-use super::server::{ConnLimits, InflightBodies, NoRoom};
+use super::decode::{decode_capture, decode_capture_v1, CaptureBody, DecodeError, RawRequest};
+use super::server::{Busy, ConnLimits, InflightBodies, Room};
 use super::{engine_error, error, AppState};
 use crate::actors::{IngestItem, ItemOutcome};
 use crate::domain::normalize::event_token;
@@ -147,30 +147,44 @@ async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -
     }
 }
 
-/// Room in the in-flight body budget for what decoding added to a body (its decompressed
-/// bytes beyond those received, which the budget already holds), kept until the answer; or
-/// the answer when there is none: 413 if it could never fit, 503 with `Retry-After` if the
-/// budget stayed full for `--body-timeout`.
-async fn room_for_decoded(
+/// A capture body decoded (by `decode`), and room in the in-flight body budget for what
+/// decoding added to it (its decompressed bytes beyond those received, which the budget holds
+/// already), kept until the answer. Or the answer when there is none: 413 if it decodes to
+/// more than the whole budget; 503 with `Retry-After` if the budget stayed full for
+/// `--body-timeout`. While it waits for room it holds nothing decoded: it decodes again once
+/// the room is its own (only when the budget is full, so rarely).
+async fn decode_in_budget(
     req: &HttpRequest,
     received: usize,
-    decoded: &CaptureBody,
-) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, HttpResponse> {
-    let grown = decoded.decoded_bytes.saturating_sub(received);
+    decode: impl Fn() -> Result<CaptureBody, DecodeError>,
+) -> Result<(CaptureBody, Room), HttpResponse> {
+    let refused = |e: DecodeError| {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        error(status, e.code(), &e)
+    };
+    let decoded = decode().map_err(refused)?;
     let (Some(bodies), Some(limits)) = (
         req.app_data::<web::Data<InflightBodies>>(),
         req.app_data::<web::Data<ConnLimits>>(),
     ) else {
-        return Ok(None);
+        return Ok((decoded, None));
     };
-    match bodies.charge_decoded(grown, limits.body_timeout).await {
-        Ok(room) => Ok(room),
-        Err(NoRoom::OverBudget { budget }) => Err(error(
+    let total = decoded.decoded_bytes;
+    if !bodies.fits(total) {
+        return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("The request body decompresses to {} bytes, more than --max-inflight-body-bytes ({budget}) allows in memory at once; send smaller batches.", decoded.decoded_bytes),
-        )),
-        Err(NoRoom::Busy { waited }) => Err(HttpResponse::ServiceUnavailable()
+            format!("The request body decodes to {total} bytes, more than --max-inflight-body-bytes ({}) allows in memory at once; send smaller batches.", bodies.budget()),
+        ));
+    }
+    let grown = total.saturating_sub(received);
+    if let Some(room) = bodies.try_charge(grown) {
+        return Ok((decoded, room));
+    }
+    drop(decoded);
+    match bodies.charge(grown, limits.body_timeout).await {
+        Ok(room) => Ok((decode().map_err(refused)?, room)),
+        Err(Busy { waited }) => Err(HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", "1"))
             .json(json!({
                 "type": "server_error",
@@ -183,19 +197,10 @@ async fn room_for_decoded(
 /// `POST /batch/`, `/capture/`, `/e/`, `/i/v0/e/`, `/track/`, `/engage/`.
 pub async fn capture(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
-    match decode_capture(&raw(&req, &body), &st.config.limits) {
-        Ok(decoded) => {
-            let _room = match room_for_decoded(&req, body.len(), &decoded).await {
-                Ok(room) => room,
-                Err(refused) => return refused,
-            };
-            ingest(&st, started, decoded, json!({"status": 1})).await
-        }
-        Err(e) => error(
-            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            e.code(),
-            &e,
-        ),
+    let decode = || decode_capture(&raw(&req, &body), &st.config.limits);
+    match decode_in_budget(&req, body.len(), decode).await {
+        Ok((decoded, _room)) => ingest(&st, started, decoded, json!({"status": 1})).await,
+        Err(refused) => refused,
     }
 }
 
@@ -209,19 +214,10 @@ pub async fn capture_v1(
     let bearer = header(&req, "authorization")
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(str::trim);
-    match decode_capture_v1(&raw(&req, &body), bearer, &st.config.limits) {
-        Ok(decoded) => {
-            let _room = match room_for_decoded(&req, body.len(), &decoded).await {
-                Ok(room) => room,
-                Err(refused) => return refused,
-            };
-            ingest(&st, started, decoded, json!({"results": {}})).await
-        }
-        Err(e) => error(
-            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            e.code(),
-            &e,
-        ),
+    let decode = || decode_capture_v1(&raw(&req, &body), bearer, &st.config.limits);
+    match decode_in_budget(&req, body.len(), decode).await {
+        Ok((decoded, _room)) => ingest(&st, started, decoded, json!({"results": {}})).await,
+        Err(refused) => refused,
     }
 }
 

@@ -282,39 +282,60 @@ impl InflightBodies {
     }
 }
 
-/// Why a body's decoded bytes found no room in the in-flight budget.
+/// Why a body's decoded bytes found no room in the in-flight budget: it stayed full for the
+/// whole wait.
 #[derive(Debug, PartialEq, Eq)]
-pub enum NoRoom {
-    /// More than the whole budget: it could never fit.
-    OverBudget { budget: usize },
-    /// The budget stayed full for the whole wait.
-    Busy { waited: Duration },
+pub struct Busy {
+    /// How long it was waited for.
+    pub waited: Duration,
 }
 
+/// Room in the in-flight budget, given back when dropped (`None`: nothing was charged).
+pub type Room = Option<tokio::sync::OwnedSemaphorePermit>;
+
 impl InflightBodies {
-    /// Charges `bytes` more of the budget for a body that grew when it was decoded (a 20 KB
-    /// gzip can inflate to 20 MiB, and its events are held until the request is answered):
-    /// waits up to `wait` for room. The permit is the room, until it is dropped.
-    pub async fn charge_decoded(
-        &self,
-        bytes: usize,
-        wait: Duration,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, NoRoom> {
-        if bytes == 0 {
-            return Ok(None);
+    /// Whether a body of `bytes` could ever be held: the whole budget is at least that.
+    pub fn fits(&self, bytes: usize) -> bool {
+        bytes.div_ceil(1024) <= self.max_kib as usize
+    }
+
+    /// The budget, in bytes.
+    pub fn budget(&self) -> usize {
+        self.max_kib as usize * 1024
+    }
+
+    /// Room for `bytes` more now, or `None` when there is not that much free.
+    pub fn try_charge(&self, bytes: usize) -> Option<Room> {
+        match Self::kib(bytes) {
+            0 => Some(None),
+            kib => self
+                .permits
+                .clone()
+                .try_acquire_many_owned(kib)
+                .ok()
+                .map(Some),
         }
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        if kib > self.max_kib {
-            let budget = self.max_kib as usize * 1024;
-            return Err(NoRoom::OverBudget { budget });
+    }
+
+    /// Room for `bytes` more (a body that grew when it was decoded: a 20 KB gzip can inflate
+    /// to 20 MiB, and its events are held until the request is answered), waiting up to
+    /// `wait` for it. Check [`InflightBodies::fits`] first: more than the budget never comes.
+    pub async fn charge(&self, bytes: usize, wait: Duration) -> Result<Room, Busy> {
+        let kib = Self::kib(bytes);
+        if kib == 0 {
+            return Ok(None);
         }
         let acquire = self.permits.clone().acquire_many_owned(kib);
         match actix_rt::time::timeout(wait, acquire).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
             // The semaphore is never closed; were it, the bytes would go uncharged.
             Ok(Err(_)) => Ok(None),
-            Err(_) => Err(NoRoom::Busy { waited: wait }),
+            Err(_) => Err(Busy { waited: wait }),
         }
+    }
+
+    fn kib(bytes: usize) -> u32 {
+        u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
     }
 }
 
@@ -530,20 +551,21 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn decoded_bytes_wait_for_room_and_are_refused_when_they_never_fit() {
+    async fn decoded_bytes_take_room_now_or_wait_for_it() {
         let bodies = InflightBodies::new(64 * 1024);
         let wait = Duration::from_millis(50);
-        let over = bodies.charge_decoded(64 * 1024 + 1, wait).await;
-        assert_eq!(over.unwrap_err(), NoRoom::OverBudget { budget: 65536 });
-        assert!(bodies.charge_decoded(0, wait).await.unwrap().is_none());
-        let most = bodies.charge_decoded(60 * 1024, wait).await.unwrap();
+        assert!(bodies.fits(64 * 1024) && !bodies.fits(64 * 1024 + 1));
+        assert_eq!(bodies.budget(), 65536);
+        assert!(bodies.try_charge(0).unwrap().is_none());
+        let most = bodies.try_charge(60 * 1024).unwrap();
         assert_eq!(bodies.permits.available_permits(), 4);
-        // 10 KiB more does not fit while `most` is held: the wait runs out.
-        let busy = bodies.charge_decoded(10 * 1024, wait).await;
-        assert_eq!(busy.unwrap_err(), NoRoom::Busy { waited: wait });
+        // 10 KiB more does not fit while `most` is held: not now, and not within the wait.
+        assert!(bodies.try_charge(10 * 1024).is_none());
+        let busy = bodies.charge(10 * 1024, wait).await;
+        assert_eq!(busy.unwrap_err(), Busy { waited: wait });
         // Once `most` is given back, it does.
         drop(most);
-        let room = bodies.charge_decoded(10 * 1024, wait).await.unwrap();
+        let room = bodies.charge(10 * 1024, wait).await.unwrap();
         assert_eq!(bodies.permits.available_permits(), 54);
         drop(room);
         assert_eq!(bodies.permits.available_permits(), 64);
