@@ -176,7 +176,8 @@ fn relative_ms(rel: &str, now_ms: i64) -> Option<Option<i64>> {
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let Ok(n) = n.parse::<u32>() else {
+    // Digits only, so a count that does not parse is one too large for any date.
+    let Ok(n) = n.parse::<i64>() else {
         return Some(None);
     };
     let at = match unit {
@@ -187,11 +188,13 @@ fn relative_ms(rel: &str, now_ms: i64) -> Option<Option<i64>> {
                 Some(n)
             };
             chrono::DateTime::from_timestamp_millis(now_ms)
-                .zip(months)
+                .zip(months.and_then(|m| u32::try_from(m).ok()))
                 .and_then(|(now, m)| now.checked_sub_months(chrono::Months::new(m)))
                 .map(|at| at.timestamp_millis())
         }
-        _ => now_ms.checked_sub(i64::from(n) * seconds * 1000),
+        _ => n
+            .checked_mul(seconds * 1000)
+            .and_then(|ms| now_ms.checked_sub(ms)),
     };
     Some(at.filter(|&at| chrono::DateTime::from_timestamp_millis(at).is_some()))
 }
@@ -899,8 +902,17 @@ mod tests {
             "4294967295y",
             "300000y",
             "9999999999999999999999M",
+            // Counts whose milliseconds overflow an i64 (once wrapped into a later date).
+            "2346197619q",
+            "2346197600q",
+            "9223372036854775807s",
         ] {
             assert_eq!(relative_ms(rel, now), Some(None), "-{rel}");
         }
+        // Far back, but a date: past what a u32 count holds.
+        assert_eq!(
+            relative_ms("5000000000s", now),
+            Some(Some(now - 5_000_000_000_000))
+        );
     }
 }
