@@ -59,7 +59,7 @@ trap cleanup EXIT
 # Persons of a project, following `next` (a fingerprint: ids and versions, sorted).
 persons_of() {
   python3 - "$SOCK" "$1" <<'EOF'
-import json, subprocess, sys, hashlib
+import json, subprocess, sys, hashlib, urllib.parse
 sock, token = sys.argv[1], sys.argv[2]
 path, seen = f"/api/projects/{token}/persons/?limit=1000", []
 while path:
@@ -68,7 +68,8 @@ while path:
     page = json.loads(out)
     seen += [(p["uuid"], sorted(p["distinct_ids"]), json.dumps(p["properties"], sort_keys=True))
              for p in page["results"]]
-    path = page.get("next")
+    nxt = page.get("next")  # an absolute URL: keep its path and query
+    path = nxt and urllib.parse.urlsplit(nxt)._replace(scheme="", netloc="").geturl()
 seen.sort()
 print(len(seen), hashlib.sha256(json.dumps(seen).encode()).hexdigest()[:16])
 EOF

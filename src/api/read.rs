@@ -394,11 +394,21 @@ pub async fn warnings(
 }
 
 /// The URL of another page of the list `req` asked for, with `query` (api.md: `next` is "the
-/// URL of the next page", absolute as PostHog's are): the scheme and host the request came
-/// by (its `Host` header; over the Unix socket, whatever host the client named).
+/// URL of the next page", absolute as PostHog's are): `http://` and the host the request
+/// named in its `Host` header (over the Unix socket, whatever host the client gave). The
+/// daemon speaks plain HTTP and is no proxy's, so `X-Forwarded-*` is not read. A request
+/// without a usable `Host` (HTTP/1.0) gets the path alone, rather than an address nothing
+/// listens on.
 fn page_url(req: &HttpRequest, query: std::fmt::Arguments<'_>) -> String {
-    let info = req.connection_info();
-    format!("{}://{}{}?{query}", info.scheme(), info.host(), req.path())
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']));
+    match host {
+        Some(host) => format!("http://{host}{}?{query}", req.path()),
+        None => format!("{}?{query}", req.path()),
+    }
 }
 
 fn hex_encode(b: &[u8]) -> String {

@@ -225,3 +225,33 @@ fn projects_are_isolated_from_each_other() {
         json!(1)
     );
 }
+
+/// `next` names the host the request named (`Host`), never one a header of a proxy claims
+/// (the daemon is no proxy's), and without a `Host` (HTTP/1.0) it is the path alone rather
+/// than an address nothing listens on.
+#[test]
+fn next_is_on_the_host_asked_or_a_path() {
+    use std::io::{Read, Write};
+    let d = Daemon::start();
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "a"}, {"event": "e", "distinct_id": "b"}]),
+    );
+    let path = format!("/api/projects/{T}/persons/?limit=1");
+    let forwarded = [
+        ("x-forwarded-host", "elsewhere.example"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let r = d.request("GET", &path, &forwarded, Vec::new());
+    let next = r.json()["next"].as_str().unwrap().to_string();
+    assert!(next.starts_with("http://localhost/api/projects/"), "{next}");
+
+    let mut c = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let j: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let next = j["next"].as_str().unwrap();
+    assert!(next.starts_with("/api/projects/"), "{next}");
+}
