@@ -5,7 +5,7 @@
 //! the whole log and compares it with the snapshot's derived state.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -659,6 +659,8 @@ pub fn restore(
     opts: RestoreOptions,
     mut progress: impl FnMut(Phase, u64, u64),
 ) -> Result<Restored, SnapshotError> {
+    // A snapshot path that names none is refused before anything is made or locked.
+    check_layout(snapshot)?;
     // Held until the restore returns: a second restore into the same dir is refused at once.
     let _lock = RestoreLock::take(data_dir, snapshot)?;
     let m = if opts.full_verify {
@@ -885,8 +887,11 @@ struct RestoreLock {
 }
 
 impl RestoreLock {
-    /// The path of the lock file of `data_dir`.
-    fn path(data_dir: &Path) -> Result<PathBuf, SnapshotError> {
+    /// The lock file of `data_dir`, beside it, by real paths (so that two spellings of one
+    /// dir, through a symlink, lock one file), and the dir it is in.
+    fn path(data_dir: &Path) -> Result<(PathBuf, PathBuf), SnapshotError> {
+        let real = data_dir.canonicalize();
+        let data_dir = real.as_deref().unwrap_or(data_dir);
         let name = data_dir.file_name().ok_or_else(|| {
             SnapshotError::Refused(format!(
                 "{} does not name a directory to restore into: give the data dir's own path",
@@ -895,51 +900,71 @@ impl RestoreLock {
         })?;
         let mut name = name.to_os_string();
         name.push(".restore-lock");
-        Ok(parent_dir(data_dir).join(name))
-    }
-
-    /// Take the lock, or refuse at once, naming the restore that holds it.
-    fn take(data_dir: &Path, snapshot: &Path) -> Result<RestoreLock, SnapshotError> {
-        use std::os::fd::AsRawFd;
-        let path = Self::path(data_dir)?;
         let parent = parent_dir(data_dir);
         fs::create_dir_all(&parent).map_err(|e| io("cannot create", &parent, e))?;
-        let mut file = fs::OpenOptions::new()
+        let parent = parent.canonicalize().unwrap_or(parent);
+        Ok((parent.join(name), parent))
+    }
+
+    /// Take the lock, or refuse at once, naming the restore that holds it. Where the lock file
+    /// cannot be made (a parent the user may not write, as in /var/lib layouts, restoring into
+    /// an existing empty dir), the parent directory itself is locked instead: restores into
+    /// its dirs then go one at a time.
+    fn take(data_dir: &Path, snapshot: &Path) -> Result<RestoreLock, SnapshotError> {
+        use std::os::fd::AsRawFd;
+        let (path, parent) = Self::path(data_dir)?;
+        let opened = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(|e| io("cannot open the restore lock", &path, e))?;
+            .open(&path);
+        let (mut file, locked, noted) = match opened {
+            Ok(file) => (file, path, true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                let dir = fs::File::open(&parent).map_err(|e| io("cannot open", &parent, e))?;
+                (dir, parent, false)
+            }
+            Err(e) => return Err(io("cannot open the restore lock", &path, e)),
+        };
         // SAFETY: `flock` on the descriptor `file` owns, open for the call.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io("cannot lock", &path, e));
+                return Err(io("cannot lock", &locked, e));
             }
             let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+            if noted {
+                let _ = file.read_to_string(&mut holder);
+            }
             let holder = match holder.trim() {
-                "" => "one that has not said which yet".to_string(),
+                "" => "one that has not said which".to_string(),
                 h => h.to_string(),
             };
             return Err(SnapshotError::Refused(format!(
                 "another restore into {} is running ({holder}; it holds {}): wait for it to end, \
                  or stop it, then restore again",
                 data_dir.display(),
-                path.display()
+                locked.display()
             )));
         }
-        let note = format!(
-            "restore of {} by pid {} started at {}\n",
-            snapshot.display(),
-            std::process::id(),
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-        // Only the note: nobody waits for it to be durable.
-        file.set_len(0)
-            .and_then(|()| file.write_all(note.as_bytes()))
-            .map_err(|e| io("cannot write", &path, e))?;
+        if noted {
+            let note = format!(
+                "restore of {} by pid {} started at {}\n",
+                snapshot.display(),
+                std::process::id(),
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            // Only the note: nobody waits for it to be durable.
+            file.set_len(0)
+                .and_then(|()| file.write_all(note.as_bytes()))
+                .map_err(|e| io("cannot write", &locked, e))?;
+        }
         Ok(RestoreLock { _file: file })
     }
 }

@@ -685,6 +685,44 @@ fn snapshot_of_persons(tmp: &std::path::Path, n: usize) -> (std::path::PathBuf, 
 /// Two restores into one data dir at once would clear and copy over each other: while one
 /// runs (paused by the test hook, after its first file), a second, even forced, is refused at
 /// once with exit 1 and one line naming the first; the first then completes.
+/// A restore into an existing empty dir whose parent its user may not write (as under
+/// /var/lib) cannot make its lock file beside the dir: it locks the parent dir instead and
+/// restores, as it did before there was a lock.
+#[test]
+fn a_restore_whose_parent_is_not_writable_locks_the_parent_and_restores() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid only reads the process's effective user id.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the restore as another user");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let open = |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+    open(tmp.path()).unwrap();
+    let (snap, _) = snapshot_of_persons(tmp.path(), 3);
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&snap)
+        .status()
+        .unwrap();
+    let parent = tmp.path().join("lib");
+    let target = parent.join("data");
+    std::fs::create_dir_all(&target).unwrap();
+    open(&parent).unwrap();
+    let chown = Command::new("chown").arg("nobody").arg(&target).status();
+    assert!(chown.unwrap().success());
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", bin()])
+        .args(["snapshot", "restore", s(&snap), "--data-dir", s(&target)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!parent.join("data.restore-lock").exists());
+    let r = Daemon::on(&target, &[]);
+    assert_eq!(r.all_persons(T).len(), 3);
+}
+
 #[test]
 fn a_second_restore_into_the_same_data_dir_is_refused_while_the_first_runs() {
     use std::io::{BufRead, BufReader};
@@ -710,8 +748,16 @@ fn a_second_restore_into_the_same_data_dir_is_refused_while_the_first_runs() {
             first.wait()
         );
     }
-    for force in [false, true] {
-        let mut args = vec!["snapshot", "restore", s(&snap), "--data-dir", s(&target)];
+    // The same dir spelled through a symlink locks the same file.
+    let aliased = tmp.path().join("alias");
+    std::os::unix::fs::symlink(&target, &aliased).unwrap();
+    for (force, spelled) in [
+        (false, &target),
+        (true, &target),
+        (false, &aliased),
+        (true, &aliased),
+    ] {
+        let mut args = vec!["snapshot", "restore", s(&snap), "--data-dir", s(spelled)];
         if force {
             args.push("--force");
         }
