@@ -414,9 +414,7 @@ impl Stream for Charged {
             other => return other,
         };
         self.bytes += chunk.len();
-        let due = u32::try_from(self.bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .min(self.max_kib);
+        let due = InflightBodies::kib(self.bytes).min(self.max_kib);
         let more = due.saturating_sub(self.kib);
         if more == 0 {
             return Poll::Ready(Some(Ok(chunk)));

@@ -82,9 +82,7 @@ fn a_body_over_max_body_bytes_is_a_413_with_a_json_error_as_sent_and_inflated() 
     assert!(r.json()["detail"]
         .as_str()
         .is_some_and(|s| s.contains("2000")));
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(&serde_json::to_vec(&big).unwrap()).unwrap();
-    let gz = gz.finish().unwrap();
+    let gz = gzip_json(&big);
     assert!(gz.len() < 2000, "the gzip body itself is under the limit");
     let r = d.request("POST", "/batch/", &[("content-encoding", "gzip")], gz);
     assert_eq!((r.status, code(&r)), (413, json!("payload_too_large")));
@@ -171,11 +169,18 @@ fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_
     d.capture(T, json!([{"event": "e", "distinct_id": "next"}]));
 }
 
-fn gzipped_batch(distinct_id: &str, pad_bytes: usize) -> Vec<u8> {
-    let batch = json!({"api_key": T, "batch": [{"event": "e", "distinct_id": distinct_id, "properties": {"pad": "x".repeat(pad_bytes)}}]});
+/// `v` as JSON, gzipped as tightly as flate2 can.
+fn gzip_json(v: &Value) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(&serde_json::to_vec(&batch).unwrap()).unwrap();
+    gz.write_all(&serde_json::to_vec(v).unwrap()).unwrap();
     gz.finish().unwrap()
+}
+
+/// A gzipped batch of one event for `distinct_id` whose property `pad` is `pad`.
+fn gzipped_batch(distinct_id: &str, pad: String) -> Vec<u8> {
+    gzip_json(
+        &json!({"api_key": T, "batch": [{"event": "e", "distinct_id": distinct_id, "properties": {"pad": pad}}]}),
+    )
 }
 
 /// The budget of bodies in memory counts a compressed body's decoded bytes too: a 1 KB gzip
@@ -184,7 +189,7 @@ fn gzipped_batch(distinct_id: &str, pad_bytes: usize) -> Vec<u8> {
 #[test]
 fn a_compressed_body_is_charged_its_decoded_bytes() {
     let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "1"]);
-    let big = gzipped_batch("too-big", 100 * 1024);
+    let big = gzipped_batch("too-big", "x".repeat(100 * 1024));
     assert!(big.len() < 2048, "{} bytes", big.len());
     let r = d.request("POST", "/batch/", &[("content-encoding", "gzip")], big);
     assert_eq!(
@@ -209,10 +214,7 @@ fn a_compressed_body_is_charged_its_decoded_bytes() {
         })
         .filter(|c| *c != '"' && *c != '\\')
         .collect();
-    let batch = json!({"api_key": T, "batch": [{"event": "e", "distinct_id": "noise", "properties": {"pad": noise}}]});
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(&serde_json::to_vec(&batch).unwrap()).unwrap();
-    let gz = gz.finish().unwrap();
+    let gz = gzipped_batch("noise", noise);
     assert!(gz.len() > 40_000 && gz.len() < 65_536, "{} bytes", gz.len());
     // (It used to wait the body timeout for that room, then answer 503 busy.)
     let r = d.request("POST", "/batch/", &[("content-encoding", "gzip")], gz);
@@ -232,7 +234,7 @@ fn a_compressed_body_is_charged_its_decoded_bytes() {
         "POST",
         "/batch/",
         &[("content-encoding", "gzip")],
-        gzipped_batch("waited", 20 * 1024),
+        gzipped_batch("waited", "x".repeat(20 * 1024)),
     );
     let waited = started.elapsed();
     assert_eq!(r.status, 200, "{}", r.json());
