@@ -84,6 +84,9 @@ pub enum Rejection {
     /// A number no `f64` holds, which could be stored but never read back.
     #[error("a number in its `{field}` is out of range ({number}): send finite numbers, at most 1.7976931348623157e308 in magnitude")]
     NumberOutOfRange { field: String, number: String },
+    /// A `uuid` that is there but not a string: it could not deduplicate a resend.
+    #[error("uuid is {0}: send the event's uuid as a string, or leave it out")]
+    BadUuid(&'static str),
 }
 
 /// An event after normalisation: the only shape the rules below see.
@@ -176,8 +179,7 @@ fn distinct_id_of(event: &Map<String, Value>, props: &EventProps) -> Result<Stri
         None => Err(Rejection::BadDistinctId("missing")),
         Some(Value::String(s)) if s.is_empty() => Err(Rejection::BadDistinctId("empty")),
         Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => Ok(to_js_string(v)),
-        Some(Value::Array(_)) => Err(Rejection::BadDistinctId("an array")),
-        Some(_) => Err(Rejection::BadDistinctId("an object")),
+        Some(other) => Err(Rejection::BadDistinctId(json_type(other))),
     }
 }
 
@@ -440,6 +442,30 @@ fn take_object(v: Option<Value>) -> Map<String, Value> {
     }
 }
 
+/// The event's `uuid`: a non-empty string, or none when it is missing, `null` or `""`. Any
+/// other JSON type is refused rather than dropped, since the event would then be stored
+/// without the uuid its resends are deduplicated by (spec §1.7).
+fn uuid_of(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
+    match obj.get("uuid") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(Rejection::BadUuid(json_type(other))),
+    }
+}
+
+/// `v`'s JSON type with an article, for a rejection's detail.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Normalise one event (spec §1, §2). `now_ms` stamps warnings.
 pub fn normalize(event: &Value, now_ms: i64) -> Result<Normalized, Rejection> {
     normalize_owned(event.clone(), now_ms)
@@ -493,11 +519,7 @@ pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejec
     };
     let promote = name != "$snapshot" && name != "$performance_event";
 
-    let uuid = obj
-        .get("uuid")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    let uuid = uuid_of(&obj)?;
     let mut warnings = Vec::new();
     if let Some(len) = cut_from {
         warnings.push(Warning::new(

@@ -260,6 +260,55 @@ fn a_bad_event_is_rejected_alone_and_its_neighbours_are_stored() {
     assert!(d.person(T, "before").is_some() && d.person(T, "after").is_some());
 }
 
+/// A `uuid` that is not a string could not deduplicate its event's resends, so the event is
+/// refused alone, naming the field and the type; a missing, `null` or empty uuid means none.
+#[test]
+fn an_event_whose_uuid_is_not_a_string_is_rejected_alone() {
+    let d = Daemon::start();
+    let with_uuid =
+        |did: &str, uuid: Value| json!({"event": "e", "distinct_id": did, "uuid": uuid});
+    let body = d.capture(
+        T,
+        json!([
+            with_uuid("n-number", json!(5)),
+            with_uuid("n-null", Value::Null),
+            with_uuid("n-object", json!({"id": "x"})),
+            with_uuid("n-empty", json!("")),
+            with_uuid("n-string", json!("u-1")),
+            with_uuid("n-array", json!(["u-1"])),
+            with_uuid("n-bool", json!(true)),
+        ]),
+    );
+    let rejected = body["rejected"].as_array().expect("a rejected list");
+    let got: Vec<(u64, &str)> = rejected
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["detail"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        vec![0, 2, 5, 6],
+        "{body}"
+    );
+    for ((_, detail), ty) in got
+        .iter()
+        .zip(["a number", "an object", "an array", "a boolean"])
+    {
+        assert!(
+            detail.contains("uuid is") && detail.contains(ty),
+            "{detail}"
+        );
+    }
+    for did in ["n-number", "n-object", "n-array", "n-bool"] {
+        assert!(d.person(T, did).is_none(), "{did} was stored");
+    }
+    for did in ["n-null", "n-empty", "n-string"] {
+        assert!(d.person(T, did).is_some(), "{did} was not stored");
+    }
+    // The string uuid was taken: a resend is a duplicate.
+    d.capture(T, json!([with_uuid("n-resend", json!("u-1"))]));
+    assert!(d.person(T, "n-resend").is_none(), "u-1 was stored twice");
+}
+
 /// An item of a top-level array that is not an event object is an event-level problem, as
 /// in an envelope's batch: rejected alone, with its index and what is wrong, wherever it is
 /// (not a request-wide `no_token` because the item carries no token).

@@ -75,6 +75,29 @@ fn missing_null_empty_object_and_array_distinct_ids_are_rejected() {
 }
 
 #[test]
+fn a_uuid_is_a_non_empty_string_none_when_missing_null_or_empty_and_refused_otherwise() {
+    let uuid = |v: Option<serde_json::Value>| {
+        let mut ev = json!({"event": "e", "distinct_id": "a"});
+        if let Some(v) = v {
+            ev["uuid"] = v;
+        }
+        normalize(&ev, NOW).map(|n| n.uuid)
+    };
+    assert_eq!(uuid(Some(json!("u-1"))), Ok(Some("u-1".to_string())));
+    for none in [None, Some(json!(null)), Some(json!(""))] {
+        assert_eq!(uuid(none.clone()), Ok(None), "{none:?}");
+    }
+    for (v, ty) in [
+        (json!(5), "a number"),
+        (json!(true), "a boolean"),
+        (json!(["u-1"]), "an array"),
+        (json!({"u": 1}), "an object"),
+    ] {
+        assert_eq!(uuid(Some(v.clone())), Err(Rejection::BadUuid(ty)), "{v}");
+    }
+}
+
+#[test]
 fn nul_characters_become_replacement_characters() {
     let ev = normalize(
         &json!({"event": "e", "distinct_id": "a\u{0}b", "properties": {"x": "c\u{0}"}}),
