@@ -17,6 +17,8 @@ pub struct IngestArgs {
     /// NDJSON (one event per line) or JSON (an event, an array, or a `{"batch": [...]}`); `-` is
     /// stdin. NDJSON is sent as it is read, a batch at a time, so a file of any size fits in
     /// memory; a line that is not JSON stops the run after the batches before it were sent.
+    /// An event that is JSON but holds a number out of range (`1e400`) is refused alone, by
+    /// its line or place, and the run goes on.
     pub file: PathBuf,
     /// The daemon's socket.
     #[arg(
@@ -43,35 +45,63 @@ pub struct IngestArgs {
     pub retries: u32,
 }
 
-/// Parse a file of events: a JSON document, else NDJSON. Returns events and a batch token.
-pub fn parse_events(text: &str) -> anyhow::Result<(Vec<Value>, Option<String>)> {
-    if let Ok(doc) = serde_json::from_str::<Value>(text) {
-        return Ok(match doc {
-            Value::Array(items) => (items, None),
-            Value::Object(ref o) if o.get("batch").is_some_and(Value::is_array) => {
-                let token = o.get("api_key").and_then(Value::as_str).map(str::to_string);
-                (o["batch"].as_array().cloned().unwrap_or_default(), token)
-            }
-            other => (vec![other], None),
-        });
+/// Parse a file of events: a JSON document, else NDJSON. Returns each event, or why it is
+/// refused, and a batch token. A document is read element by element, so that an event
+/// serde_json cannot hold (a number out of `f64`'s range) is refused alone, as a line is.
+pub fn parse_events(text: &str) -> anyhow::Result<(Vec<Item>, Option<String>)> {
+    use serde_json::value::RawValue;
+    if let Ok(doc) = serde_json::from_str::<&RawValue>(text) {
+        let elements = |raw: &RawValue| {
+            serde_json::from_str::<Vec<&RawValue>>(raw.get())
+                .map(|items| items.iter().map(|r| item_of(r.get())).collect::<Vec<_>>())
+        };
+        if let Ok(items) = elements(doc) {
+            return Ok((items.into_iter().collect::<Result<_, _>>()?, None));
+        }
+        if let Some((batch, token)) = envelope(doc.get()) {
+            let items = elements(batch)?;
+            return Ok((items.into_iter().collect::<Result<_, _>>()?, token));
+        }
+        return Ok((vec![item_of(doc.get())?], None));
     }
     let mut events = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v = serde_json::from_str(line)
-            .map_err(|e| Failure::user(format!("line {}: not JSON: {e}", n + 1)))?;
-        events.push(v);
+        events.push(item_of(line).map_err(|e| Failure::user(format!("line {}: {e}", n + 1)))?);
     }
     Ok((events, None))
+}
+
+/// The `batch` array and `api_key` of a batch envelope (`{"batch": [...]}`), if `text` is one.
+fn envelope(text: &str) -> Option<(&serde_json::value::RawValue, Option<String>)> {
+    use serde_json::value::RawValue;
+    let fields: std::collections::HashMap<String, &RawValue> = serde_json::from_str(text).ok()?;
+    let batch = *fields.get("batch").filter(|b| b.get().starts_with('['))?;
+    let token = fields
+        .get("api_key")
+        .and_then(|t| serde_json::from_str::<String>(t.get()).ok());
+    Some((batch, token))
+}
+
+/// One event's JSON text as an [`Item`]: the event, or why it is refused when it is JSON
+/// that serde_json cannot hold; an error when it is not JSON.
+fn item_of(text: &str) -> anyhow::Result<Item> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(Item::Event(v)),
+        Err(e) => match refusal(text) {
+            Some(why) => Ok(Item::Refused(why)),
+            None => Err(Failure::user(format!("not JSON: {e}"))),
+        },
+    }
 }
 
 /// Where the events come from: a whole JSON document (an array, a batch envelope, one
 /// event), held in memory, or NDJSON, read and sent a batch at a time so that a file of any
 /// size needs only one batch in memory.
 enum Source {
-    Document(std::iter::Enumerate<std::vec::IntoIter<Value>>),
+    Document(std::iter::Enumerate<std::vec::IntoIter<Item>>),
     Lines {
         lines: std::io::Lines<Box<dyn BufRead>>,
         /// The first line, already read to tell the formats apart.
@@ -91,13 +121,33 @@ impl Source {
     }
 }
 
+/// What one position of the input holds.
+pub enum Item {
+    /// An event to send.
+    Event(Value),
+    /// A line that is JSON but cannot be sent: what is wrong with it. The daemon would refuse
+    /// it alone, so it is refused here alone, and the run goes on.
+    Refused(String),
+}
+
+/// Why a line that serde_json cannot read as a value is still JSON, if it is: a number out of
+/// `f64`'s range (`1e400`), which the daemon refuses as one event's problem, not the run's.
+fn refusal(line: &str) -> Option<String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(line).ok()?;
+    let number = crate::domain::scan::first_out_of_range(line)?;
+    Some(format!(
+        "a number is out of range ({number}): send finite numbers, at most \
+         1.7976931348623157e308 in magnitude"
+    ))
+}
+
 impl Iterator for Source {
     /// An event and where it is: its line (NDJSON) or its place in the document, from 1.
-    type Item = anyhow::Result<(usize, Value)>;
+    type Item = anyhow::Result<(usize, Item)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Source::Document(events) => events.next().map(|(i, v)| Ok((i + 1, v))),
+            Source::Document(events) => events.next().map(|(i, item)| Ok((i + 1, item))),
             Source::Lines {
                 lines,
                 first,
@@ -120,10 +170,11 @@ impl Iterator for Source {
                 if line.trim().is_empty() {
                     continue;
                 }
+                let at = *line_no;
                 return Some(
-                    serde_json::from_str(&line)
-                        .map(|v| (*line_no, v))
-                        .map_err(|e| Failure::user(format!("line {}: not JSON: {e}", *line_no))),
+                    item_of(&line)
+                        .map(|item| (at, item))
+                        .map_err(|e| Failure::user(format!("line {at}: {e}"))),
                 );
             },
         }
@@ -159,10 +210,11 @@ fn open(file: &std::path::Path) -> anyhow::Result<(Source, Option<String>, Optio
     if let Some(rest) = first.strip_prefix('\u{feff}') {
         first = rest.to_string();
     }
-    let ndjson = matches!(
-        serde_json::from_str::<Value>(first.trim()),
-        Ok(Value::Object(ref o)) if !o.get("batch").is_some_and(Value::is_array)
-    );
+    // Read as raw text so that a first line holding a number out of range is still NDJSON.
+    let first_line = first.trim();
+    let ndjson = first_line.starts_with('{')
+        && serde_json::from_str::<&serde_json::value::RawValue>(first_line).is_ok()
+        && envelope(first_line).is_none();
     if ndjson {
         let lines = count_lines(file).map(|n| n + 1);
         let source = Source::Lines {
@@ -242,23 +294,38 @@ fn backoff(n: u32) -> Duration {
         .min(MAX_RETRY_WAIT)
 }
 
-/// The wait a 503 asks for in `Retry-After` (seconds; an HTTP date is not read), capped.
+/// The wait a 503 asks for in `Retry-After`, capped: seconds, or an HTTP date (RFC 9110's
+/// IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`), a date already past being no wait.
 fn retry_after(resp: &Response) -> Option<Duration> {
-    resp.headers
+    let value = resp
+        .headers
         .iter()
-        .find(|(k, _)| k == "retry-after")
-        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s).min(MAX_RETRY_WAIT))
+        .find(|(k, _)| k == "retry-after")?
+        .1
+        .trim();
+    retry_wait(value, chrono::Utc::now()).map(|wait| wait.min(MAX_RETRY_WAIT))
 }
 
-/// Give an event that the daemon would store without a uuid (none, or not a non-empty string)
-/// a random one, so that a resend of its request is deduplicated like any other.
+/// The wait one `Retry-After` value asks for at `now`, uncapped.
+fn retry_wait(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or_default(),
+    )
+}
+
+/// Give an event that the daemon would store without a uuid (none, `null` or `""`) a random
+/// one, so that a resend of its request is deduplicated like any other. A uuid of another
+/// type is left for the daemon to refuse, with its reason.
 fn ensure_uuid(event: &mut Value) {
     if let Some(fields) = event.as_object_mut() {
-        if fields
-            .get("uuid")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
+        if matches!(fields.get("uuid"), None | Some(Value::Null))
+            || fields.get("uuid").and_then(Value::as_str) == Some("")
         {
             fields.insert(
                 "uuid".into(),
@@ -320,7 +387,7 @@ async fn send(
         let chunk = events
             .by_ref()
             .take(batch)
-            .collect::<anyhow::Result<Vec<(usize, Value)>>>();
+            .collect::<anyhow::Result<Vec<(usize, Item)>>>();
         let chunk = chunk.map_err(|e| {
             bar.abandon();
             Failure::user(format!("{e} ({})", stopped(sent, done)))
@@ -328,7 +395,32 @@ async fn send(
         let Some(&(last, _)) = chunk.last() else {
             break;
         };
-        let (positions, mut chunk): (Vec<usize>, Vec<Value>) = chunk.into_iter().unzip();
+        let mut positions = Vec::with_capacity(chunk.len());
+        let mut refused_here = Vec::new();
+        let mut chunk: Vec<Value> = chunk
+            .into_iter()
+            .filter_map(|(at, item)| match item {
+                Item::Event(v) => {
+                    positions.push(at);
+                    Some(v)
+                }
+                Item::Refused(why) => {
+                    refused_here.push((at, why));
+                    None
+                }
+            })
+            .collect();
+        for (at, why) in &refused_here {
+            let line = format!("rejected {unit} {at}: {why}");
+            bar.suspend(|| eprintln!("{line}"));
+        }
+        if chunk.is_empty() {
+            done = last;
+            rejected += refused_here.len();
+            sent += refused_here.len();
+            bar.inc(refused_here.len() as u64);
+            continue;
+        }
         if let (None, Some(t)) = (&tokens.batch, &tokens.default) {
             for event in chunk.iter_mut().filter(|e| !carries_token(e)) {
                 if let Some(fields) = event.as_object_mut() {
@@ -416,10 +508,10 @@ async fn send(
         }
         done = last;
         let r = refused.map_or(0, Vec::len);
-        rejected += r;
+        rejected += r + refused_here.len();
         accepted += count - r;
-        sent += count;
-        bar.inc(count as u64);
+        sent += count + refused_here.len();
+        bar.inc((count + refused_here.len()) as u64);
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -432,4 +524,28 @@ async fn send(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("1994-11-06T08:49:30Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(retry_wait("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            retry_wait("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(7))
+        );
+        // A date already past asks for no wait; what is neither is not a wait at all.
+        assert_eq!(
+            retry_wait("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_wait("soon", now), None);
+        assert_eq!(retry_wait("-1", now), None);
+    }
 }

@@ -158,6 +158,100 @@ fn ingest_reports_rejections_by_line_and_where_a_refused_run_stopped() {
     assert!(d.person("phc_lines", "a").is_some());
 }
 
+/// A line holding a number no f64 holds (`1e400`) is JSON that serde_json cannot read: it is
+/// refused alone, as the daemon refuses such an event, and the run goes on, also past a
+/// batch of refused lines only. A `uuid` that is not a string reaches the daemon as sent (it
+/// is not replaced by a random one) and is refused there, by line.
+#[test]
+fn ingest_refuses_an_out_of_range_number_or_a_bad_uuid_by_line_and_goes_on() {
+    let d = Daemon::start();
+    let text = [
+        json!({"event": "e", "distinct_id": "first"}).to_string(),
+        json!({"event": "e", "distinct_id": "numbered", "uuid": 5}).to_string(),
+        // Lines 3 and 4 are one batch of two.
+        r#"{"event":"e","distinct_id":"huge","properties":{"x":1e400}}"#.to_string(),
+        r#"{"event":"e","distinct_id":"huger","properties":{"x":-2E+999}}"#.to_string(),
+        json!({"event": "e", "distinct_id": "last"}).to_string(),
+    ]
+    .join("\n");
+    let out = ingest_file(&d, &text, &["--token", "phc_range", "--batch-size", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rejected line 3: a number is out of range (1e400)")
+            && stderr.contains("rejected line 4: a number is out of range (-2E+999)")
+            && stderr.contains("rejected line 2:")
+            && stderr.contains("uuid is a number"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("2 accepted, 3 rejected, 5 events"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for did in ["first", "last"] {
+        assert!(d.person("phc_range", did).is_some(), "{did} was not stored");
+    }
+    for did in ["huge", "huger", "numbered"] {
+        assert!(d.person("phc_range", did).is_none(), "{did} was stored");
+    }
+}
+
+/// The same refusal of one event holding `1e400` in the other shapes of input: a JSON array,
+/// a batch envelope (whose `api_key` is still the batch's token), and NDJSON whose very first
+/// line holds it (the line that tells NDJSON from a document).
+#[test]
+fn ingest_refuses_an_out_of_range_number_alone_in_a_document_and_on_the_first_line() {
+    let d = Daemon::start();
+    let ok = |did: &str| json!({"event": "e", "distinct_id": did}).to_string();
+    let huge =
+        |did: &str| format!(r#"{{"event":"e","distinct_id":"{did}","properties":{{"x":1e400}}}}"#);
+    let shapes = [
+        (
+            "array",
+            format!("[{}, {}, {}]", ok("a1"), huge("a2"), ok("a3")),
+            "event 2",
+        ),
+        (
+            "batch",
+            format!(
+                r#"{{"api_key": "phc_doc", "batch": [{}, {}, {}]}}"#,
+                ok("b1"),
+                huge("b2"),
+                ok("b3")
+            ),
+            "event 2",
+        ),
+        (
+            "lines",
+            format!("{}\n{}\n{}\n", huge("l1"), ok("l2"), ok("l3")),
+            "line 1",
+        ),
+    ];
+    for (shape, text, position) in shapes {
+        let out = ingest_file(&d, &text, &["--token", "phc_doc"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{shape}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "rejected {position}: a number is out of range (1e400)"
+            )),
+            "{shape}: {stderr}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("2 accepted, 1 rejected, 3 events"),
+            "{shape}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    for did in ["a1", "a3", "b1", "b3", "l2", "l3"] {
+        assert!(d.person("phc_doc", did).is_some(), "{did} was not stored");
+    }
+    for did in ["a2", "b2", "l1"] {
+        assert!(d.person("phc_doc", did).is_none(), "{did} was stored");
+    }
+}
+
 #[test]
 fn ingest_without_a_daemon_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
