@@ -383,7 +383,9 @@ async fn send(
             done + 1
         ),
     };
-    for n in 0.. {
+    // Requests sent so far (a chunk of refused lines only sends none).
+    let mut n = 0u64;
+    loop {
         let chunk = events
             .by_ref()
             .take(batch)
@@ -512,6 +514,7 @@ async fn send(
         accepted += count - r;
         sent += count + refused_here.len();
         bar.inc((count + refused_here.len()) as u64);
+        n += 1;
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
