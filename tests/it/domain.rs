@@ -194,6 +194,19 @@ fn browser_properties_are_promoted_to_set_and_initial_set_once() {
     assert_eq!(p["$initial_browser"], json!("Firefox"));
 }
 
+/// A promoted key sent twice in one event's properties (JSON text allows it) is promoted
+/// once, with the last value, as a parse into a map would read it.
+#[test]
+fn a_promoted_key_sent_twice_is_promoted_once_with_its_last_value() {
+    let text = r#"{"event": "$pageview", "distinct_id": "a", "properties": {"$browser": "Firefox", "$os": "Linux", "$browser": "Chrome"}}"#;
+    let ev = normalize_wire(WireEvent::from_json(text).unwrap(), NOW).unwrap();
+    let updates = ev.person_updates();
+    assert_eq!(updates.set["$browser"], json!("Chrome"));
+    assert_eq!(updates.set_once["$initial_browser"], json!("Chrome"));
+    assert_eq!(updates.set["$os"], json!("Linux"));
+    assert_eq!(ev.promoted.len(), 2, "{:?}", ev.promoted);
+}
+
 #[test]
 fn explicit_set_beats_a_promoted_property() {
     let ev = normalize(&json!({"event": "e", "distinct_id": "a", "properties": {"$os": "Linux", "$set": {"$os": "Mine"}}}), NOW).unwrap();
