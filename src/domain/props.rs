@@ -117,8 +117,19 @@ impl RawProps {
     }
 
     /// Parsed. Text that is not a JSON object (only a damaged log holds such) gives an error.
+    /// A number out of `f64`'s range (`1e400`, which events stored before such events were
+    /// refused may hold) reads as `null`, as PostHog's JavaScript ingestion would store it,
+    /// instead of losing every property beside it.
     pub fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
-        serde_json::from_str(&self.0)
+        serde_json::from_str(&self.0).or_else(|e| {
+            let text = serde_json::from_str::<serde::de::IgnoredAny>(&self.0)
+                .ok()
+                .and_then(|_| super::scan::out_of_range_as_null(&self.0));
+            match text {
+                Some(text) => serde_json::from_str(&text),
+                None => Err(e),
+            }
+        })
     }
 }
 
@@ -293,6 +304,24 @@ pub fn apply_diff(props: &mut Map<String, Value>, set: &Map<String, Value>, unse
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Stored text holding numbers out of `f64`'s range reads with `null` in their places
+    /// only: the entries beside them, a string that looks like one, and other numbers stay.
+    #[test]
+    fn stored_numbers_out_of_range_read_as_null_and_the_rest_stays() {
+        let raw = RawProps::from_text(
+            r#"{"a": 1e400, "s": "1e400", "n": [-2E+999, 1.5, {"deep": 1e309}], "k": 7}"#.into(),
+        );
+        assert_eq!(
+            Value::Object(raw.to_map().unwrap()),
+            serde_json::json!({"a": null, "s": "1e400", "n": [null, 1.5, {"deep": null}], "k": 7})
+        );
+        // Text that is not JSON at all is still an error.
+        assert!(RawProps::from_text(r#"{"a": 1e400"#.into())
+            .to_map()
+            .is_err());
+        assert!(RawProps::from_text("[1e400]".into()).to_map().is_err());
+    }
 
     /// Person properties, diffs and the log's JSON text rely on `serde_json::Map` iterating in
     /// key order (it would not with serde_json's `preserve_order` feature, which any crate in

@@ -46,8 +46,14 @@ pub fn out_of_range(token: &str) -> bool {
 /// while it checks the same text, found at any depth. For text that was checked already
 /// (serde_json's skim).
 pub fn first_out_of_range(text: &str) -> Option<&str> {
+    numbers_out_of_range(text).next()
+}
+
+/// Every number out of `f64`'s range in `text`, valid JSON, in order (see
+/// [`first_out_of_range`]).
+pub fn numbers_out_of_range(text: &str) -> impl Iterator<Item = &str> + '_ {
     let mut s = Scanner::new(text);
-    loop {
+    std::iter::from_fn(move || loop {
         match s.peek()? {
             b'"' => {
                 s.string()?;
@@ -61,7 +67,24 @@ pub fn first_out_of_range(text: &str) -> Option<&str> {
             // Brackets, separators, whitespace, the letters of `true`, `false` and `null`.
             _ => s.i += 1,
         }
+    })
+}
+
+/// `text`, valid JSON, with each number out of `f64`'s range written `null`, as JavaScript's
+/// `JSON.stringify` writes the `Infinity` that `JSON.parse` reads for one; `None` when it
+/// holds none.
+pub fn out_of_range_as_null(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut from = None;
+    for number in numbers_out_of_range(text) {
+        // `number` is a slice of `text`.
+        let at = number.as_ptr() as usize - text.as_ptr() as usize;
+        out.push_str(&text[from.unwrap_or(0)..at]);
+        out.push_str("null");
+        from = Some(at + number.len());
     }
+    out.push_str(&text[from?..]);
+    Some(out)
 }
 
 impl<'a> Scanner<'a> {
