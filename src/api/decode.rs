@@ -391,7 +391,7 @@ fn decode_bytes<'a>(
 /// refuses it (a whole request lost for one character), and stored properties holding it
 /// could not be read back. The same length, so nothing else moves. Copies the body only when
 /// it has one.
-fn replace_lone_surrogates(bytes: &mut Cow<'_, [u8]>) {
+pub fn replace_lone_surrogates(bytes: &mut Cow<'_, [u8]>) {
     let surrogate = |b: &[u8], at: usize| -> Option<u16> {
         let hex = b.get(at..at + 6)?;
         (hex[0] == b'\\' && hex[1] == b'u').then_some(())?;

@@ -51,16 +51,18 @@ pub struct IngestArgs {
 pub fn parse_events(text: &str) -> anyhow::Result<(Vec<Item>, Option<String>)> {
     use serde_json::value::RawValue;
     if let Ok(doc) = serde_json::from_str::<&RawValue>(text) {
-        let elements = |raw: &RawValue| {
-            serde_json::from_str::<Vec<&RawValue>>(raw.get())
-                .map(|items| items.iter().map(|r| item_of(r.get())).collect::<Vec<_>>())
+        // Each element as an item; one that is not JSON is named by its place.
+        let elements = |items: Vec<&RawValue>| -> anyhow::Result<Vec<Item>> {
+            let item = |(n, raw): (usize, &&RawValue)| {
+                item_of(raw.get()).map_err(|e| Failure::user(format!("event {}: {e}", n + 1)))
+            };
+            items.iter().enumerate().map(item).collect()
         };
-        if let Ok(items) = elements(doc) {
-            return Ok((items.into_iter().collect::<Result<_, _>>()?, None));
+        if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(doc.get()) {
+            return Ok((elements(items)?, None));
         }
         if let Some((batch, token)) = envelope(doc.get()) {
-            let items = elements(batch)?;
-            return Ok((items.into_iter().collect::<Result<_, _>>()?, token));
+            return Ok((elements(serde_json::from_str(batch.get())?)?, token));
         }
         return Ok((vec![item_of(doc.get())?], None));
     }
@@ -88,6 +90,10 @@ fn envelope(text: &str) -> Option<(&serde_json::value::RawValue, Option<String>)
 /// One event's JSON text as an [`Item`]: the event, or why it is refused when it is JSON
 /// that serde_json cannot hold; an error when it is not JSON.
 fn item_of(text: &str) -> anyhow::Result<Item> {
+    // A lone UTF-16 surrogate escape, which the daemon reads as U+FFFD, is no reason to stop.
+    let mut bytes = std::borrow::Cow::Borrowed(text.as_bytes());
+    crate::api::decode::replace_lone_surrogates(&mut bytes);
+    let text = std::str::from_utf8(&bytes).unwrap_or(text);
     match serde_json::from_str(text) {
         Ok(v) => Ok(Item::Event(v)),
         Err(e) => match refusal(text) {
@@ -295,7 +301,8 @@ fn backoff(n: u32) -> Duration {
 }
 
 /// The wait a 503 asks for in `Retry-After`, capped: seconds, or an HTTP date (RFC 9110's
-/// IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`), a date already past being no wait.
+/// IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`). A date already past asks for none: the
+/// backoff is waited then, so that retries do not follow each other at once.
 fn retry_after(resp: &Response) -> Option<Duration> {
     let value = resp
         .headers
@@ -312,11 +319,19 @@ fn retry_wait(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duratio
         return Some(Duration::from_secs(secs));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&chrono::Utc) - now)
-            .to_std()
-            .unwrap_or_default(),
-    )
+    (at.with_timezone(&chrono::Utc) - now).to_std().ok()
+}
+
+/// One line on stderr for each rejected event, `(position, why)`, in the order of the input:
+/// those refused here and those the daemon refused, once the request that held them is
+/// answered (a request that fails says where to resend from, and they are said then).
+fn say_rejections(bar: &ProgressBar, unit: &str, mut rejections: Vec<(usize, String)>) {
+    rejections.sort_by_key(|(at, _)| *at);
+    for (at, why) in rejections {
+        let line = format!("rejected {unit} {at}: {why}");
+        // Printed through the bar, which may be hidden (stderr not a terminal).
+        bar.suspend(|| eprintln!("{line}"));
+    }
 }
 
 /// Give an event that the daemon would store without a uuid (none, `null` or `""`) a random
@@ -412,15 +427,13 @@ async fn send(
                 }
             })
             .collect();
-        for (at, why) in &refused_here {
-            let line = format!("rejected {unit} {at}: {why}");
-            bar.suspend(|| eprintln!("{line}"));
-        }
+        let here = refused_here.len();
         if chunk.is_empty() {
+            say_rejections(&bar, unit, refused_here);
             done = last;
-            rejected += refused_here.len();
-            sent += refused_here.len();
-            bar.inc(refused_here.len() as u64);
+            rejected += here;
+            sent += here;
+            bar.inc(here as u64);
             continue;
         }
         if let (None, Some(t)) = (&tokens.batch, &tokens.default) {
@@ -498,22 +511,25 @@ async fn send(
         }
         let answer = resp.json();
         let refused = answer.get("rejected").and_then(Value::as_array);
-        for item in refused.into_iter().flatten() {
+        let by_daemon = refused.into_iter().flatten().map(|item| {
             let at = item["index"].as_u64().unwrap_or(0) as usize;
-            let line = format!(
-                "rejected {unit} {}: {}",
-                positions.get(at).copied().unwrap_or(0),
-                item["detail"]
-            );
-            // Printed through the bar, which may be hidden (stderr not a terminal).
-            bar.suspend(|| eprintln!("{line}"));
-        }
+            let detail = match &item["detail"] {
+                Value::String(d) => d.clone(),
+                other => other.to_string(),
+            };
+            (positions.get(at).copied().unwrap_or(0), detail)
+        });
+        say_rejections(
+            &bar,
+            unit,
+            refused_here.into_iter().chain(by_daemon).collect(),
+        );
         done = last;
         let r = refused.map_or(0, Vec::len);
-        rejected += r + refused_here.len();
+        rejected += r + here;
         accepted += count - r;
-        sent += count + refused_here.len();
-        bar.inc((count + refused_here.len()) as u64);
+        sent += count + here;
+        bar.inc((count + here) as u64);
         n += 1;
     }
     bar.finish_and_clear();
@@ -543,11 +559,8 @@ mod tests {
             retry_wait("Sun, 06 Nov 1994 08:49:37 GMT", now),
             Some(Duration::from_secs(7))
         );
-        // A date already past asks for no wait; what is neither is not a wait at all.
-        assert_eq!(
-            retry_wait("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
+        // A date already past, and what is neither, ask for no particular wait.
+        assert_eq!(retry_wait("Sun, 06 Nov 1994 08:00:00 GMT", now), None);
         assert_eq!(retry_wait("soon", now), None);
         assert_eq!(retry_wait("-1", now), None);
     }

@@ -161,40 +161,71 @@ fn ingest_reports_rejections_by_line_and_where_a_refused_run_stopped() {
 /// A line holding a number no f64 holds (`1e400`) is JSON that serde_json cannot read: it is
 /// refused alone, as the daemon refuses such an event, and the run goes on, also past a
 /// batch of refused lines only. A `uuid` that is not a string reaches the daemon as sent (it
-/// is not replaced by a random one) and is refused there, by line.
+/// is not replaced by a random one) and is refused there, by line. The rejections are said in
+/// the order of the lines, whoever refused them; a lone surrogate escape, which the daemon
+/// reads as U+FFFD, is sent.
 #[test]
 fn ingest_refuses_an_out_of_range_number_or_a_bad_uuid_by_line_and_goes_on() {
     let d = Daemon::start();
+    let huge = |did: &str, number: &str| {
+        format!(r#"{{"event":"e","distinct_id":"{did}","properties":{{"x":{number}}}}}"#)
+    };
     let text = [
+        // Lines 1-3 are one request: line 2 is refused by the daemon, line 3 here.
         json!({"event": "e", "distinct_id": "first"}).to_string(),
         json!({"event": "e", "distinct_id": "numbered", "uuid": 5}).to_string(),
-        // Lines 3 and 4 are one batch of two.
-        r#"{"event":"e","distinct_id":"huge","properties":{"x":1e400}}"#.to_string(),
-        r#"{"event":"e","distinct_id":"huger","properties":{"x":-2E+999}}"#.to_string(),
-        json!({"event": "e", "distinct_id": "last"}).to_string(),
+        huge("huge", "1e400"),
+        // Lines 4-6 are refused here, all three: no request.
+        huge("huger", "-2E+999"),
+        huge("h5", "1e400"),
+        huge("h6", "1e400"),
+        r#"{"event":"e","distinct_id":"last","properties":{"cut":"\ud83d"}}"#.to_string(),
     ]
     .join("\n");
-    let out = ingest_file(&d, &text, &["--token", "phc_range", "--batch-size", "2"]);
+    let out = ingest_file(&d, &text, &["--token", "phc_range", "--batch-size", "3"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let said = |line: &str| {
+        stderr
+            .find(line)
+            .unwrap_or_else(|| panic!("no {line:?} in {stderr}"))
+    };
+    let order = [
+        said("rejected line 2: uuid is a number"),
+        said("rejected line 3: a number is out of range (1e400)"),
+        said("rejected line 4: a number is out of range (-2E+999)"),
+        said("rejected line 5:"),
+        said("rejected line 6:"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{stderr}");
     assert!(
-        stderr.contains("rejected line 3: a number is out of range (1e400)")
-            && stderr.contains("rejected line 4: a number is out of range (-2E+999)")
-            && stderr.contains("rejected line 2:")
-            && stderr.contains("uuid is a number"),
-        "{stderr}"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("2 accepted, 3 rejected, 5 events"),
+        String::from_utf8_lossy(&out.stdout).starts_with("2 accepted, 5 rejected, 7 events"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     for did in ["first", "last"] {
         assert!(d.person("phc_range", did).is_some(), "{did} was not stored");
     }
-    for did in ["huge", "huger", "numbered"] {
+    for did in ["huge", "huger", "numbered", "h5", "h6"] {
         assert!(d.person("phc_range", did).is_none(), "{did} was stored");
     }
+}
+
+/// An element of a document that is not JSON stops the run naming its place.
+#[test]
+fn ingest_names_the_event_of_a_document_that_is_not_json() {
+    let d = Daemon::start();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let text = format!(
+        r#"[{{"event": "e", "distinct_id": "a"}}, {{"event": "e", "distinct_id": "b", "properties": {{"deep": {deep}}}}}]"#
+    );
+    let out = ingest_file(&d, &text, &["--token", "phc_doc"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("event 2: not JSON: recursion limit"),
+        "{stderr}"
+    );
 }
 
 /// The same refusal of one event holding `1e400` in the other shapes of input: a JSON array,
