@@ -93,7 +93,15 @@ fn item_of(text: &str) -> anyhow::Result<Item> {
     // A lone UTF-16 surrogate escape, which the daemon reads as U+FFFD, is no reason to stop.
     let mut bytes = std::borrow::Cow::Borrowed(text.as_bytes());
     crate::api::decode::replace_lone_surrogates(&mut bytes);
-    let text = std::str::from_utf8(&bytes).unwrap_or(text);
+    // Only a line with a replacement is a new text (ASCII replaced ASCII: still UTF-8).
+    let replaced;
+    let text = match bytes {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(b) => {
+            replaced = String::from_utf8(b).unwrap_or_else(|_| text.to_string());
+            replaced.as_str()
+        }
+    };
     match serde_json::from_str(text) {
         Ok(v) => Ok(Item::Event(v)),
         Err(e) => match refusal(text) {
@@ -339,9 +347,8 @@ fn say_rejections(bar: &ProgressBar, unit: &str, mut rejections: Vec<(usize, Str
 /// type is left for the daemon to refuse, with its reason.
 fn ensure_uuid(event: &mut Value) {
     if let Some(fields) = event.as_object_mut() {
-        if matches!(fields.get("uuid"), None | Some(Value::Null))
-            || fields.get("uuid").and_then(Value::as_str) == Some("")
-        {
+        // The daemon's own rule: `Ok(None)` is no uuid, an `Err` a uuid it refuses.
+        if matches!(crate::domain::normalize::uuid_of(fields), Ok(None)) {
             fields.insert(
                 "uuid".into(),
                 Value::String(uuid::Uuid::new_v4().to_string()),

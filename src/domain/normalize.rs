@@ -445,7 +445,7 @@ fn take_object(v: Option<Value>) -> Map<String, Value> {
 /// The event's `uuid`: a non-empty string, or none when it is missing, `null` or `""`. Any
 /// other JSON type is refused rather than dropped, since the event would then be stored
 /// without the uuid its resends are deduplicated by (spec §1.7).
-fn uuid_of(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
+pub fn uuid_of(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
     match obj.get("uuid") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
