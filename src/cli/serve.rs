@@ -504,25 +504,33 @@ fn raise_open_files_limit(wanted: u64) {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
     claim_socket(&s.socket)?;
-    let store = Store::open(&s.data_dir).map_err(|e| {
+    actix_rt::System::new().block_on(async move {
+        // Listened for before RocksDB opens the data dir: opening replays its write-ahead log
+        // after an unclean stop, which can take seconds, and a signal then used to end the
+        // process by its default action. It is now served once the daemon is up (a clean stop).
+        let signals = Signals::new();
+        let store = open_store(&s.data_dir)?;
+        serve(s, store, signals).await
+    })
+}
+
+fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+    tracing::info!(data_dir = %data_dir.display(), "Opening the data dir.");
+    Store::open(data_dir).map_err(|e| {
         if let StoreError::Refused(m) = e {
             Failure::user(m)
         } else if e.is_corruption() {
-            corrupt(&s.data_dir, &e)
+            corrupt(data_dir, &e)
         } else {
             Failure::user(format!(
                 "cannot open data dir {}: {e} (is another idstitch using it?)",
-                s.data_dir.display()
+                data_dir.display()
             ))
         }
-    })?;
-    actix_rt::System::new().block_on(serve(s, store))
+    })
 }
 
-async fn serve(s: Settings, store: Store) -> anyhow::Result<ExitCode> {
-    // Listened for before the start-up replay: a signal that arrives during it is served
-    // once the daemon is up (a clean stop), instead of killing the process.
-    let mut signals = Signals::new();
+async fn serve(s: Settings, store: Store, mut signals: Signals) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new();
     let policy = s.on_storage_error;
     let on_fatal = move |msg: &str| match policy {
