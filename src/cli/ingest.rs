@@ -45,35 +45,65 @@ pub struct IngestArgs {
     pub retries: u32,
 }
 
-/// Parse a file of events: a JSON document, else NDJSON. Returns each event, or why it is
-/// refused, and a batch token. A document is read element by element, so that an event
-/// serde_json cannot hold (a number out of `f64`'s range) is refused alone, as a line is.
-pub fn parse_events(text: &str) -> anyhow::Result<(Vec<Item>, Option<String>)> {
+/// A file's events, each with its position, read whole (a JSON document, or NDJSON that
+/// does not start with an event object), and the batch token of an envelope.
+pub struct Parsed {
+    pub items: Vec<(usize, Item)>,
+    pub token: Option<String>,
+    /// What a position counts: `"event"` (the place in a document, from 1) or `"line"`.
+    pub unit: &'static str,
+}
+
+/// Parse a file of events: a JSON document, else NDJSON, whose first line is line
+/// `skipped + 1` of the file (blank lines before it were read already). A document is read
+/// element by element, so that an event serde_json cannot hold (a number out of `f64`'s
+/// range) is refused alone, as a line is.
+pub fn parse_events(text: &str, skipped: usize) -> anyhow::Result<Parsed> {
     use serde_json::value::RawValue;
     if let Ok(doc) = serde_json::from_str::<&RawValue>(text) {
         // Each element as an item; one that is not JSON is named by its place.
-        let elements = |items: Vec<&RawValue>| -> anyhow::Result<Vec<Item>> {
+        let elements = |items: Vec<&RawValue>, token| -> anyhow::Result<Parsed> {
             let item = |(n, raw): (usize, &&RawValue)| {
-                item_of(raw.get()).map_err(|e| Failure::user(format!("event {}: {e}", n + 1)))
+                let item = item_of(raw.get())
+                    .map_err(|e| Failure::user(format!("event {}: {e}", n + 1)))?;
+                Ok((n + 1, item))
             };
-            items.iter().enumerate().map(item).collect()
+            Ok(Parsed {
+                items: items
+                    .iter()
+                    .enumerate()
+                    .map(item)
+                    .collect::<anyhow::Result<_>>()?,
+                token,
+                unit: "event",
+            })
         };
         if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(doc.get()) {
-            return Ok((elements(items)?, None));
+            return elements(items, None);
         }
         if let Some((batch, token)) = envelope(doc.get()) {
-            return Ok((elements(serde_json::from_str(batch.get())?)?, token));
+            return elements(serde_json::from_str(batch.get())?, token);
         }
-        return Ok((vec![item_of(doc.get())?], None));
+        return Ok(Parsed {
+            items: vec![(1, item_of(doc.get())?)],
+            token: None,
+            unit: "event",
+        });
     }
-    let mut events = Vec::new();
+    let mut items = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        events.push(item_of(line).map_err(|e| Failure::user(format!("line {}: {e}", n + 1)))?);
+        let at = skipped + n + 1;
+        let item = item_of(line).map_err(|e| Failure::user(format!("line {at}: {e}")))?;
+        items.push((at, item));
     }
-    Ok((events, None))
+    Ok(Parsed {
+        items,
+        token: None,
+        unit: "line",
+    })
 }
 
 /// The `batch` array and `api_key` of a batch envelope (`{"batch": [...]}`), if `text` is one.
@@ -113,9 +143,14 @@ fn item_of(text: &str) -> anyhow::Result<Item> {
 
 /// Where the events come from: a whole JSON document (an array, a batch envelope, one
 /// event), held in memory, or NDJSON, read and sent a batch at a time so that a file of any
-/// size needs only one batch in memory.
+/// size needs only one batch in memory. NDJSON whose first line is not an event object (an
+/// array, an envelope) is read whole too, and its positions are still lines.
 enum Source {
-    Document(std::iter::Enumerate<std::vec::IntoIter<Item>>),
+    /// Read whole ([`parse_events`]).
+    Document {
+        items: std::vec::IntoIter<(usize, Item)>,
+        unit: &'static str,
+    },
     Lines {
         lines: std::io::Lines<Box<dyn BufRead>>,
         /// The first line, already read to tell the formats apart.
@@ -129,7 +164,7 @@ impl Source {
     /// What a position of [`Iterator::next`] counts: lines of NDJSON, events of a document.
     fn unit(&self) -> &'static str {
         match self {
-            Source::Document(_) => "event",
+            Source::Document { unit, .. } => unit,
             Source::Lines { .. } => "line",
         }
     }
@@ -147,11 +182,10 @@ pub enum Item {
 /// Why a line that serde_json cannot read as a value is still JSON, if it is: a number out of
 /// `f64`'s range (`1e400`), which the daemon refuses as one event's problem, not the run's.
 fn refusal(line: &str) -> Option<String> {
-    serde_json::from_str::<serde::de::IgnoredAny>(line).ok()?;
-    let number = crate::domain::scan::first_out_of_range(line)?;
+    let number = crate::domain::scan::out_of_range_in_json(line)?;
     Some(format!(
-        "a number is out of range ({number}): send finite numbers, at most \
-         1.7976931348623157e308 in magnitude"
+        "a number is out of range ({number}): {}",
+        crate::domain::normalize::FINITE_NUMBERS
     ))
 }
 
@@ -161,7 +195,7 @@ impl Iterator for Source {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Source::Document(events) => events.next().map(|(i, item)| Ok((i + 1, item))),
+            Source::Document { items, .. } => items.next().map(Ok),
             Source::Lines {
                 lines,
                 first,
@@ -248,13 +282,13 @@ fn open(file: &std::path::Path) -> anyhow::Result<(Source, Option<String>, Optio
             }
             _ => e.into(),
         })?;
-    let (events, token) = parse_events(&text)?;
-    let n = events.len() as u64;
-    Ok((
-        Source::Document(events.into_iter().enumerate()),
-        token,
-        Some(n),
-    ))
+    let parsed = parse_events(&text, blank.saturating_sub(1))?;
+    let n = parsed.items.len() as u64;
+    let source = Source::Document {
+        items: parsed.items.into_iter(),
+        unit: parsed.unit,
+    };
+    Ok((source, parsed.token, Some(n)))
 }
 
 /// Lines after the first of a regular file, for the progress bar. `None` for anything else:
@@ -435,109 +469,111 @@ async fn send(
             })
             .collect();
         let here = refused_here.len();
-        if chunk.is_empty() {
-            say_rejections(&bar, unit, refused_here);
-            done = last;
-            rejected += here;
-            sent += here;
-            bar.inc(here as u64);
-            continue;
-        }
-        if let (None, Some(t)) = (&tokens.batch, &tokens.default) {
-            for event in chunk.iter_mut().filter(|e| !carries_token(e)) {
-                if let Some(fields) = event.as_object_mut() {
-                    fields.insert("api_key".into(), Value::String(t.clone()));
-                }
-            }
-        }
-        chunk.iter_mut().for_each(ensure_uuid);
         let count = chunk.len();
-        let mut body = json!({ "batch": chunk });
-        if let Some(t) = &tokens.batch {
-            body["api_key"] = Value::String(t.clone());
-        }
-        let mut attempt = 0;
-        let outcome = loop {
-            let outcome = match conn.as_mut() {
-                Some(c) => c.post_json("/batch/", &body).await,
-                None => match Conn::unix(socket).await {
-                    Ok(c) => conn.insert(c).post_json("/batch/", &body).await,
-                    Err(e) => Err(e),
-                },
-            };
-            let (wait, why) = match &outcome {
-                Ok(r) if r.status == 503 => (
-                    retry_after(r).unwrap_or_else(|| backoff(attempt + 1)),
-                    format!("503: {}", r.json().get("detail").unwrap_or(&Value::Null)),
-                ),
-                Ok(_) => break outcome,
-                Err(e) => {
-                    conn = None;
-                    (backoff(attempt + 1), e.to_string())
-                }
-            };
-            if attempt == retries {
-                break outcome;
+        // The daemon's rejections, by position; a chunk of refused lines only sends nothing.
+        let by_daemon: Vec<(usize, String)> = 'send: {
+            if chunk.is_empty() {
+                break 'send Vec::new();
             }
-            attempt += 1;
-            let line = format!(
-                "request {} ({unit}s {}-{last}): {why}; retry {attempt} of {retries} in {:.1}s",
-                n + 1,
-                positions[0],
-                wait.as_secs_f64()
-            );
-            bar.suspend(|| eprintln!("{line}"));
-            tokio::time::sleep(wait).await;
-        };
-        let tried = match attempt {
-            0 => String::new(),
-            a => format!(" after {a} retries"),
-        };
-        let resp = outcome.map_err(|e| {
-            bar.abandon();
-            Failure::runtime(format!(
-                "{e}: the daemon went away during request {}{tried} ({})",
-                n + 1,
-                stopped(sent, done)
-            ))
-        })?;
-        if resp.status != 200 {
-            bar.abandon();
-            let detail = resp.json().get("detail").cloned().unwrap_or(Value::Null);
-            let message = format!(
-                "request {} ({unit}s {}-{last}) was refused with {}{tried}: {detail} ({})",
-                n + 1,
-                positions[0],
-                resp.status,
-                stopped(sent, done)
-            );
-            return Err(match resp.status {
-                500.. => Failure::runtime(message),
-                _ => Failure::user(message),
-            });
-        }
-        let answer = resp.json();
-        let refused = answer.get("rejected").and_then(Value::as_array);
-        let by_daemon = refused.into_iter().flatten().map(|item| {
-            let at = item["index"].as_u64().unwrap_or(0) as usize;
-            let detail = match &item["detail"] {
-                Value::String(d) => d.clone(),
-                other => other.to_string(),
+            if let (None, Some(t)) = (&tokens.batch, &tokens.default) {
+                for event in chunk.iter_mut().filter(|e| !carries_token(e)) {
+                    if let Some(fields) = event.as_object_mut() {
+                        fields.insert("api_key".into(), Value::String(t.clone()));
+                    }
+                }
+            }
+            chunk.iter_mut().for_each(ensure_uuid);
+            let mut body = json!({ "batch": chunk });
+            if let Some(t) = &tokens.batch {
+                body["api_key"] = Value::String(t.clone());
+            }
+            let mut attempt = 0;
+            let outcome = loop {
+                let outcome = match conn.as_mut() {
+                    Some(c) => c.post_json("/batch/", &body).await,
+                    None => match Conn::unix(socket).await {
+                        Ok(c) => conn.insert(c).post_json("/batch/", &body).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                let (wait, why) = match &outcome {
+                    Ok(r) if r.status == 503 => (
+                        retry_after(r).unwrap_or_else(|| backoff(attempt + 1)),
+                        format!("503: {}", r.json().get("detail").unwrap_or(&Value::Null)),
+                    ),
+                    Ok(_) => break outcome,
+                    Err(e) => {
+                        conn = None;
+                        (backoff(attempt + 1), e.to_string())
+                    }
+                };
+                if attempt == retries {
+                    break outcome;
+                }
+                attempt += 1;
+                let line = format!(
+                    "request {} ({unit}s {}-{last}): {why}; retry {attempt} of {retries} in {:.1}s",
+                    n + 1,
+                    positions[0],
+                    wait.as_secs_f64()
+                );
+                bar.suspend(|| eprintln!("{line}"));
+                tokio::time::sleep(wait).await;
             };
-            (positions.get(at).copied().unwrap_or(0), detail)
-        });
+            let tried = match attempt {
+                0 => String::new(),
+                a => format!(" after {a} retries"),
+            };
+            let resp = outcome.map_err(|e| {
+                bar.abandon();
+                Failure::runtime(format!(
+                    "{e}: the daemon went away during request {}{tried} ({})",
+                    n + 1,
+                    stopped(sent, done)
+                ))
+            })?;
+            if resp.status != 200 {
+                bar.abandon();
+                let detail = resp.json().get("detail").cloned().unwrap_or(Value::Null);
+                let message = format!(
+                    "request {} ({unit}s {}-{last}) was refused with {}{tried}: {detail} ({})",
+                    n + 1,
+                    positions[0],
+                    resp.status,
+                    stopped(sent, done)
+                );
+                return Err(match resp.status {
+                    500.. => Failure::runtime(message),
+                    _ => Failure::user(message),
+                });
+            }
+            n += 1;
+            let answer = resp.json();
+            let refused = answer.get("rejected").and_then(Value::as_array);
+            refused
+                .into_iter()
+                .flatten()
+                .map(|item| {
+                    let at = item["index"].as_u64().unwrap_or(0) as usize;
+                    let detail = match &item["detail"] {
+                        Value::String(d) => d.clone(),
+                        other => other.to_string(),
+                    };
+                    (positions.get(at).copied().unwrap_or(0), detail)
+                })
+                .collect()
+        };
+        let r = by_daemon.len();
         say_rejections(
             &bar,
             unit,
             refused_here.into_iter().chain(by_daemon).collect(),
         );
         done = last;
-        let r = refused.map_or(0, Vec::len);
         rejected += r + here;
         accepted += count - r;
         sent += count + here;
         bar.inc((count + here) as u64);
-        n += 1;
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();

@@ -69,6 +69,9 @@ pub const NO_PERSONLESS_EVENTS: [&str; 4] = [
     "$groupidentify",
 ];
 
+/// What to do about a number out of `f64`'s range: the end of every message refusing one.
+pub const FINITE_NUMBERS: &str = "send finite numbers, at most 1.7976931348623157e308 in magnitude";
+
 /// Why an event was rejected before processing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -82,7 +85,7 @@ pub enum Rejection {
     #[error("event name is missing or not a string")]
     BadEventName,
     /// A number no `f64` holds, which could be stored but never read back.
-    #[error("a number in its `{field}` is out of range ({number}): send finite numbers, at most 1.7976931348623157e308 in magnitude")]
+    #[error("a number in its `{field}` is out of range ({number}): {FINITE_NUMBERS}")]
     NumberOutOfRange { field: String, number: String },
     /// A `uuid` that is there but not a string: it could not deduplicate a resend.
     #[error("uuid is {0}: send the event's uuid as a string, or leave it out")]

@@ -122,8 +122,7 @@ impl RawProps {
     /// instead of losing every property beside it.
     pub fn to_map(&self) -> Result<Map<String, Value>, serde_json::Error> {
         serde_json::from_str(&self.0).or_else(|e| {
-            let text = serde_json::from_str::<serde::de::IgnoredAny>(&self.0)
-                .ok()
+            let text = super::scan::out_of_range_in_json(&self.0)
                 .and_then(|_| super::scan::out_of_range_as_null(&self.0));
             match text {
                 Some(text) => serde_json::from_str(&text),

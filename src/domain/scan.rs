@@ -49,6 +49,13 @@ pub fn first_out_of_range(text: &str) -> Option<&str> {
     numbers_out_of_range(text).next()
 }
 
+/// The first number out of `f64`'s range in `text`, if `text` is JSON (serde_json checks it
+/// first): why serde_json cannot read as a value text that is still JSON.
+pub fn out_of_range_in_json(text: &str) -> Option<&str> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    first_out_of_range(text)
+}
+
 /// Every number out of `f64`'s range in `text`, valid JSON, in order (see
 /// [`first_out_of_range`]).
 pub fn numbers_out_of_range(text: &str) -> impl Iterator<Item = &str> + '_ {

@@ -283,6 +283,31 @@ fn ingest_refuses_an_out_of_range_number_alone_in_a_document_and_on_the_first_li
     }
 }
 
+/// NDJSON whose first event line is not an event object (here an envelope) is read whole,
+/// not a batch at a time, but its rejections are still said by file line, counting the blank
+/// lines before it.
+#[test]
+fn ingest_names_file_lines_when_ndjson_starts_with_an_envelope() {
+    let d = Daemon::start();
+    let text = [
+        String::new(),
+        json!({"batch": []}).to_string(),
+        json!({"event": "e", "distinct_id": "ok"}).to_string(),
+        String::new(),
+        r#"{"event":"e","distinct_id":"huge","properties":{"x":1e400}}"#.to_string(),
+    ]
+    .join("\n");
+    let out = ingest_file(&d, &text, &["--token", "phc_env"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rejected line 2: "), "{stderr}");
+    assert!(
+        stderr.contains("rejected line 5: a number is out of range (1e400)"),
+        "{stderr}"
+    );
+    assert!(d.person("phc_env", "ok").is_some());
+}
+
 #[test]
 fn ingest_without_a_daemon_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
