@@ -408,6 +408,82 @@ fn carries_token(event: &Value) -> bool {
         || named(event.get("properties").and_then(|p| p.get("token")))
 }
 
+/// One request of a run, for what its errors say.
+struct Request {
+    /// Its number in the run, from 1.
+    n: u64,
+    /// The positions it holds (`lines 1-100`).
+    what: String,
+    /// What was acknowledged before it, and where to resend from.
+    stopped: String,
+}
+
+/// Send one batch, retrying a 503 (after its `Retry-After`) and a lost connection up to
+/// `retries` times; the daemon's answer to a 200. Any other status is an error saying what was
+/// acknowledged before this request.
+async fn post_batch(
+    conn: &mut Option<Conn>,
+    socket: &std::path::Path,
+    body: &Value,
+    retries: u32,
+    bar: &ProgressBar,
+    request: Request,
+) -> anyhow::Result<Value> {
+    let Request { n, what, stopped } = request;
+    let mut attempt = 0;
+    let outcome = loop {
+        let outcome = match conn.as_mut() {
+            Some(c) => c.post_json("/batch/", body).await,
+            None => match Conn::unix(socket).await {
+                Ok(c) => conn.insert(c).post_json("/batch/", body).await,
+                Err(e) => Err(e),
+            },
+        };
+        let (wait, why) = match &outcome {
+            Ok(r) if r.status == 503 => (
+                retry_after(r).unwrap_or_else(|| backoff(attempt + 1)),
+                format!("503: {}", r.json().get("detail").unwrap_or(&Value::Null)),
+            ),
+            Ok(_) => break outcome,
+            Err(e) => {
+                *conn = None;
+                (backoff(attempt + 1), e.to_string())
+            }
+        };
+        if attempt == retries {
+            break outcome;
+        }
+        attempt += 1;
+        let line = format!(
+            "request {n} ({what}): {why}; retry {attempt} of {retries} in {:.1}s",
+            wait.as_secs_f64()
+        );
+        bar.suspend(|| eprintln!("{line}"));
+        tokio::time::sleep(wait).await;
+    };
+    let tried = match attempt {
+        0 => String::new(),
+        a => format!(" after {a} retries"),
+    };
+    let resp = outcome.map_err(|e| {
+        Failure::runtime(format!(
+            "{e}: the daemon went away during request {n}{tried} ({stopped})"
+        ))
+    })?;
+    if resp.status != 200 {
+        let detail = resp.json().get("detail").cloned().unwrap_or(Value::Null);
+        let message = format!(
+            "request {n} ({what}) was refused with {}{tried}: {detail} ({stopped})",
+            resp.status
+        );
+        return Err(match resp.status {
+            500.. => Failure::runtime(message),
+            _ => Failure::user(message),
+        });
+    }
+    Ok(resp.json())
+}
+
 async fn send(
     socket: &std::path::Path,
     mut events: Source,
@@ -471,10 +547,9 @@ async fn send(
         let here = refused_here.len();
         let count = chunk.len();
         // The daemon's rejections, by position; a chunk of refused lines only sends nothing.
-        let by_daemon: Vec<(usize, String)> = 'send: {
-            if chunk.is_empty() {
-                break 'send Vec::new();
-            }
+        let by_daemon = if chunk.is_empty() {
+            Vec::new()
+        } else {
             if let (None, Some(t)) = (&tokens.batch, &tokens.default) {
                 for event in chunk.iter_mut().filter(|e| !carries_token(e)) {
                     if let Some(fields) = event.as_object_mut() {
@@ -487,68 +562,15 @@ async fn send(
             if let Some(t) = &tokens.batch {
                 body["api_key"] = Value::String(t.clone());
             }
-            let mut attempt = 0;
-            let outcome = loop {
-                let outcome = match conn.as_mut() {
-                    Some(c) => c.post_json("/batch/", &body).await,
-                    None => match Conn::unix(socket).await {
-                        Ok(c) => conn.insert(c).post_json("/batch/", &body).await,
-                        Err(e) => Err(e),
-                    },
-                };
-                let (wait, why) = match &outcome {
-                    Ok(r) if r.status == 503 => (
-                        retry_after(r).unwrap_or_else(|| backoff(attempt + 1)),
-                        format!("503: {}", r.json().get("detail").unwrap_or(&Value::Null)),
-                    ),
-                    Ok(_) => break outcome,
-                    Err(e) => {
-                        conn = None;
-                        (backoff(attempt + 1), e.to_string())
-                    }
-                };
-                if attempt == retries {
-                    break outcome;
-                }
-                attempt += 1;
-                let line = format!(
-                    "request {} ({unit}s {}-{last}): {why}; retry {attempt} of {retries} in {:.1}s",
-                    n + 1,
-                    positions[0],
-                    wait.as_secs_f64()
-                );
-                bar.suspend(|| eprintln!("{line}"));
-                tokio::time::sleep(wait).await;
-            };
-            let tried = match attempt {
-                0 => String::new(),
-                a => format!(" after {a} retries"),
-            };
-            let resp = outcome.map_err(|e| {
-                bar.abandon();
-                Failure::runtime(format!(
-                    "{e}: the daemon went away during request {}{tried} ({})",
-                    n + 1,
-                    stopped(sent, done)
-                ))
-            })?;
-            if resp.status != 200 {
-                bar.abandon();
-                let detail = resp.json().get("detail").cloned().unwrap_or(Value::Null);
-                let message = format!(
-                    "request {} ({unit}s {}-{last}) was refused with {}{tried}: {detail} ({})",
-                    n + 1,
-                    positions[0],
-                    resp.status,
-                    stopped(sent, done)
-                );
-                return Err(match resp.status {
-                    500.. => Failure::runtime(message),
-                    _ => Failure::user(message),
-                });
-            }
             n += 1;
-            let answer = resp.json();
+            let request = Request {
+                n,
+                what: format!("{unit}s {}-{last}", positions[0]),
+                stopped: stopped(sent, done),
+            };
+            let answer = post_batch(&mut conn, socket, &body, retries, &bar, request)
+                .await
+                .inspect_err(|_| bar.abandon())?;
             let refused = answer.get("rejected").and_then(Value::as_array);
             refused
                 .into_iter()
