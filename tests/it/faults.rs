@@ -274,52 +274,7 @@ fn sigterm_while_rocksdb_replays_its_write_ahead_log_at_open_stops_cleanly() {
         }
         // Dropped without a flush, as by a crash: the writes are only in the write-ahead log.
     }
-    let log = tmp.path().join("daemon.log");
-    let mut child = Command::new(crate::support::bin())
-        .args(["serve", "--data-dir"])
-        .arg(&dir)
-        .arg("--socket")
-        .arg(dir.join("s.sock"))
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start serve");
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("Opening the data dir.")
-    {
-        assert!(started.elapsed().as_secs() < 60, "no open seen");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !text.contains("Recovered."),
-        "the signal must land during the open: {text}"
-    );
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(status.code(), Some(0), "{status}: {text}");
-    assert!(
-        text.contains("Recovered.") && text.contains("Stopped."),
-        "{text}"
-    );
-    let verify = Command::new(crate::support::bin())
-        .args(["verify", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&verify.stdout);
-    assert!(
-        verify.status.success() && out.contains(&format!("{persons} persons")),
-        "{out}"
-    );
+    sigterm_on_line_then_verify(&dir, "Opening the data dir.", persons);
 }
 
 /// api.md: SIGTERM stops the daemon with exit 0. One that arrives while the start-up replay
@@ -342,10 +297,17 @@ fn sigterm_during_the_start_up_replay_stops_cleanly() {
         store.db().delete_cf(&meta, b"derived_format").unwrap();
         store.db().flush_wal(true).unwrap();
     }
-    let log = tmp.path().join("daemon.log");
+    sigterm_on_line_then_verify(&dir, "Replaying the log.", 60_000);
+}
+
+/// Start `serve` on `dir`, send SIGTERM as soon as its log says `line` (checking that it is
+/// not up yet), and expect a clean stop (exit 0) once it is up, then `persons` persons in a
+/// full `verify`.
+fn sigterm_on_line_then_verify(dir: &Path, line: &str, persons: u64) {
+    let log = dir.with_extension("log");
     let mut child = Command::new(crate::support::bin())
         .args(["serve", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
         .arg("--socket")
         .arg(dir.join("s.sock"))
         .env("RUST_LOG", "info")
@@ -356,15 +318,15 @@ fn sigterm_during_the_start_up_replay_stops_cleanly() {
     let started = std::time::Instant::now();
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
-        .contains("Replaying the log.")
+        .contains(line)
     {
-        assert!(started.elapsed().as_secs() < 60, "no replay seen");
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(started.elapsed().as_secs() < 60, "no {line:?} seen");
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         !text.contains("Recovered."),
-        "the signal must land during the replay: {text}"
+        "the signal must land before the daemon is up: {text}"
     );
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -380,12 +342,12 @@ fn sigterm_during_the_start_up_replay_stops_cleanly() {
     );
     let verify = Command::new(crate::support::bin())
         .args(["verify", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&verify.stdout);
     assert!(
-        verify.status.success() && out.contains("60000 persons"),
+        verify.status.success() && out.contains(&format!("{persons} persons")),
         "{out}"
     );
 }
