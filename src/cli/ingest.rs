@@ -17,6 +17,8 @@ pub struct IngestArgs {
     /// NDJSON (one event per line) or JSON (an event, an array, or a `{"batch": [...]}`); `-` is
     /// stdin. NDJSON is sent as it is read, a batch at a time, so a file of any size fits in
     /// memory; a line that is not JSON stops the run after the batches before it were sent.
+    /// (NDJSON whose first line is not an event object, such as a `{"batch": [...]}`, is read
+    /// whole first, and a line that is not JSON stops it before anything is sent.)
     /// An event that is JSON but holds a number out of range (`1e400`) is refused alone, by
     /// its line or place, and the run goes on.
     pub file: PathBuf,
