@@ -310,8 +310,14 @@ impl Store {
     }
 
     fn open_with(dir: &Path, options: Options) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+        // Not the data's fault (exit 3 says restore a snapshot), but the path's: the user's to fix.
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Refused(format!(
+                "cannot create data dir {}: {e}. Give a --data-dir that exists, or whose \
+                 parent exists and is writable",
+                dir.display()
+            ))
+        })?;
         let cfs = keys::CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));

@@ -222,6 +222,30 @@ fn on_storage_error_exit_stops_the_daemon_with_code_2() {
 
 /// api.md: exit 3 when corruption is detected. A log entry that does not decode, found by the
 /// recovery at start, stops `serve` with 3 and a line that says what to do.
+/// A data dir that cannot be created is the path's fault, not damaged data: exit 1 (not 3,
+/// which says to restore a snapshot), naming the dir and why.
+#[test]
+fn a_data_dir_that_cannot_be_created_exits_1_saying_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a dir").unwrap();
+    let dir = file.join("store");
+    let out = Command::new(crate::support::bin())
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .arg("--socket")
+        .arg(tmp.path().join("s.sock"))
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot create data dir {}", dir.display()))
+            && !stderr.contains("snapshot restore"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_corrupt_log_entry_found_at_start_exits_3() {
     let mut d = Daemon::start();
