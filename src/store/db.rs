@@ -384,16 +384,16 @@ impl Store {
     }
 
     /// A `meta` value as u64.
-    pub fn meta_u64(&self, name: &str) -> Result<Option<u64>, StoreError> {
+    pub fn meta_u64(&self, name: &[u8]) -> Result<Option<u64>, StoreError> {
         Ok(self
-            .get("meta", name.as_bytes())?
+            .get("meta", name)?
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes))
     }
 
     /// The last seq whose changes are in the derived column families.
     pub fn applied_seq(&self) -> Result<Seq, StoreError> {
-        Ok(Seq(self.meta_u64("applied_seq")?.unwrap_or(0)))
+        Ok(Seq(self.meta_u64(keys::APPLIED_SEQ_KEY)?.unwrap_or(0)))
     }
 
     /// The highest seq in the log.

@@ -15,7 +15,7 @@
 //! | `didhist` | project u32, len u16, distinct id, seq u64 | empty (log entries of an id) |
 //! | `limits` | project u32, kind u8, distinct id | last rate-limited warning of that key |
 //! | `settings` | project u32 | the project's [`crate::domain::ProjectSettings`] |
-//! | `buffer` | seq u64 (of the `EventBuffered` entry) | project u32 BE, release time i64 BE, then the [`crate::domain::buffer::BufferedEvent`] record: events waiting in the conversion buffer |
+//! | `buffer` | seq u64 (of the `EventBuffered` entry) | the record of (project, release time, [`crate::domain::buffer::BufferedEvent`]): events waiting in the conversion buffer |
 //! | `evname` | project u32, len u16, event name, timestamp (i64, sign bit flipped), seq u64 | distinct id: the insights index |
 
 use crate::domain::{PersonUuid, ProjectId, Seq};
@@ -25,6 +25,12 @@ pub const CFS: [&str; 15] = [
     "log", "meta", "projects", "persons", "order", "dids", "evdid", "uuids", "warnings", "hist",
     "didhist", "limits", "settings", "buffer", "evname",
 ];
+
+/// `meta` key: the last seq whose changes are in the derived column families (u64 BE).
+pub const APPLIED_SEQ_KEY: &[u8] = b"applied_seq";
+
+/// `meta` key: the derived state's format (u64 BE), `codec::DERIVED_FORMAT` when current.
+pub const DERIVED_FORMAT_KEY: &[u8] = b"derived_format";
 
 /// Key of a log entry.
 pub fn log(seq: Seq) -> [u8; 8] {
@@ -273,6 +279,16 @@ mod tests {
         // A distinct ID longer than a u16 can say keeps all its bytes, its length saturated.
         let long = "x".repeat(70_000);
         assert_eq!(did(p, &long), cat(&[&pb, &[0xFF, 0xFF], long.as_bytes()]));
+        // The column families not keyed by project first.
+        assert_eq!(log(seq), sb);
+        assert_eq!(buffered(seq), sb);
+        assert_eq!(project_by_id(p), cat(&[b"i", &pb]));
+        assert_eq!(project_by_token("phc_x"), b"tphc_x".to_vec());
+        assert_eq!(settings(p), pb.to_vec());
+        assert_eq!(
+            (APPLIED_SEQ_KEY, DERIVED_FORMAT_KEY),
+            (&b"applied_seq"[..], &b"derived_format"[..])
+        );
     }
 
     /// Two different uuid texts never share a key (a redelivery would otherwise be taken for

@@ -208,7 +208,7 @@ impl<'s> Materializer<'s> {
         }
         self.batch.put_cf(
             self.store.cf("meta"),
-            b"applied_seq",
+            keys::APPLIED_SEQ_KEY,
             self.seq.0.to_be_bytes(),
         );
         (self.batch, self.persons)

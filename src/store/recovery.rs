@@ -42,7 +42,7 @@ pub fn recover(
     mut progress: impl FnMut(Seq, Seq),
 ) -> Result<Recovered, StoreError> {
     let last = store.last_log_seq()?;
-    let format = store.meta_u64("derived_format")?;
+    let format = store.meta_u64(keys::DERIVED_FORMAT_KEY)?;
     let rebuilt = rebuild
         || (format.is_some() && format != Some(DERIVED_FORMAT))
         || (format.is_none() && last.0 > 0);
@@ -75,7 +75,7 @@ pub fn recover(
     }
     store.db().put_cf(
         store.cf("meta"),
-        b"derived_format",
+        keys::DERIVED_FORMAT_KEY,
         DERIVED_FORMAT.to_be_bytes(),
     )?;
     store.db().flush_wal(true)?;

@@ -917,7 +917,7 @@ fn compare_rebuilt(
 
 /// Records of `meta` that [`compare_meta`] checks, and the record by record comparison leaves
 /// out.
-const META_CHECKED: [&[u8]; 2] = [b"applied_seq", b"derived_format"];
+const META_CHECKED: [&[u8]; 2] = [keys::APPLIED_SEQ_KEY, keys::DERIVED_FORMAT_KEY];
 
 /// The live `applied_seq` must be the log's last seq: derived state commits with each log
 /// group, so a stopped store has applied everything its log holds. A live `derived_format`
@@ -927,7 +927,7 @@ const META_CHECKED: [&[u8]; 2] = [b"applied_seq", b"derived_format"];
 fn compare_meta(store: &Store) -> Result<Vec<(&'static str, String)>, StoreError> {
     let mut diffs = Vec::new();
     let last = store.last_log_seq()?;
-    let applied = store.meta_u64("applied_seq")?;
+    let applied = store.meta_u64(keys::APPLIED_SEQ_KEY)?;
     if !(applied == Some(last.0) || (applied.is_none() && last.0 == 0)) {
         diffs.push((
             "meta",
@@ -937,7 +937,7 @@ fn compare_meta(store: &Store) -> Result<Vec<(&'static str, String)>, StoreError
             ),
         ));
     }
-    match store.meta_u64("derived_format")? {
+    match store.meta_u64(keys::DERIVED_FORMAT_KEY)? {
         Some(f) if f != DERIVED_FORMAT => diffs.push((
             "meta",
             format!(
