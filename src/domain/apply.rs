@@ -112,6 +112,13 @@ fn apply_changes_to_person(p: &mut Person, changes: &[Change]) -> bool {
 
 /// The persons that `person` splits into (spec §10): one per distinct ID, the main one keeping
 /// the properties and the identified flag.
+///
+/// Each part's uuid is that of its distinct ID (spec §6), so one part has the original's uuid:
+/// the ID the original was created for. When that part is the main one, the original goes on
+/// (its version goes up, it keeps its place in the creation order). Otherwise the original ends
+/// and that part is a new person under the same uuid, like every other part: version 0, created
+/// by the split, not identified. (Carried on instead, an identified person would become
+/// unidentified and lose its properties, and `is_identified` never goes back to false, spec §4.)
 pub fn split_parts(
     original: &Person,
     seq: Seq,
@@ -122,6 +129,7 @@ pub fn split_parts(
         .iter()
         .map(|(did, uuid)| {
             let is_main = did == main;
+            let goes_on = is_main && *uuid == original.uuid;
             Person {
                 project: original.project,
                 uuid: *uuid,
@@ -133,16 +141,8 @@ pub fn split_parts(
                 },
                 is_identified: is_main && original.is_identified,
                 created_at_ms: original.created_at_ms,
-                version: if *uuid == original.uuid {
-                    original.version + 1
-                } else {
-                    0
-                },
-                created_seq: if *uuid == original.uuid {
-                    original.created_seq
-                } else {
-                    seq
-                },
+                version: if goes_on { original.version + 1 } else { 0 },
+                created_seq: if goes_on { original.created_seq } else { seq },
             }
         })
         .collect()
@@ -277,5 +277,76 @@ fn update_touched<S: State>(state: &mut S, project: ProjectId, changes: &[Change
             apply_changes_to_person(&mut p, changes);
             state.update(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::person_uuid;
+
+    /// A person created for "anon", then identified as "user", with a property.
+    fn identified() -> Person {
+        let p = ProjectId(1);
+        let mut props = Props::new();
+        props.0.insert("email".into(), "u@x.io".into());
+        Person {
+            project: p,
+            uuid: person_uuid(p, "anon"),
+            distinct_ids: vec!["anon".into(), "user".into()],
+            properties: props,
+            is_identified: true,
+            created_at_ms: 5,
+            version: 2,
+            created_seq: Seq(1),
+        }
+    }
+
+    fn parts(p: &Person) -> Vec<(String, PersonUuid)> {
+        let ids = p.distinct_ids.iter();
+        ids.map(|d| (d.clone(), person_uuid(p.project, d)))
+            .collect()
+    }
+
+    #[test]
+    fn a_split_whose_main_id_created_the_person_carries_it_on() {
+        let p = identified();
+        let [anon, user] = split_parts(&p, Seq(9), "anon", &parts(&p))
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            (anon.uuid, anon.version, anon.created_seq),
+            (p.uuid, 3, Seq(1))
+        );
+        assert!(anon.is_identified);
+        assert_eq!(anon.properties, p.properties);
+        assert_eq!(
+            (user.version, user.created_seq, user.is_identified),
+            (0, Seq(9), false)
+        );
+        assert!(user.properties.0.is_empty());
+    }
+
+    /// The part that gets the original's uuid is not the main one: the original ends, and that
+    /// part is a new, unidentified person (never an identified person gone back to false).
+    #[test]
+    fn a_split_whose_main_id_is_another_ends_the_person_and_starts_each_part() {
+        let p = identified();
+        let [anon, user] = split_parts(&p, Seq(9), "user", &parts(&p))
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            (anon.uuid, anon.version, anon.created_seq),
+            (p.uuid, 0, Seq(9))
+        );
+        assert!(!anon.is_identified);
+        assert!(anon.properties.0.is_empty());
+        assert_ne!(user.uuid, p.uuid);
+        assert_eq!(
+            (user.version, user.created_seq, user.is_identified),
+            (0, Seq(9), true)
+        );
+        assert_eq!(user.properties, p.properties);
+        assert_eq!(user.created_at_ms, p.created_at_ms);
     }
 }

@@ -234,9 +234,14 @@ impl Entry {
     pub fn begins_person(&self, uuid: PersonUuid) -> bool {
         self.changes.iter().any(|c| match c {
             Change::PersonCreated { person, .. } => *person == uuid,
-            Change::PersonSplit { person, parts, .. } => {
-                *person != uuid && parts.iter().any(|(_, u)| *u == uuid)
-            }
+            // Every part but the original going on as the main one ([`super::apply::split_parts`]).
+            Change::PersonSplit {
+                person,
+                main,
+                parts,
+            } => parts
+                .iter()
+                .any(|(d, u)| *u == uuid && (*person != uuid || d != main)),
             _ => false,
         })
     }
@@ -286,6 +291,16 @@ mod tests {
         }]);
         assert!(!split.begins_person(uuid(1)), "the split person goes on");
         assert!(split.begins_person(uuid(2)));
+        let split_off = entry(vec![Change::PersonSplit {
+            person: uuid(1),
+            main: "b".into(),
+            parts: vec![("a".into(), uuid(1)), ("b".into(), uuid(2))],
+        }]);
+        assert!(
+            split_off.begins_person(uuid(1)),
+            "the original ends: its uuid is a new part's"
+        );
+        assert!(split_off.begins_person(uuid(2)));
         let deleted = entry(vec![Change::PersonDeleted {
             person: uuid(1),
             distinct_ids: vec!["a".into(), "b".into()],

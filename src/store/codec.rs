@@ -11,8 +11,9 @@ pub const FORMAT_VERSION: u8 = 1;
 
 /// Format of derived state (everything but `log`); a mismatch rebuilds it from the log.
 /// 2 added `settings`, `buffer` and `evname`; 3 keys `uuids` by a canonical uuid's 16 bytes
-/// ([`super::keys::event_uuid`]).
-pub const DERIVED_FORMAT: u64 = 3;
+/// ([`super::keys::event_uuid`]); 4 starts a new person at a split whose main ID is not the one
+/// the person was created for ([`crate::domain::apply::split_parts`]).
+pub const DERIVED_FORMAT: u64 = 4;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, thiserror::Error)]

@@ -172,6 +172,49 @@ fn split_gives_each_id_its_own_person_and_its_events() {
     d.assert_verifies();
 }
 
+/// The original person's uuid is its creating ID's (spec §6), here "user"'s. Split with
+/// another main ID, it is not carried on by an unidentified part without its properties
+/// (`is_identified` never goes back to false, spec §4): the original ends, and "user" gets a
+/// new person under that uuid, version 0, whose history starts at the split.
+#[test]
+fn a_split_to_another_main_id_ends_the_person_and_starts_a_new_one_under_its_uuid() {
+    let mut d = Daemon::start();
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    assert!(p["version"].as_u64().unwrap() > 0);
+    let r = d.post(
+        &format!("/api/projects/{T}/persons/{uuid}/split/"),
+        &json!({"main_distinct_id": "anon"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let check = |d: &Daemon| {
+        let user = d.person(T, "user").unwrap();
+        assert_eq!(user["uuid"], json!(uuid));
+        assert_eq!(
+            (
+                &user["version"],
+                &user["is_identified"],
+                &user["properties"]
+            ),
+            (&json!(0), &json!(false), &json!({})),
+            "{user}"
+        );
+        let h = history(d, &uuid);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].1, vec!["person_split"], "{h:?}");
+        let main = d.person(T, "anon").unwrap();
+        assert_ne!(main["uuid"], json!(uuid));
+        assert_eq!(main["is_identified"], json!(true));
+        assert_eq!(main["properties"]["email"], json!("u@x.io"));
+        assert_eq!(d.all_persons(T).len(), 3, "one person per distinct ID");
+    };
+    check(&d);
+    d.restart();
+    check(&d);
+    d.terminate();
+    d.assert_verifies();
+}
+
 /// A 204 to a deletion with its events promises their bytes left the disk: when the compaction
 /// that removes them fails, the answer is a server error that says the deletion itself holds
 /// and how the bytes go, and the deletion is still durable.
