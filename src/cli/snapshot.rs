@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::client::Conn;
 use super::Failure;
+use crate::store::db::check_data_dir;
 use crate::store::snapshot::{self, AsOf, Phase, RestoreOptions, SnapshotError};
 use crate::store::{Store, StoreError};
 
@@ -219,6 +220,16 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
 }
 
 fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+    // Store::open would create an empty store in a mistyped path, and this would snapshot it.
+    check_data_dir(dir).map_err(|e| Failure::user(e.to_string()))?;
+    if !dir.join("CURRENT").exists() {
+        return Err(Failure::user(format!(
+            "{} is not an idstitch data dir (no RocksDB CURRENT file in it): give the \
+             --data-dir the daemon ran with, or --socket for a running daemon",
+            dir.display()
+        ))
+        .into());
+    }
     let store = Store::open(dir).map_err(|e| match e {
         StoreError::Refused(m) => Failure::user(m),
         e => Failure::user(format!(

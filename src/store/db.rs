@@ -260,6 +260,13 @@ pub fn check_data_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.join("CURRENT").exists() {
         return Ok(());
     }
+    if dir.join(super::snapshot::MANIFEST).exists() {
+        return Err(StoreError::Refused(format!(
+            "{d} is a snapshot, not a data dir: restore it into one with `idstitch snapshot \
+             restore {d} --data-dir DIR`, or check it with `idstitch snapshot verify {d}`",
+            d = dir.display()
+        )));
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         // Missing: a new store. Unreadable: RocksDB's open says why.
@@ -276,7 +283,7 @@ pub fn check_data_dir(dir: &Path) -> Result<(), StoreError> {
              (no RocksDB CURRENT file), for example after a restore by an older idstitch was \
              interrupted: refusing to create a new store over it. Restore into it with \
              `idstitch snapshot restore SNAPSHOT --data-dir {d} --force`, or give the right \
-             --data-dir (a missing or empty one gets a new store)",
+             --data-dir (`serve` creates a new store in a missing or empty one)",
             d = dir.display()
         ))),
     }

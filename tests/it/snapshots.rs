@@ -942,3 +942,64 @@ fn serve_refuses_a_non_empty_dir_without_a_database_but_starts_in_an_empty_one()
     let d = Daemon::on(&tmp.path().join("missing"), &[]);
     d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
 }
+
+/// `snapshot create --data-dir` of a path that holds no store (a typo, an empty dir) refuses,
+/// instead of creating an empty store there and writing an "ok" snapshot of nothing.
+#[test]
+fn snapshot_create_of_a_dir_without_a_store_refuses_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("typo");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (dir, name) in [(&missing, "a missing dir"), (&empty, "an empty dir")] {
+        let snap = tmp.path().join(format!("snap-{}", name.len()));
+        let out = idstitch(&["snapshot", "create", s(&snap), "--data-dir", s(dir)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains("is not an idstitch data dir"), "{name}: {err}");
+        assert!(
+            err.contains("--socket"),
+            "{name}: does not say what to do: {err}"
+        );
+        assert!(!snap.exists(), "{name}: a snapshot was written");
+    }
+    assert!(!missing.exists(), "the missing dir was created");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "untouched");
+}
+
+/// A snapshot given where a data dir goes is named as one, with what to run instead (not the
+/// advice to restore a snapshot over it).
+#[test]
+fn a_snapshot_given_as_a_data_dir_is_named_as_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, _) = snapshot_of_persons(tmp.path(), 1);
+    let says = |what: &str, code: Option<i32>, err: &str| {
+        assert_eq!(code, Some(1), "{what}: {err}");
+        assert!(
+            err.contains("is a snapshot, not a data dir"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("snapshot restore"), "{what}: {err}");
+        assert!(!err.contains("--force"), "{what}: {err}");
+    };
+    let (code, err) = serve_exit(&snap);
+    says("serve", code, &err);
+    for args in [
+        vec!["verify", "--data-dir", s(&snap)],
+        vec![
+            "snapshot",
+            "create",
+            "/nonexistent-out",
+            "--data-dir",
+            s(&snap),
+        ],
+    ] {
+        let out = idstitch(&args);
+        says(
+            args[0],
+            out.status.code(),
+            &String::from_utf8_lossy(&out.stderr),
+        );
+    }
+    succeeds(&["snapshot", "verify", s(&snap)]);
+}
