@@ -227,8 +227,7 @@ fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
             "{} is not an idstitch data dir (no RocksDB CURRENT file in it): give the \
              --data-dir the daemon ran with, or --socket for a running daemon",
             dir.display()
-        ))
-        .into());
+        )));
     }
     let store = Store::open(dir).map_err(|e| match e {
         StoreError::Refused(m) => Failure::user(m),
