@@ -169,7 +169,7 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
             let m = snapshot::verify(&snapshot, |p, d, t| b.update(p, d, t)).map_err(fail)?;
             b.finish();
             println!(
-                "ok: snapshot at seq {} with {} files; {:?}",
+                "ok: snapshot at seq {} with {} files: {}",
                 m.last_seq,
                 m.files.len(),
                 m.counts
@@ -244,7 +244,7 @@ fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     .map_err(fail)?;
     b.finish_and_clear();
     println!(
-        "ok: snapshot {} at seq {}; {:?}",
+        "ok: snapshot {} at seq {}: {}",
         out.display(),
         m.last_seq,
         m.counts

@@ -23,6 +23,9 @@ pub const MANIFEST_FORMAT: u32 = 1;
 /// Name of the manifest inside a snapshot directory.
 pub const MANIFEST: &str = "manifest.json";
 
+/// The directory of a snapshot that holds the RocksDB checkpoint's files.
+const SNAPSHOT_DB: &str = "db";
+
 /// Counts recorded in a manifest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
@@ -36,6 +39,16 @@ pub struct Counts {
     pub events: u64,
     /// Log entries.
     pub log_entries: u64,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} projects, {} persons, {} distinct IDs, {} events, {} log entries",
+            self.projects, self.persons, self.distinct_ids, self.events, self.log_entries
+        )
+    }
 }
 
 /// One file of a snapshot.
@@ -268,7 +281,7 @@ pub fn create(
     }
     fs::create_dir_all(out).map_err(|e| io("cannot create", out, e))?;
     let started = Instant::now();
-    let db_dir = out.join("db");
+    let db_dir = out.join(SNAPSHOT_DB);
     {
         // The reaper must not remove an archived WAL file between RocksDB's listing and its
         // reading of that file's size.
@@ -350,11 +363,41 @@ fn check_file_names(m: &Manifest) -> Result<(), SnapshotError> {
 /// Read a snapshot's manifest.
 pub fn read_manifest(snapshot: &Path) -> Result<Manifest, SnapshotError> {
     let path = snapshot.join(MANIFEST);
-    let text = fs::read(&path)
-        .map_err(|e| SnapshotError::Corrupt(format!("cannot read {}: {e}", path.display())))?;
+    let text = fs::read(&path).map_err(|e| {
+        not_a_snapshot(snapshot).unwrap_or_else(|| {
+            SnapshotError::Corrupt(format!("cannot read {}: {e}", path.display()))
+        })
+    })?;
     serde_json::from_slice(&text).map_err(|e| {
         SnapshotError::Corrupt(format!("{} is not a valid manifest: {e}", path.display()))
     })
+}
+
+/// Why `path`, whose manifest cannot be read, is the user's mistake rather than a damaged
+/// snapshot (exit 1, not 3): nothing there, a data dir, or a dir with neither a manifest nor
+/// the `db/` of a snapshot. `None` for a dir that looks like a snapshot.
+fn not_a_snapshot(path: &Path) -> Option<SnapshotError> {
+    let d = path.display();
+    let why = if !path.exists() {
+        format!("there is no snapshot at {d}: give the directory `idstitch snapshot create` wrote")
+    } else if !path.is_dir() {
+        format!(
+            "{d} is a file, not a snapshot: give the directory `idstitch snapshot create` wrote"
+        )
+    } else if path.join("CURRENT").exists() {
+        format!(
+            "{d} is a data dir, not a snapshot: make one of it with `idstitch snapshot create \
+             OUT --data-dir {d}` (or --socket while the daemon runs)"
+        )
+    } else if !path.join(SNAPSHOT_DB).exists() {
+        format!(
+            "{d} is not a snapshot (it has no {MANIFEST}): give the directory `idstitch \
+             snapshot create` wrote"
+        )
+    } else {
+        return None;
+    };
+    Some(SnapshotError::Refused(why))
 }
 
 /// The path of a manifest file under `db_dir`, once it is there as a regular file of the
@@ -392,7 +435,7 @@ pub fn verify(
     // Names are checked before any file is opened: a crafted one (`../x`, `/etc/x`) would
     // make us read outside the snapshot.
     let m = check_layout(snapshot)?;
-    let db_dir = snapshot.join("db");
+    let db_dir = snapshot.join(SNAPSHOT_DB);
     check_sums(&db_dir, &m.files, |done, total| {
         progress(Phase::Checksum, done, total)
     })?;
@@ -471,7 +514,7 @@ fn check_layout(snapshot: &Path) -> Result<Manifest, SnapshotError> {
         )));
     }
     check_file_names(&m)?;
-    let db_dir = snapshot.join("db");
+    let db_dir = snapshot.join(SNAPSHOT_DB);
     for f in &m.files {
         present_as_listed(&db_dir, f)?;
     }
@@ -1041,7 +1084,7 @@ fn restore_into(
     progress: &mut impl FnMut(Phase, u64, u64),
 ) -> Result<(Seq, u64), SnapshotError> {
     let t = Instant::now();
-    let bytes = copy_checked(m, &snapshot.join("db"), data_dir, progress)?;
+    let bytes = copy_checked(m, &snapshot.join(SNAPSHOT_DB), data_dir, progress)?;
     tracing::debug!(
         secs = t.elapsed().as_secs_f64(),
         bytes,

@@ -1003,3 +1003,47 @@ fn a_snapshot_given_as_a_data_dir_is_named_as_one() {
     }
     succeeds(&["snapshot", "verify", s(&snap)]);
 }
+
+/// A path that is not a snapshot (nothing there, a file, a data dir, any other dir) is the
+/// user's mistake, exit 1 naming it, not exit 3 (corruption: monitoring alarms on it). A
+/// snapshot that lost its manifest is still damaged (exit 3). The counts print as words.
+#[test]
+fn a_path_that_is_not_a_snapshot_exits_1_and_a_damaged_one_3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, _) = snapshot_of_persons(tmp.path(), 1);
+    let data = tmp.path().join("data");
+    succeeds(&["snapshot", "restore", s(&snap), "--data-dir", s(&data)]);
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for (path, says) in [
+        (tmp.path().join("missing"), "there is no snapshot at"),
+        (file, "is a file, not a snapshot"),
+        (data, "is a data dir, not a snapshot"),
+        (other, "is not a snapshot (it has no manifest.json)"),
+    ] {
+        let into = tmp.path().join("into");
+        for args in [
+            vec!["snapshot", "verify", s(&path)],
+            vec!["snapshot", "restore", s(&path), "--data-dir", s(&into)],
+        ] {
+            let out = idstitch(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.contains(says), "{args:?} does not say {says:?}: {err}");
+        }
+        assert!(!into.exists(), "{path:?}: restore created the data dir");
+    }
+    let out = succeeds(&["snapshot", "verify", s(&snap)]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("1 projects, 1 persons"), "{said}");
+    std::fs::remove_file(snap.join("manifest.json")).unwrap();
+    let out = idstitch(&["snapshot", "verify", s(&snap)]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
