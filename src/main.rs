@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use idstitch::cli::{run, Cli, Failure};
 
 /// mimalloc instead of glibc's malloc: the daemon allocates many small maps per event, and
@@ -27,19 +27,61 @@ fn main() -> ExitCode {
 }
 
 /// `--help` and `--version` print and exit 0; any other parse error is a failure the user can
-/// fix (exit 1, api.md), told in one line: clap's first line, and where to look.
+/// fix (exit 1, api.md), told in one line: clap's message with what it lists (the missing
+/// arguments, the possible values, a tip), and the help of the subcommand concerned.
 fn usage(e: clap::Error) -> ExitCode {
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
+    let text = e.render().to_string();
+    let help = format!("see `{} --help`", command_of(&text));
     if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        eprintln!("idstitch: a command is missing; see `idstitch --help`");
+        eprintln!("idstitch: a command is missing; {help}");
         return ExitCode::from(1);
     }
-    let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("idstitch: {first}; see `idstitch --help`");
+    eprintln!("idstitch: {}; {help}", one_line(&text));
     ExitCode::from(1)
+}
+
+/// Clap's message before its usage, on one line: `the following required arguments were not
+/// provided: <FILE>`, `invalid value 'x' for '--y <Y>'; possible values: a, b`.
+fn one_line(text: &str) -> String {
+    let mut lines = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(|l| l.trim().trim_start_matches('[').trim_end_matches(']'))
+        .filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let rest: Vec<&str> = lines.collect();
+    match (rest.is_empty(), first.ends_with(':')) {
+        (true, _) => first.to_string(),
+        (false, true) => format!("{first} {}", rest.join(" ")),
+        (false, false) => format!("{first}; {}", rest.join("; ")),
+    }
+}
+
+/// The command a clap message is about: from its usage line (`Usage: idstitch snapshot restore
+/// [OPTIONS] …` gives `idstitch snapshot restore`), else the subcommands named on the command
+/// line.
+fn command_of(text: &str) -> String {
+    let usage = text.lines().find_map(|l| l.trim().strip_prefix("Usage:"));
+    let words: Vec<&str> = usage
+        .unwrap_or_default()
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['[', '<', '-']))
+        .collect();
+    if !words.is_empty() {
+        return words.join(" ");
+    }
+    let mut cmd = Cli::command();
+    let mut path = vec!["idstitch".to_string()];
+    for arg in std::env::args().skip(1) {
+        if let Some(sub) = cmd.find_subcommand(&arg).cloned() {
+            path.push(arg);
+            cmd = sub;
+        }
+    }
+    path.join(" ")
 }

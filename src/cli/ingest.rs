@@ -33,8 +33,8 @@ pub struct IngestArgs {
     /// and no `api_key` of a batch envelope): an event's own token still wins.
     #[arg(long)]
     pub token: Option<String>,
-    /// Events per request.
-    #[arg(long, default_value_t = 500)]
+    /// Events per request, at least 1 (the daemon's --max-events-per-request is the most).
+    #[arg(long, default_value_t = 500, value_parser = at_least_one)]
     pub batch_size: usize,
     /// How many times one request is sent again before the run stops, when the daemon answers
     /// 503 (degraded or stopping: its `Retry-After` is waited, at most 30 s) or the connection
@@ -45,6 +45,15 @@ pub struct IngestArgs {
     /// `uuid` before its first send (as PostHog's capture does), kept across retries.
     #[arg(long, default_value_t = 8)]
     pub retries: u32,
+}
+
+/// A count of at least 1 (`--batch-size 0` would send nothing, or one event at a time).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("0 is not in 1.. (at least one event per request)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A file's events, each with its position, read whole (a JSON document, or NDJSON that
@@ -329,7 +338,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         events,
         total,
         tokens,
-        args.batch_size.max(1),
+        args.batch_size,
         args.retries,
     ))
 }

@@ -96,9 +96,10 @@ pub enum Command {
     Snapshot(snapshot::SnapshotCmd),
     /// Operator access to persons over the socket: show, history, split, delete.
     Person {
-        /// The daemon's socket.
+        /// The daemon's socket (before or after the subcommand).
         #[arg(
             long,
+            global = true,
             env = "IDSTITCH_SOCKET",
             default_value = "./data/store/idstitch.sock"
         )]
@@ -109,9 +110,10 @@ pub enum Command {
     },
     /// A project's settings over the socket: show, set.
     Project {
-        /// The daemon's socket.
+        /// The daemon's socket (before or after the subcommand).
         #[arg(
             long,
+            global = true,
             env = "IDSTITCH_SOCKET",
             default_value = "./data/store/idstitch.sock"
         )]
@@ -122,9 +124,10 @@ pub enum Command {
     },
     /// Insights counted per person after merges: unique persons, funnels.
     Insights {
-        /// The daemon's socket.
+        /// The daemon's socket (before or after the subcommand).
         #[arg(
             long,
+            global = true,
             env = "IDSTITCH_SOCKET",
             default_value = "./data/store/idstitch.sock"
         )]

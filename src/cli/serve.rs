@@ -335,6 +335,16 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
             .or(f.max_properties)
             .unwrap_or(defaults.max_properties),
     };
+    let max_resident_persons = a
+        .max_resident_persons
+        .or(f.max_resident_persons)
+        .unwrap_or(100_000);
+    refuse_zero(&[
+        ("--max-body-bytes", limits.max_body_bytes == 0),
+        ("--max-events-per-request", limits.max_events == 0),
+        ("--max-depth", limits.max_depth == 0),
+        ("--max-resident-persons", max_resident_persons == 0),
+    ])?;
     let snapshot_dir = a
         .snapshot_dir
         .or(f.snapshot_dir)
@@ -343,10 +353,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         engine: EngineConfig {
             merge_limit: a.merge_limit.or(f.merge_limit),
             max_ids_per_person,
-            max_resident_persons: a
-                .max_resident_persons
-                .or(f.max_resident_persons)
-                .unwrap_or(100_000),
+            max_resident_persons,
             buffer_max_waiting: a
                 .buffer_max_waiting
                 .or(f.buffer_max_waiting)
@@ -423,17 +430,27 @@ fn conn_limits(a: &ServeArgs, f: &FileConfig) -> anyhow::Result<ConnLimits> {
             .or(f.max_inflight_body_bytes)
             .unwrap_or(d.max_inflight_body_bytes),
     };
-    let zero = [
+    refuse_zero(&[
         ("--max-connections", limits.max_connections == 0),
         ("--header-timeout", limits.header_timeout.is_zero()),
         ("--body-timeout", limits.body_timeout.is_zero()),
-    ];
-    if let Some((flag, _)) = zero.iter().find(|(_, z)| *z) {
-        return Err(Failure::user(format!(
-            "{flag} must be at least 1 (it cannot be turned off)"
-        )));
-    }
+        (
+            "--max-inflight-body-bytes",
+            limits.max_inflight_body_bytes == 0,
+        ),
+    ])?;
     Ok(limits)
+}
+
+/// Refuse the first limit that is zero (flag, is it zero): such a daemon would start and then
+/// refuse or stall every request.
+fn refuse_zero(limits: &[(&str, bool)]) -> anyhow::Result<()> {
+    match limits.iter().find(|(_, zero)| *zero) {
+        Some((flag, _)) => Err(Failure::user(format!(
+            "{flag} must be at least 1 (it cannot be turned off)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Refuse a live socket, replace a stale one.

@@ -80,6 +80,71 @@ fn bad_arguments_exit_1_with_one_line_and_help_exits_0() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("--data-dir"));
 }
 
+/// The one line keeps what clap lists (the missing arguments, the possible values, a similar
+/// flag) and names the help of the subcommand concerned; zero where at least 1 is needed is
+/// refused by the parser.
+#[test]
+fn a_bad_argument_line_says_what_is_missing_or_allowed_and_which_help_to_read() {
+    for (args, says) in [
+        (
+            &["ingest"][..],
+            &["not provided: <FILE>", "see `idstitch ingest --help`"][..],
+        ),
+        (
+            &["snapshot", "restore", "x"],
+            &[
+                "--data-dir <DATA_DIR>",
+                "`idstitch snapshot restore --help`",
+            ],
+        ),
+        (
+            &["serve", "--on-storage-error", "maybe"],
+            &["possible values: degrade, exit", "`idstitch serve --help`"],
+        ),
+        (
+            &["serve", "--data-di", "x"],
+            &["similar argument exists: '--data-dir'"],
+        ),
+        (
+            &["snapshot"],
+            &["a command is missing", "`idstitch snapshot --help`"],
+        ),
+        (
+            &["ingest", "f", "--batch-size", "0"],
+            &["--batch-size", "0 is not in 1.."],
+        ),
+    ] {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        for s in says {
+            assert!(stderr.contains(s), "{args:?} does not say {s:?}: {stderr}");
+        }
+    }
+}
+
+/// `--socket` goes before or after the subcommand of `person`, `project` and `insights`, as
+/// it does for `ingest`.
+#[test]
+fn socket_may_follow_the_subcommand_of_person_project_and_insights() {
+    let d = Daemon::start();
+    d.capture("phc_sock", json!([{"event": "e", "distinct_id": "s1"}]));
+    for args in [
+        vec!["person", "show", "phc_sock", "s1", "--socket"],
+        vec!["project", "show", "phc_sock", "--socket"],
+        vec!["insights", "unique", "phc_sock", "--event", "e", "--socket"],
+    ] {
+        let out = Command::new(bin())
+            .args(&args)
+            .arg(&d.socket)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
 /// A pipe (`/dev/stdin`, `<(zcat f.gz)`) is read once: counting its lines for the progress bar
 /// with a second reader drained the events past the first 64 KiB.
 #[test]

@@ -420,6 +420,17 @@ fn a_zero_limit_from_the_environment_is_refused_with_exit_1() {
         ("IDSTITCH_MAX_CONNECTIONS", "--max-connections"),
         ("IDSTITCH_HEADER_TIMEOUT", "--header-timeout"),
         ("IDSTITCH_BODY_TIMEOUT", "--body-timeout"),
+        (
+            "IDSTITCH_MAX_INFLIGHT_BODY_BYTES",
+            "--max-inflight-body-bytes",
+        ),
+        ("IDSTITCH_MAX_BODY_BYTES", "--max-body-bytes"),
+        (
+            "IDSTITCH_MAX_EVENTS_PER_REQUEST",
+            "--max-events-per-request",
+        ),
+        ("IDSTITCH_MAX_DEPTH", "--max-depth"),
+        ("IDSTITCH_MAX_RESIDENT_PERSONS", "--max-resident-persons"),
     ] {
         let out = Command::new(bin())
             .args(["serve", "--data-dir"])
