@@ -104,10 +104,11 @@ pub async fn health(st: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`, in the OpenMetrics text format (`prometheus_client` writes it: `_total`
+/// counters, `# EOF`), and labelled as such so that a scraper parses it as that.
 pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(st.engine.metrics().render())
 }
 

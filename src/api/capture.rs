@@ -211,9 +211,7 @@ pub async fn capture_v1(
     st: web::Data<AppState>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let bearer = header(&req, "authorization")
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(str::trim);
+    let bearer = header(&req, "authorization").and_then(super::bearer);
     let decode = || decode_capture_v1(&raw(&req, &body), bearer, &st.config.limits);
     match decode_in_budget(&req, body.len(), decode).await {
         Ok((decoded, _room)) => ingest(&st, started, decoded, json!({"results": {}})).await,

@@ -112,7 +112,7 @@ pub fn change(c: &Change) -> Value {
         } => json!({
             "type": "merge_refused", "person": person.map(|p| p.to_string()),
             "other_person": other_person.map(|p| p.to_string()), "other_distinct_id": other,
-            "into_distinct_id": into, "reason": reason.as_str(), "detail": format!("{reason:?}"),
+            "into_distinct_id": into, "reason": reason.as_str(), "detail": reason.to_string(),
         }),
         Change::WarningRecorded { warning: w } => {
             json!({"type": "warning_recorded", "warning": warning(w)})

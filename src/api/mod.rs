@@ -90,3 +90,25 @@ fn unavailable(e: &EngineError) -> HttpResponse {
         .insert_header(("Retry-After", "5"))
         .json(json!({"type": "server_error", "code": "unavailable", "detail": e.to_string()}))
 }
+
+/// The credentials of an `Authorization: Bearer <credentials>` header value, trimmed. The
+/// scheme's name is case-insensitive (RFC 9110 §11.1): `bearer` is as good as `Bearer`.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, credentials) = authorization.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bearer_scheme_is_read_whatever_its_case() {
+        for h in ["Bearer k1", "bearer k1", "BEARER  k1 ", " Bearer k1"] {
+            assert_eq!(super::bearer(h), Some("k1"), "{h:?}");
+        }
+        for h in ["Basic k1", "Bearerk1", "k1", ""] {
+            assert_eq!(super::bearer(h), None, "{h:?}");
+        }
+    }
+}

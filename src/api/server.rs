@@ -142,7 +142,7 @@ async fn admin_guard(
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(super::bearer)
             .unwrap_or("");
         let denied = match key {
             None => Some((actix_web::http::StatusCode::FORBIDDEN, "no admin key is configured: /api/ is only on the Unix socket (see --admin-key-file)")),
@@ -498,10 +498,14 @@ pub fn start(
     // never more open than 0600 (not even until the chmod below gives it `socket_mode`).
     // SAFETY: umask only swaps the process's file mode mask; it cannot fail. Files created
     // by other threads meanwhile get 0600 at most, never more than they would.
+    let on = |what: String| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    let on_socket = on(format!("on the socket {}", socket.display()));
     let umask = unsafe { libc::umask(0o177) };
     let bound = std::os::unix::net::UnixListener::bind(socket);
     unsafe { libc::umask(umask) };
-    let listener = bound?;
+    let listener = bound.map_err(on_socket.clone())?;
     // One bound for both listeners and all their workers.
     let bodies = InflightBodies::new(limits.max_inflight_body_bytes);
     let unix = server!(
@@ -511,11 +515,15 @@ pub fn start(
         limits,
         bodies.clone()
     )
-    .listen_uds(listener)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(socket_mode))?;
+    .listen_uds(listener)
+    .map_err(on_socket.clone())?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(socket_mode))
+        .map_err(on_socket)?;
     let mut servers = vec![unix.run()];
     if let Some(addr) = tcp {
-        let tcp = server!(state, Transport::Tcp, workers, limits, bodies).bind(addr)?;
+        let tcp = server!(state, Transport::Tcp, workers, limits, bodies)
+            .bind(addr)
+            .map_err(on(format!("on --http {addr}")))?;
         servers.push(tcp.run());
     }
     Ok(servers)

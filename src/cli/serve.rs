@@ -660,9 +660,7 @@ async fn listen(
     )
     .map_err(|e| {
         Failure::user(format!(
-            "cannot listen: {e} (socket {}, http {:?})",
-            s.socket.display(),
-            s.http
+            "cannot listen {e}; stop what uses it, or give another address"
         ))
     })
     .map(|servers| (servers, state))

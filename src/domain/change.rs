@@ -49,6 +49,32 @@ impl RefusalReason {
     }
 }
 
+/// The reason as a sentence, for people (the history's `detail`).
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::IllegalDistinctId { illegal } => {
+                write!(
+                    f,
+                    "{illegal:?} is an illegal distinct ID, which never merges"
+                )
+            }
+            Self::AlreadyIdentified => f.write_str(
+                "the other person is already identified: only $merge_dangerously merges it",
+            ),
+            Self::MergeLimitExceeded { limit } => write!(
+                f,
+                "the other person has more than {limit} distinct IDs (the merge limit)"
+            ),
+            Self::DistinctIdLimitExceeded { limit } => write!(
+                f,
+                "the merged person would have more than {limit} distinct IDs \
+                 (--max-distinct-ids-per-person)"
+            ),
+        }
+    }
+}
+
 /// Which rule attached a distinct ID to a person.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AttachRule {

@@ -62,6 +62,17 @@ fn api_on_tcp_needs_the_right_bearer_key() {
         .status,
         200
     );
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    assert_eq!(
+        d.tcp_request(
+            "GET",
+            "/api/projects/",
+            &[("authorization", "bearer s3cret-key")],
+            Vec::new()
+        )
+        .status,
+        200
+    );
     assert_eq!(
         d.tcp_request("GET", "/_health", &[], Vec::new()).status,
         200
@@ -94,8 +105,19 @@ fn strict_mode_refuses_unknown_tokens_with_401() {
 fn metrics_are_exposed_in_prometheus_format() {
     let d = Daemon::start();
     d.capture("phc_m", json!([{"event": "e", "distinct_id": "x"}]));
-    let text = String::from_utf8(d.get("/metrics").body.to_vec()).unwrap();
+    let r = d.get("/metrics");
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
     assert!(text.contains("idstitch_events_accepted_total 1"), "{text}");
+    // What it is: OpenMetrics (`_total` counters, `# EOF`), labelled so, or a scraper reading
+    // Prometheus' older text format takes the counters for untyped.
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let content_type = r.headers.iter().find(|(k, _)| k == "content-type").unwrap();
+    assert!(
+        content_type
+            .1
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type:?}"
+    );
     assert!(text.contains("idstitch_log_fsync_seconds_bucket"));
     // The one capture request is timed in each of its stages.
     for stage in ["decode", "route", "durable"] {
@@ -167,7 +189,9 @@ fn a_port_in_use_is_one_line_and_exit_1_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("cannot listen: Address already in use"),
+        stderr.contains(&format!(
+            "cannot listen on --http {addr}: Address already in use"
+        )),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");

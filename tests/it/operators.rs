@@ -57,6 +57,19 @@ fn history_lists_creation_attachments_merges_and_refusals_oldest_first() {
         .unwrap();
     assert_eq!(m["moved_distinct_ids"], json!(["anon"]));
     assert_eq!(m["properties_brought"], json!({"from_anon": 1}));
+    let refused = h["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["changes"].as_array().unwrap().clone())
+        .find(|c| c["type"] == json!("merge_refused"))
+        .unwrap();
+    assert_eq!(refused["reason"], json!("illegal_distinct_id"));
+    assert_eq!(
+        refused["detail"],
+        json!("\"null\" is an illegal distinct ID, which never merges"),
+        "a sentence, not Rust's debug form"
+    );
 }
 
 /// A refused merge whose `into` had no person yet is logged before the same entry creates
