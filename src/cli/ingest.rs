@@ -248,6 +248,13 @@ fn open(file: &std::path::Path) -> anyhow::Result<(Source, Option<String>, Optio
     } else {
         let f = std::fs::File::open(file)
             .map_err(|e| Failure::user(format!("cannot read {}: {e}", file.display())))?;
+        // A directory opens, and only its first read fails ("Is a directory", naming nothing).
+        if f.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Failure::user(format!(
+                "{} is a directory: give a file of events (NDJSON or JSON), or - for stdin",
+                file.display()
+            )));
+        }
         Box::new(BufReader::with_capacity(1 << 20, f))
     };
     let mut first = String::new();
@@ -258,7 +265,7 @@ fn open(file: &std::path::Path) -> anyhow::Result<(Source, Option<String>, Optio
             std::io::ErrorKind::InvalidData => {
                 Failure::user(format!("line {}: not UTF-8 text", blank + 1))
             }
-            _ => e.into(),
+            _ => anyhow::anyhow!("cannot read {}: {e}", file.display()),
         })?;
         if read == 0 {
             break;

@@ -467,7 +467,13 @@ fn claim_socket(socket: &Path) -> anyhow::Result<()> {
         tracing::info!(socket = %socket.display(), "Replaced a stale socket file.");
     }
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::user(format!(
+                "cannot create {}, the socket's directory: {e}; give a --data-dir (or --socket) \
+                 whose parent is a writable directory",
+                dir.display()
+            ))
+        })?;
     }
     Ok(())
 }

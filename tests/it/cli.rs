@@ -124,6 +124,25 @@ fn a_bad_argument_line_says_what_is_missing_or_allowed_and_which_help_to_read() 
     }
 }
 
+/// A directory given as ingest's file is named, exit 1 (it opens, and its first read failed
+/// with a bare "Is a directory", exit 2).
+#[test]
+fn ingest_of_a_directory_names_it_and_exits_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["ingest"])
+        .arg(tmp.path())
+        .args(["--socket", "/nonexistent.sock"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} is a directory", tmp.path().display())),
+        "{stderr}"
+    );
+}
+
 /// `--socket` goes before or after the subcommand of `person`, `project` and `insights`, as
 /// it does for `ingest`.
 #[test]

@@ -244,6 +244,19 @@ fn a_data_dir_that_cannot_be_created_exits_1_saying_why() {
             && !stderr.contains("snapshot restore"),
         "{stderr}"
     );
+    // A data dir that is a file: the socket's directory (the data dir) cannot be created.
+    let out = Command::new(crate::support::bin())
+        .args(["serve", "--data-dir"])
+        .arg(&file)
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot create {}", file.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--data-dir"), "{stderr}");
 }
 
 #[test]
