@@ -315,6 +315,13 @@ pub async fn events(
     let p = tri!(find_project(store, &path));
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_EVENTS_PAGE);
     let dids: Vec<String> = match (&q.distinct_id, &q.person_id) {
+        (Some(_), Some(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "give distinct_id or person_id, not both",
+            )
+        }
         (Some(d), _) => vec![d.clone()],
         (None, Some(pid)) => {
             let uuid = tri!(parse_uuid(pid));

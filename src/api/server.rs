@@ -451,10 +451,7 @@ macro_rules! server {
                 .app_data(metrics.clone())
                 .app_data(bodies.clone())
                 .app_data(web::PayloadConfig::new(max_body))
-                .app_data(
-                    web::QueryConfig::default()
-                        .error_handler(|e, _| json_error(e, "invalid_query")),
-                )
+                .app_data(web::QueryConfig::default().error_handler(query_error))
                 .app_data(
                     web::JsonConfig::default()
                         .limit(1 << 20)
@@ -531,6 +528,40 @@ pub fn start(
 
 /// An extractor's refusal (a query string or JSON body that does not parse) in the API's JSON
 /// error shape, with the status actix gives it (400, or 413 for a body over the limit).
+/// A query string the handler's type refuses: which parameter, and what it takes (serde's
+/// message names neither: "invalid digit found in string").
+fn query_error(
+    e: actix_web::error::QueryPayloadError,
+    req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or_default();
+    let wrong = pairs.iter().find_map(|(k, v)| {
+        let takes = match k.as_str() {
+            "limit" if v.parse::<usize>().is_err() => "a whole number (1 or more)",
+            "window_secs" if v.parse::<i64>().is_err() => "a whole number of seconds",
+            "after" if req.path().ends_with("/events/") && v.parse::<u64>().is_err() => {
+                "the seq of the last event seen (as a `next` URL gives it)"
+            }
+            "explain" | "filter_test_accounts" | "delete_events"
+                if !matches!(v.as_str(), "true" | "false") =>
+            {
+                "true or false"
+            }
+            _ => return None,
+        };
+        Some(format!("{k}={v:?} is not valid: {k} takes {takes}"))
+    });
+    match wrong {
+        Some(detail) => {
+            let response = super::error(StatusCode::BAD_REQUEST, "invalid_query", detail);
+            actix_web::error::InternalError::from_response(e, response).into()
+        }
+        None => json_error(e, "invalid_query"),
+    }
+}
+
 fn json_error(e: impl actix_web::ResponseError + 'static, code: &str) -> actix_web::Error {
     let response = super::error(e.status_code(), code, &e);
     actix_web::error::InternalError::from_response(e, response).into()

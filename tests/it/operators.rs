@@ -767,3 +767,53 @@ fn a_fresh_person_after_a_deletion_has_only_its_own_history() {
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(steps(&printed["explanation"]), created_by("fresh-user"));
 }
+
+/// A query parameter the API cannot read is named with what it takes (serde's message said
+/// only "invalid digit found in string"); both filters of the events list at once are refused
+/// rather than one of them silently ignored.
+#[test]
+fn a_bad_query_parameter_is_named_with_what_it_takes() {
+    let d = Daemon::start();
+    let p = merged(&d);
+    let uuid = p["uuid"].as_str().unwrap().to_string();
+    for (method, path, says) in [
+        (
+            "GET",
+            format!("/api/projects/{T}/persons/?limit=-1"),
+            "limit=\"-1\" is not valid: limit takes a whole number",
+        ),
+        (
+            "GET",
+            format!("/api/projects/{T}/events/?distinct_id=user&limit=abc"),
+            "limit=\"abc\"",
+        ),
+        (
+            "GET",
+            format!("/api/projects/{T}/events/?distinct_id=user&after=zzz"),
+            "after=\"zzz\" is not valid",
+        ),
+        (
+            "GET",
+            format!("/api/projects/{T}/persons/?distinct_id=user&explain=1"),
+            "explain takes true or false",
+        ),
+        (
+            "DELETE",
+            format!("/api/projects/{T}/persons/{uuid}/?delete_events=True"),
+            "delete_events takes true or false",
+        ),
+        (
+            "GET",
+            format!("/api/projects/{T}/events/?distinct_id=user&person_id={uuid}"),
+            "give distinct_id or person_id, not both",
+        ),
+    ] {
+        let r = d.request(method, &path, &[], Vec::new());
+        let body = r.json();
+        assert_eq!(r.status, 400, "{path}: {body}");
+        assert_eq!(body["code"], json!("invalid_query"), "{path}: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{path}: {detail}");
+    }
+    assert!(d.person(T, "user").is_some(), "nothing deleted");
+}
