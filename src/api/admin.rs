@@ -121,6 +121,16 @@ pub async fn not_found() -> HttpResponse {
     )
 }
 
+/// A known path asked with a method it does not answer: 405, with the methods it does.
+pub async fn method_not_allowed(allow: String) -> HttpResponse {
+    let detail = format!("this endpoint answers {allow} only");
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail);
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&allow) {
+        resp.headers_mut().insert(actix_web::http::header::ALLOW, v);
+    }
+    resp
+}
+
 /// Body of `POST /api/snapshot`.
 #[derive(Deserialize)]
 pub struct SnapshotBody {

@@ -55,6 +55,7 @@ pub const MAX_TOKEN_BYTES: usize = 200;
 fn tokens_of(
     api_key: Option<&str>,
     events: &[WireEvent],
+    token_from: TokenFrom,
 ) -> Result<Vec<Option<String>>, (&'static str, String)> {
     let mut tokens = Vec::with_capacity(events.len());
     for (i, ev) in events.iter().enumerate() {
@@ -65,7 +66,10 @@ fn tokens_of(
         let Some(token) = event_token(api_key, ev) else {
             return Err((
                 "no_token",
-                format!("event {i} has no project token: set api_key on the batch, or token in the event's properties"),
+                format!(
+                    "event {i} has no project token: {}, or token in the event's properties",
+                    token_from.advice()
+                ),
             ));
         };
         if token.len() > MAX_TOKEN_BYTES || token.chars().any(char::is_control) {
@@ -79,9 +83,33 @@ fn tokens_of(
     Ok(tokens)
 }
 
+/// Where a request's own project token goes: what to advise when an event has none.
+#[derive(Clone, Copy)]
+enum TokenFrom {
+    /// `api_key` in a batch envelope (capture v0).
+    ApiKey,
+    /// `Authorization: Bearer <token>` (capture v1).
+    Bearer,
+}
+
+impl TokenFrom {
+    fn advice(self) -> &'static str {
+        match self {
+            TokenFrom::ApiKey => "set api_key on the batch",
+            TokenFrom::Bearer => "send Authorization: Bearer <token>",
+        }
+    }
+}
+
 /// Normalise, ingest and answer; `ok` is the body of a success. `started` is when the handler
 /// began, so that the `decode` stage counts the body's decoding too.
-async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -> HttpResponse {
+async fn ingest(
+    st: &AppState,
+    started: Instant,
+    body: CaptureBody,
+    token_from: TokenFrom,
+    ok: Value,
+) -> HttpResponse {
     let now = chrono::Utc::now().timestamp_millis();
     let mut items = Vec::with_capacity(body.events.len());
     let mut index_of = Vec::with_capacity(body.events.len());
@@ -89,7 +117,7 @@ async fn ingest(st: &AppState, started: Instant, body: CaptureBody, ok: Value) -
     let CaptureBody {
         api_key, events, ..
     } = body;
-    let tokens = match tokens_of(api_key.as_deref(), &events) {
+    let tokens = match tokens_of(api_key.as_deref(), &events, token_from) {
         Ok(t) => t,
         Err((code, detail)) => return error(StatusCode::BAD_REQUEST, code, detail),
     };
@@ -199,7 +227,16 @@ pub async fn capture(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>
     let started = Instant::now();
     let decode = || decode_capture(&raw(&req, &body), &st.config.limits);
     match decode_in_budget(&req, body.len(), decode).await {
-        Ok((decoded, _room)) => ingest(&st, started, decoded, json!({"status": 1})).await,
+        Ok((decoded, _room)) => {
+            ingest(
+                &st,
+                started,
+                decoded,
+                TokenFrom::ApiKey,
+                json!({"status": 1}),
+            )
+            .await
+        }
         Err(refused) => refused,
     }
 }
@@ -214,7 +251,16 @@ pub async fn capture_v1(
     let bearer = header(&req, "authorization").and_then(super::bearer);
     let decode = || decode_capture_v1(&raw(&req, &body), bearer, &st.config.limits);
     match decode_in_budget(&req, body.len(), decode).await {
-        Ok((decoded, _room)) => ingest(&st, started, decoded, json!({"results": {}})).await,
+        Ok((decoded, _room)) => {
+            ingest(
+                &st,
+                started,
+                decoded,
+                TokenFrom::Bearer,
+                json!({"results": {}}),
+            )
+            .await
+        }
         Err(refused) => refused,
     }
 }

@@ -99,6 +99,9 @@ pub enum DecodeError {
         "The body {0}; send {{\"batch\": [event, ...]}}, an array of events or one event object."
     )]
     InvalidPayload(String),
+    /// Capture v1's body of the wrong shape: it takes only an object with a `batch`.
+    #[error("The body {0}; capture v1 takes {{\"batch\": [event, ...]}}, with the project token in `Authorization: Bearer <token>`.")]
+    InvalidV1Payload(String),
     /// No events at all.
     #[error("The batch is empty; send at least one event.")]
     EmptyBatch,
@@ -136,7 +139,7 @@ impl DecodeError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedEncoding(_) | Self::Undecodable(..) => "invalid_encoding",
             Self::InvalidJson(_) => "invalid_json",
-            Self::InvalidPayload(_) => "invalid_payload",
+            Self::InvalidPayload(_) | Self::InvalidV1Payload(_) => "invalid_payload",
             Self::EmptyBatch => "empty_batch",
             Self::TooManyEvents { .. } => "too_many_events",
             Self::TooDeep { .. } => "too_deep",
@@ -177,13 +180,18 @@ pub fn decode_capture_v1(
     bearer_token: Option<&str>,
     limits: &DecodeLimits,
 ) -> Result<CaptureBody, DecodeError> {
-    let bytes = decode_bytes(req, limits)?;
-    let env = match parse_top(utf8(&bytes)?, limits.max_events)? {
+    // Its own advice for a body of the wrong shape: v0's names shapes v1 does not take.
+    let v1 = |e| match e {
+        DecodeError::InvalidPayload(d) => DecodeError::InvalidV1Payload(d),
+        e => e,
+    };
+    let bytes = decode_bytes(req, limits).map_err(v1)?;
+    let env = match parse_top(utf8(&bytes)?, limits.max_events).map_err(v1)? {
         Top::Envelope(env) => env,
-        _ => return Err(invalid("has no `batch` array, which capture v1 requires")),
+        _ => return Err(v1(invalid("has no `batch` array"))),
     };
     let sent_at = env.string("sent_at").or_else(|| env.string("created_at"));
-    let mut events = checked_events(env.events()?, limits)?;
+    let mut events = checked_events(env.events().map_err(v1)?, limits)?;
     events.iter_mut().for_each(move_process_person_profile);
     let api_key = bearer_token.map(str::trim).filter(|t| !t.is_empty());
     Ok(CaptureBody {
@@ -378,7 +386,9 @@ fn decode_bytes<'a>(
         .unwrap_or("")
         .trim_start()
         .to_ascii_lowercase();
-    if base64_form || content_type.starts_with(FORM_TYPE) {
+    // A form type on a body that is JSON (curl's `-d` sends that type; a gzip body carries
+    // it through some proxies) reads it as the JSON it is: no form starts with `{` or `[`.
+    if base64_form || (content_type.starts_with(FORM_TYPE) && !is_json_text(&bytes)) {
         bytes = Cow::Owned(form_data(&bytes, max)?);
     }
     replace_lone_surrogates(&mut bytes);
@@ -516,6 +526,13 @@ fn scan_events<'a>(
         Some(())
     })?;
     Some(events)
+}
+
+/// Whether `bytes` start as a JSON object or array does, past white space and a byte order mark.
+fn is_json_text(bytes: &[u8]) -> bool {
+    let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    matches!(first, Some(b'{' | b'['))
 }
 
 /// The JSON inside a `data=<base64>` form; old SDKs put the URL-encoded JSON itself there.
@@ -771,6 +788,24 @@ mod tests {
     }
 
     #[test]
+    fn json_sent_with_a_form_type_is_read_as_json_plain_or_gzip() {
+        // curl's `-d` labels a body a form; a gzip body may come labelled so too.
+        let expected = plain(BATCH);
+        let with_bom = [b"\xef\xbb\xbf \n".as_slice(), BATCH].concat();
+        for ctype in [
+            FORM_TYPE,
+            "application/x-www-form-urlencoded; charset=utf-8",
+        ] {
+            assert_eq!(dec(BATCH, None, Some(ctype), ""), expected);
+            assert_eq!(dec(&gzip(BATCH), None, Some(ctype), ""), expected);
+            assert_eq!(dec(&gzip(BATCH), Some("gzip"), Some(ctype), ""), expected);
+            let array = dec(br#" [{"event":"a"}]"#, None, Some(ctype), "").unwrap();
+            assert_eq!(values(&array), [json!({"event": "a"})]);
+            assert!(dec(&with_bom, None, Some(ctype), "").is_ok());
+        }
+    }
+
+    #[test]
     fn deflate_is_inflated_whether_zlib_wrapped_or_raw() {
         let mut zlib = ZlibEncoder::new(Vec::new(), Compression::default());
         zlib.write_all(BATCH).unwrap();
@@ -831,7 +866,7 @@ mod tests {
             "{e}"
         );
         refused(
-            dec(br#"{"event":"a"}"#, None, Some(FORM_TYPE), ""),
+            dec(b"event=a", None, Some(FORM_TYPE), ""),
             400,
             "invalid_payload",
         );
@@ -1188,6 +1223,12 @@ mod tests {
         refused(v1(br#"[{"event":"a"}]"#, None), 400, "invalid_payload");
         refused(v1(br#"{"event":"a"}"#, None), 400, "invalid_payload");
         refused(v1(br#"{"batch":[]}"#, None), 400, "empty_batch");
+        // Its advice names v1's one shape, not v0's array or single event.
+        for body in [&br#"[{"event":"a"}]"#[..], br#"{"batch":"a"}"#] {
+            let e = v1(body, None).unwrap_err().to_string();
+            assert!(e.contains("capture v1 takes {\"batch\""), "{e}");
+            assert!(!e.contains("an array of events"), "{e}");
+        }
     }
 
     #[test]

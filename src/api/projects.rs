@@ -114,7 +114,7 @@ pub async fn buffer(
 ) -> HttpResponse {
     let store = st.engine.store();
     let p = tri!(find_project(store, &path));
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let limit = tri!(super::read::page_limit(q.limit, 1000, 10_000));
     let (count, waiting) = match store.buffered_events_of(p.id, limit) {
         Ok(w) => w,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e),

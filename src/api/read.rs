@@ -127,7 +127,7 @@ pub async fn persons(
         }
         return HttpResponse::Ok().json(answer);
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = tri!(page_limit(q.limit, 100, 10_000));
     let after = match q.after.as_deref().map(hex_decode) {
         Some(None) => {
             return error(
@@ -139,26 +139,26 @@ pub async fn persons(
         Some(Some(k)) => Some(k),
         None => None,
     };
-    // With the filter on, keep reading until the page is full or the persons run out.
+    // Read one more than a page, and with the filter on go on until the page is full or the
+    // persons run out: `more` is whether a kept person follows the page, so that a `next`
+    // link never leads to an empty page.
     let mut page = Vec::with_capacity(limit);
     let mut cursor = after;
-    let more = loop {
-        let chunk = match store.persons_page(p.id, cursor.as_deref(), limit) {
+    let more = 'read: loop {
+        let chunk = match store.persons_page(p.id, cursor.as_deref(), limit + 1) {
             Ok(chunk) => chunk,
             Err(e) => return store_error(e),
         };
-        let exhausted = chunk.len() < limit;
+        let exhausted = chunk.len() <= limit;
         cursor = chunk.last().map(|(k, _)| k.clone()).or(cursor);
-        let mut left_over = false;
         for (k, person) in chunk.into_iter().filter(|(_, person)| kept(person)) {
             if page.len() == limit {
-                left_over = true;
-                break;
+                break 'read true;
             }
             page.push((k, person));
         }
-        if exhausted || page.len() == limit {
-            break !exhausted || left_over;
+        if exhausted {
+            break false;
         }
     };
     let filter_arg = if filters.is_some() {
@@ -167,7 +167,7 @@ pub async fn persons(
         ""
     };
     let next = match page.last() {
-        Some((k, _)) if page.len() == limit && more => Value::String(page_url(
+        Some((k, _)) if more => Value::String(page_url(
             &req,
             format_args!("limit={limit}&after={}{filter_arg}", hex_encode(k)),
         )),
@@ -313,7 +313,7 @@ pub async fn events(
 ) -> HttpResponse {
     let store = st.engine.store();
     let p = tri!(find_project(store, &path));
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_EVENTS_PAGE);
+    let limit = tri!(page_limit(q.limit, 100, MAX_EVENTS_PAGE));
     let dids: Vec<String> = match (&q.distinct_id, &q.person_id) {
         (Some(_), Some(_)) => {
             return error(
@@ -341,12 +341,14 @@ pub async fn events(
     };
     let mut seqs = Vec::new();
     for did in &dids {
-        match store.event_seqs_of(p.id, did, q.after.map(Seq), limit) {
+        // One more than a page: whether another page follows.
+        match store.event_seqs_of(p.id, did, q.after.map(Seq), limit + 1) {
             Ok(s) => seqs.extend(s),
             Err(e) => return store_error(e),
         }
     }
     seqs.sort_unstable_by(|a, b| b.cmp(a));
+    let more = seqs.len() > limit;
     seqs.truncate(limit);
     let mut results = Vec::with_capacity(seqs.len());
     for seq in &seqs {
@@ -363,7 +365,7 @@ pub async fn events(
         }
     }
     let next = match seqs.last() {
-        Some(s) if seqs.len() == limit => {
+        Some(s) if more => {
             let filter = match (&q.distinct_id, &q.person_id) {
                 (Some(d), _) => format!("distinct_id={}", urlencode(d)),
                 (None, Some(pid)) => format!("person_id={pid}"),
@@ -393,10 +395,25 @@ pub async fn warnings(
 ) -> HttpResponse {
     let store = st.engine.store();
     let p = tri!(find_project(store, &path));
-    match store.warnings(p.id, q.limit.unwrap_or(1000).clamp(1, 100_000)) {
+    let limit = tri!(page_limit(q.limit, 1000, 100_000));
+    match store.warnings(p.id, limit) {
         Ok(ws) => HttpResponse::Ok()
             .json(json!({"results": ws.iter().map(render::warning).collect::<Vec<_>>()})),
         Err(e) => store_error(e),
+    }
+}
+
+/// A list's `limit`: `default` when not given, at most `max`. Zero is refused: it asks for no
+/// page at all.
+pub fn page_limit(given: Option<usize>, default: usize, max: usize) -> Result<usize, HttpResponse> {
+    match given {
+        Some(0) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit=\"0\" is not valid: limit takes a whole number (1 or more)",
+        )),
+        Some(n) => Ok(n.min(max)),
+        None => Ok(default),
     }
 }
 

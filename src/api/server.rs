@@ -13,7 +13,8 @@ use std::time::Duration;
 use actix_web::body::EitherBody;
 use actix_web::dev::{Payload, Server, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
-use actix_web::http::StatusCode;
+use actix_web::http::uri::{PathAndQuery, Uri};
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpMessage, HttpServer};
 use futures_util::Stream;
@@ -55,78 +56,138 @@ impl Default for ConnLimits {
 
 const CAPTURE_PATHS: [&str; 6] = ["/batch", "/capture", "/e", "/i/v0/e", "/track", "/engage"];
 
+/// A path and the handlers of its methods: any other method is answered 405 with an `Allow`
+/// header naming these, rather than the 404 of an unknown path.
+fn resource(path: &str, routes: Vec<(Method, actix_web::Route)>) -> actix_web::Resource {
+    let allow = routes
+        .iter()
+        .map(|(m, _)| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut r = web::resource(path);
+    for (m, route) in routes {
+        r = r.route(route.method(m));
+    }
+    r.default_service(web::to(move || admin::method_not_allowed(allow.clone())))
+}
+
 /// Register every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    let post = |f| vec![(Method::POST, f)];
     for p in CAPTURE_PATHS {
-        cfg.route(p, web::post().to(capture::capture));
-        cfg.route(&format!("{p}/"), web::post().to(capture::capture));
+        cfg.service(resource(p, post(web::route().to(capture::capture))));
+        cfg.service(resource(
+            &format!("{p}/"),
+            post(web::route().to(capture::capture)),
+        ));
     }
-    cfg.route(
-        "/i/v1/analytics/events",
-        web::post().to(capture::capture_v1),
-    )
-    .route(
-        "/i/v1/analytics/events/",
-        web::post().to(capture::capture_v1),
-    );
+    for p in ["/i/v1/analytics/events", "/i/v1/analytics/events/"] {
+        cfg.service(resource(p, post(web::route().to(capture::capture_v1))));
+    }
     for p in ["/flags", "/flags/", "/decide", "/decide/"] {
-        cfg.route(p, web::post().to(capture::flags))
-            .route(p, web::get().to(capture::flags));
+        cfg.service(resource(
+            p,
+            vec![
+                (Method::GET, web::route().to(capture::flags)),
+                (Method::POST, web::route().to(capture::flags)),
+            ],
+        ));
     }
-    cfg.route(
+    let get = |f| vec![(Method::GET, f)];
+    cfg.service(resource(
         "/array/{token}/config",
-        web::get().to(capture::remote_config),
-    )
-    .route(
+        get(web::route().to(capture::remote_config)),
+    ))
+    .service(resource(
         "/array/{token}/config.js",
-        web::get().to(capture::remote_config_js),
-    )
-    .route("/_health", web::get().to(admin::health))
-    .route("/metrics", web::get().to(admin::metrics))
+        get(web::route().to(capture::remote_config_js)),
+    ))
+    .service(resource("/_health", get(web::route().to(admin::health))))
+    .service(resource("/metrics", get(web::route().to(admin::metrics))))
     .service(
+        // Every path here ends with `/`: [`api_trailing_slash`] adds it to one sent without.
         web::scope("/api")
             .wrap(actix_web::middleware::from_fn(admin_guard))
-            .route("/projects/", web::get().to(projects::list))
-            .route("/projects/{project}/", web::get().to(projects::show))
-            .route("/projects/{project}/", web::patch().to(projects::patch))
-            .route(
+            .service(resource("/projects/", get(web::route().to(projects::list))))
+            .service(resource(
+                "/projects/{project}/",
+                vec![
+                    (Method::GET, web::route().to(projects::show)),
+                    (Method::PATCH, web::route().to(projects::patch)),
+                ],
+            ))
+            .service(resource(
                 "/projects/{project}/buffer/",
-                web::get().to(projects::buffer),
-            )
-            .route(
+                get(web::route().to(projects::buffer)),
+            ))
+            .service(resource(
                 "/projects/{project}/insights/unique_persons/",
-                web::get().to(insights::unique_persons),
-            )
-            .route(
+                get(web::route().to(insights::unique_persons)),
+            ))
+            .service(resource(
                 "/projects/{project}/insights/funnel/",
-                web::get().to(insights::funnel),
-            )
-            .route("/_test/clock", web::post().to(projects::test_clock))
-            .route("/projects/{project}/persons/", web::get().to(read::persons))
-            .route(
+                get(web::route().to(insights::funnel)),
+            ))
+            .service(resource(
+                "/_test/clock/",
+                post(web::route().to(projects::test_clock)),
+            ))
+            .service(resource(
+                "/projects/{project}/persons/",
+                get(web::route().to(read::persons)),
+            ))
+            .service(resource(
                 "/projects/{project}/persons/{uuid}/",
-                web::get().to(read::person),
-            )
-            .route(
-                "/projects/{project}/persons/{uuid}/",
-                web::delete().to(admin::delete),
-            )
-            .route(
+                vec![
+                    (Method::GET, web::route().to(read::person)),
+                    (Method::DELETE, web::route().to(admin::delete)),
+                ],
+            ))
+            .service(resource(
                 "/projects/{project}/persons/{uuid}/history/",
-                web::get().to(read::history),
-            )
-            .route(
+                get(web::route().to(read::history)),
+            ))
+            .service(resource(
                 "/projects/{project}/persons/{uuid}/split/",
-                web::post().to(admin::split),
-            )
-            .route("/projects/{project}/events/", web::get().to(read::events))
-            .route(
+                post(web::route().to(admin::split)),
+            ))
+            .service(resource(
+                "/projects/{project}/events/",
+                get(web::route().to(read::events)),
+            ))
+            .service(resource(
                 "/projects/{project}/ingestion_warnings/",
-                web::get().to(read::warnings),
-            )
-            .route("/snapshot", web::post().to(admin::snapshot)),
+                get(web::route().to(read::warnings)),
+            ))
+            .service(resource(
+                "/snapshot/",
+                post(web::route().to(admin::snapshot)),
+            )),
     )
     .default_service(web::to(admin::not_found));
+}
+
+/// A path under `/api/` is served with or without its trailing slash, as PostHog's API is (its
+/// router takes `/?`): one sent without gets it before routing, so that every `/api/` route
+/// is registered once, and a `next` link names the path with it.
+async fn api_trailing_slash(
+    mut req: ServiceRequest,
+    next: Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let path = req.path();
+    if path.starts_with("/api/") && !path.ends_with('/') {
+        let with_slash = match req.query_string() {
+            "" => format!("{path}/"),
+            q => format!("{path}/?{q}"),
+        };
+        let mut parts = req.head().uri.clone().into_parts();
+        parts.path_and_query = PathAndQuery::try_from(with_slash).ok();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            req.match_info_mut().get_mut().update(&uri);
+            req.head_mut().uri = uri;
+        }
+    }
+    next.call(req).await
 }
 
 /// On TCP, `/api/` needs `Authorization: Bearer <admin key>` (compared in constant time).
@@ -146,7 +207,7 @@ async fn admin_guard(
             .unwrap_or("");
         let denied = match key {
             None => Some((actix_web::http::StatusCode::FORBIDDEN, "no admin key is configured: /api/ is only on the Unix socket (see --admin-key-file)")),
-            Some(k) if !admin_key_matches(&k, given.trim()) => {
+            Some(k) if !admin_key_matches(&k, given) => {
                 Some((actix_web::http::StatusCode::UNAUTHORIZED, "send Authorization: Bearer <admin key>"))
             }
             Some(_) => None,
@@ -461,6 +522,7 @@ macro_rules! server {
                 .wrap(actix_web::middleware::from_fn(bound_inflight_bodies))
                 .wrap(actix_web::middleware::from_fn(super::watchdog::track))
                 .wrap(actix_web::middleware::from_fn(count_status))
+                .wrap(actix_web::middleware::from_fn(api_trailing_slash))
                 .wrap(actix_cors::Cors::permissive())
                 .configure(routes)
         })

@@ -255,3 +255,142 @@ fn next_is_on_the_host_asked_or_a_path() {
     let next = j["next"].as_str().unwrap();
     assert!(next.starts_with("/api/projects/"), "{next}");
 }
+
+/// A page that ends exactly where the list does has no `next`: a link to an empty page would
+/// cost a client a request, and tell it that more was there.
+#[test]
+fn a_page_that_ends_the_list_has_no_next() {
+    let d = Daemon::start();
+    let events: Vec<Value> = (0..20)
+        .map(|i| json!({"event": "e", "distinct_id": format!("p{i:02}")}))
+        .collect();
+    d.capture(T, Value::Array(events));
+    let first = d
+        .get(&format!("/api/projects/{T}/persons/?limit=10"))
+        .json();
+    let next = crate::support::path_of_url(first["next"].as_str().expect("a second page"));
+    let second = d.get(&next).json();
+    assert_eq!(second["results"].as_array().unwrap().len(), 10);
+    assert_eq!(second["next"], Value::Null, "{second}");
+    let all = d
+        .get(&format!("/api/projects/{T}/persons/?limit=20"))
+        .json();
+    assert_eq!(all["next"], Value::Null);
+
+    let mine: Vec<Value> = (0..4)
+        .map(|i| json!({"event": format!("e{i}"), "distinct_id": "p00"}))
+        .collect();
+    d.capture(T, Value::Array(mine));
+    // p00 now has 5 events: pages of 3 and 2, then nothing more.
+    let first = d
+        .get(&format!(
+            "/api/projects/{T}/events/?distinct_id=p00&limit=3"
+        ))
+        .json();
+    let next = crate::support::path_of_url(first["next"].as_str().expect("a second page"));
+    let second = d.get(&next).json();
+    assert_eq!(second["results"].as_array().unwrap().len(), 2);
+    assert_eq!(second["next"], Value::Null, "{second}");
+    let exact = d
+        .get(&format!(
+            "/api/projects/{T}/events/?distinct_id=p00&limit=5"
+        ))
+        .json();
+    assert_eq!(exact["results"].as_array().unwrap().len(), 5);
+    assert_eq!(exact["next"], Value::Null, "{exact}");
+}
+
+/// `limit=0` asks for no page at all: refused, naming the parameter, on every list.
+#[test]
+fn a_zero_limit_is_refused_on_every_list() {
+    let d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "a"}]));
+    for list in [
+        "persons/?limit=0",
+        "events/?distinct_id=a&limit=0",
+        "ingestion_warnings/?limit=0",
+        "buffer/?limit=0",
+    ] {
+        let r = d.get(&format!("/api/projects/{T}/{list}"));
+        assert_eq!(r.status, 400, "{list}");
+        let j = r.json();
+        assert_eq!(j["code"], "invalid_query", "{list}: {j}");
+        assert!(
+            j["detail"]
+                .as_str()
+                .unwrap()
+                .contains("limit takes a whole number (1 or more)"),
+            "{list}: {j}"
+        );
+    }
+    let r = d.get(&format!("/api/projects/{T}/persons/?limit=1"));
+    assert_eq!(r.status, 200);
+}
+
+/// `/api/` paths answer with or without their trailing slash, as PostHog's do; a known path
+/// asked with another method is 405 naming the methods it answers, not 404.
+#[test]
+fn api_paths_take_no_trailing_slash_and_a_wrong_method_is_405() {
+    let d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "a"}]));
+    let p = d.person(T, "a").unwrap();
+    let uuid = p["uuid"].as_str().unwrap();
+    assert_eq!(
+        d.get("/api/projects").json()["results"][0]["token"],
+        json!(T)
+    );
+    assert_eq!(
+        d.get(&format!("/api/projects/{T}")).json()["token"],
+        json!(T)
+    );
+    let by_did = d
+        .get(&format!("/api/projects/{T}/persons?distinct_id=a"))
+        .json();
+    assert_eq!(by_did["results"][0], p);
+    assert_eq!(
+        d.get(&format!("/api/projects/{T}/persons/{uuid}")).json(),
+        p
+    );
+    let history = d.get(&format!("/api/projects/{T}/persons/{uuid}/history"));
+    assert_eq!(history.status, 200);
+    // A `next` link names the path with its slash.
+    d.capture(T, json!([{"event": "e", "distinct_id": "b"}]));
+    let page = d.get(&format!("/api/projects/{T}/persons?limit=1")).json();
+    let next = page["next"].as_str().unwrap();
+    assert!(
+        next.contains(&format!("/api/projects/{T}/persons/?")),
+        "{next}"
+    );
+
+    for (method, path, allow) in [
+        ("DELETE", format!("/api/projects/{T}/persons/"), "GET"),
+        (
+            "POST",
+            format!("/api/projects/{T}/persons/{uuid}/"),
+            "GET, DELETE",
+        ),
+        ("PUT", format!("/api/projects/{T}"), "GET, PATCH"),
+        (
+            "GET",
+            format!("/api/projects/{T}/persons/{uuid}/split/"),
+            "POST",
+        ),
+        ("GET", "/batch/".to_string(), "POST"),
+        ("GET", "/i/v1/analytics/events".to_string(), "POST"),
+        ("DELETE", "/flags/".to_string(), "GET, POST"),
+        ("POST", "/_health".to_string(), "GET"),
+    ] {
+        let r = d.request(method, &path, &[], Vec::new());
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.json()["code"], "method_not_allowed", "{method} {path}");
+        let header = r.headers.iter().find(|(k, _)| k == "allow");
+        assert_eq!(
+            header.map(|(_, v)| v.as_str()),
+            Some(allow),
+            "{method} {path}"
+        );
+    }
+    // What is nowhere is still 404.
+    assert_eq!(d.get("/api/nothing/").status, 404);
+    assert_eq!(d.get("/nothing").status, 404);
+}
