@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{json, Value};
 
 use super::client::{Conn, Response};
@@ -516,10 +516,9 @@ async fn send(
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::no_length(),
     };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    bar.set_style(super::progress_style(
+        "{bar:40} {pos}/{len} events  {rate}  eta {eta}",
+    ));
     let started = Instant::now();
     let unit = events.unit();
     let (mut accepted, mut rejected, mut sent) = (0usize, 0usize, 0usize);

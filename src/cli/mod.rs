@@ -14,6 +14,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// A progress bar's style from `template`, which may use `{rate}`: items per second, in whole
+/// numbers (indicatif's own `{per_sec}` prints four decimals).
+pub fn progress_style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", st.per_sec());
+            },
+        )
+}
+
 /// A failure with the exit code the spec assigns: 1 user-fixable, 2 runtime, 3 corruption.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

@@ -124,16 +124,26 @@ pub fn run(socket: &Path, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
         )
         .await
     })?;
+    let detail = |v: &Value| match &v["detail"] {
+        Value::String(d) => d.clone(),
+        other => other.to_string(),
+    };
     match resp.status {
         200 => println!("{}", serde_json::to_string_pretty(&resp.json())?),
         204 => println!("deleted"),
-        s => return Err(Failure::user(format!("{s}: {}", resp.json()["detail"]))),
+        s => return Err(Failure::user(format!("{s}: {}", detail(&resp.json())))),
     }
-    if let PersonCmd::Show { .. } = cmd {
+    if let PersonCmd::Show {
+        project,
+        distinct_id,
+        ..
+    } = &cmd
+    {
         if resp.json()["results"]
             .as_array()
             .is_some_and(|a| a.is_empty())
         {
+            eprintln!("no person has the distinct ID {distinct_id:?} in project {project:?}");
             return Ok(ExitCode::from(1));
         }
     }

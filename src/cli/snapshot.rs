@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::client::Conn;
 use super::Failure;
-use crate::store::db::check_data_dir;
+use crate::store::db::{check_data_dir, holds_store};
 use crate::store::snapshot::{self, AsOf, Phase, RestoreOptions, SnapshotError};
 use crate::store::{Store, StoreError};
 
@@ -67,9 +67,7 @@ pub enum SnapshotCmd {
 fn bar(total: u64, what: &str) -> ProgressBar {
     let b = ProgressBar::new(total);
     let template = format!("{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}}");
-    b.set_style(
-        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    b.set_style(super::progress_style(&template));
     b
 }
 
@@ -106,14 +104,7 @@ impl PhaseBar {
             } else {
                 format!("{what:>14} {{bar:40}} {{pos}}/{{len}} entries {{rate}} eta {{eta}}")
             };
-            let style = ProgressStyle::with_template(&template)
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .with_key(
-                    "rate",
-                    |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = write!(w, "{:.0}/s", st.per_sec());
-                    },
-                );
+            let style = super::progress_style(&template);
             self.bar = Some(ProgressBar::new(total).with_style(style));
         }
         if let Some(b) = &self.bar {
@@ -222,7 +213,7 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
 fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     // Store::open would create an empty store in a mistyped path, and this would snapshot it.
     check_data_dir(dir).map_err(|e| Failure::user(e.to_string()))?;
-    if !dir.join("CURRENT").exists() {
+    if !holds_store(dir) {
         return Err(Failure::user(format!(
             "{} is not an idstitch data dir (no RocksDB CURRENT file in it): give the \
              --data-dir the daemon ran with, or --socket for a running daemon",

@@ -20,7 +20,9 @@ pub fn run(data_dir: &Path, derived: bool) -> anyhow::Result<ExitCode> {
     let last = store
         .last_log_seq()
         .map_err(|e| Failure::corrupt(e.to_string()))?;
-    let bar = ProgressBar::new(last.0);
+    let bar = ProgressBar::new(last.0).with_style(super::progress_style(
+        "{bar:40} {pos}/{len} entries  {rate}  eta {eta}",
+    ));
     let started = Instant::now();
     let (scratch, diffs) =
         verify(&store, |s| bar.set_position(s.0), 50, derived).map_err(|e| match e {

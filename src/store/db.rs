@@ -235,6 +235,12 @@ fn written_before_current(name: &str) -> bool {
     matches!(name, "LOCK" | "LOG" | "IDENTITY" | "MANIFEST-000001") || name.starts_with("LOG.old.")
 }
 
+/// Whether `dir` holds a RocksDB database: RocksDB writes its `CURRENT` file last when it
+/// creates one, and never removes it.
+pub fn holds_store(dir: &Path) -> bool {
+    dir.join("CURRENT").exists()
+}
+
 /// Whether `dir` may be opened as a data dir. Refused ([`StoreError::Refused`]): a dir with
 /// [`RESTORE_MARKER`] (a restore was interrupted), and a non-empty dir without RocksDB's
 /// `CURRENT` (RocksDB would create a new, empty database in it, and later delete the files it
@@ -257,7 +263,7 @@ pub fn check_data_dir(dir: &Path) -> Result<(), StoreError> {
             d = dir.display()
         )));
     }
-    if dir.join("CURRENT").exists() {
+    if holds_store(dir) {
         return Ok(());
     }
     if dir.join(super::snapshot::MANIFEST).exists() {
@@ -341,7 +347,7 @@ impl Store {
     /// Open read-only (verify, snapshot of a stopped data dir).
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
         check_data_dir(dir)?;
-        if !dir.join("CURRENT").exists() {
+        if !holds_store(dir) {
             return Err(StoreError::Corrupt(format!(
                 "{} is not an idstitch data dir (no CURRENT file)",
                 dir.display()

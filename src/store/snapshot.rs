@@ -384,7 +384,7 @@ fn not_a_snapshot(path: &Path) -> Option<SnapshotError> {
         format!(
             "{d} is a file, not a snapshot: give the directory `idstitch snapshot create` wrote"
         )
-    } else if path.join("CURRENT").exists() {
+    } else if super::db::holds_store(path) {
         format!(
             "{d} is a data dir, not a snapshot: make one of it with `idstitch snapshot create \
              OUT --data-dir {d}` (or --socket while the daemon runs)"
@@ -702,14 +702,24 @@ pub fn restore(
     opts: RestoreOptions,
     mut progress: impl FnMut(Phase, u64, u64),
 ) -> Result<Restored, SnapshotError> {
-    // A snapshot path that names none is refused before anything is made or locked.
-    check_layout(snapshot)?;
+    // A snapshot path that names none is refused before anything is made or locked, as is a
+    // cut it cannot make.
+    let layout = check_layout(snapshot)?;
+    if let Some(AsOf::Seq(seq)) = opts.as_of {
+        if seq > layout.last_seq {
+            return Err(SnapshotError::Refused(format!(
+                "--as-of {seq} is past the snapshot's last seq {}: give a seq up to it, or \
+                 leave out --as-of to restore all of it",
+                layout.last_seq
+            )));
+        }
+    }
     // Held until the restore returns: a second restore into the same dir is refused at once.
     let _lock = RestoreLock::take(data_dir, snapshot)?;
     let m = if opts.full_verify {
         verify(snapshot, &mut progress)?
     } else {
-        check_layout(snapshot)?
+        layout
     };
     let existed = data_dir.exists();
     let non_empty = existed

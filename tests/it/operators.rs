@@ -532,6 +532,34 @@ fn the_person_cli_shows_and_splits_over_the_socket() {
     assert_eq!(d.all_persons(T).len(), 3);
 }
 
+/// `person show` of a distinct ID with no person says so on stderr, and exits 1; a project
+/// that is not there is named as the daemon names it, without JSON quotes.
+#[test]
+fn person_show_of_an_unknown_id_says_so() {
+    let d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "someone"}]));
+    let sock = d.socket.to_str().unwrap().to_string();
+    let out = Command::new(bin())
+        .args(["person", "--socket", &sock, "show", T, "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "no person has the distinct ID \"nobody\" in project \"{T}\""
+        )),
+        "{err}"
+    );
+    let out = Command::new(bin())
+        .args(["person", "--socket", &sock, "show", "phc_nope", "someone"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404: project not found"), "{err}");
+}
+
 /// Snapshot the stopped daemon's data dir, restore it elsewhere and return a daemon on it.
 fn snapshot_and_restore(d: &mut Daemon, tmp: &std::path::Path) -> Daemon {
     d.terminate();

@@ -113,6 +113,53 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
     assert!(ev["results"][0]["seq"].as_u64().unwrap() > seq);
 }
 
+/// `--as-of` a seq past the snapshot's end is refused (exit 1) before the data dir is made:
+/// it names a point the snapshot does not hold, most likely of another snapshot.
+#[test]
+fn a_restore_as_of_a_seq_past_the_snapshot_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "x"}]));
+    d.terminate();
+    let snap = tmp.path().join("snap");
+    succeeds(&["snapshot", "create", s(&snap), "--data-dir", s(&d.dir)]);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
+    let last = manifest["last_seq"].as_u64().unwrap();
+    let target = tmp.path().join("restored");
+    let past = (last + 1).to_string();
+    let out = idstitch(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&target),
+        "--as-of",
+        &past,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "--as-of {past} is past the snapshot's last seq {last}"
+        )),
+        "{err}"
+    );
+    assert!(!target.exists(), "the refused restore made the data dir");
+    // Its last seq itself is a cut that keeps everything.
+    let at_end = last.to_string();
+    succeeds(&[
+        "snapshot",
+        "restore",
+        s(&snap),
+        "--data-dir",
+        s(&target),
+        "--as-of",
+        &at_end,
+    ]);
+    assert!(Daemon::on(&target, &[]).person(T, "x").is_some());
+}
+
 #[test]
 fn verify_catches_a_flipped_byte_a_missing_file_and_a_foreign_manifest() {
     let tmp = tempfile::tempdir().unwrap();
