@@ -212,8 +212,9 @@ impl Decider<'_, '_> {
             }
             (None, Some(q)) if self.over_id_limit(q.distinct_ids.len() + 1) => {
                 self.id_limit_refused(other, q.distinct_ids.len() + 1);
-                // `into` stays apart from `other`'s person: the event acts on `into` alone.
-                self.ordinary()
+                // `into` stays apart from `other`'s person: the event acts on `into` alone,
+                // a person of its own, identified as after any refusal past step 4 (spec §4).
+                self.create(vec![into], true)
             }
             (Some(p), None) => self.attach_and_identify(p, other),
             (None, Some(q)) => self.attach_and_identify(q, &into),

@@ -465,12 +465,13 @@ fn the_distinct_id_limit_refuses_attachments_and_merges_past_it() {
         (d["limit"].clone(), d["distinctIds"].clone()),
         (json!(2), json!(3))
     );
-    // The other way round: a new ID aliasing the full person gets a person of its own.
+    // The other way round: a new ID aliasing the full person gets a person of its own,
+    // identified as after any refused merge past spec §4 step 4 (the same side with a person
+    // is, above).
     w.send(alias("other-device", json!("user")));
-    assert_eq!(
-        w.person("other-device").unwrap().distinct_ids,
-        vec!["other-device"]
-    );
+    let own = w.person("other-device").unwrap();
+    assert_eq!(own.distinct_ids, vec!["other-device"]);
+    assert!(own.is_identified, "{own:?}");
     assert_eq!(w.person("user").unwrap().distinct_ids.len(), 2);
     // Two persons whose IDs together are over the limit stay apart.
     w.send(json!({"event": "$merge_dangerously", "distinct_id": "other-device", "properties": {"alias": "user"}}));
