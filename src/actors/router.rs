@@ -982,18 +982,24 @@ async fn delete(st: Shared, msg: Delete) -> Result<Seq, EngineError> {
     if !msg.delete_events {
         // Its events still waiting in the conversion buffer arrived before the deletion:
         // processed now, in order, they reach the person they were meant for and stay stored
-        // with it. Released later, they would start a fresh person from its properties.
-        let waiting: Vec<(Seq, Normalized)> = {
-            let s = st.borrow();
-            s.waiting
-                .iter()
-                .filter(|(_, w)| {
-                    w.project == msg.project && person.distinct_ids.contains(&w.event.distinct_id)
-                })
-                .map(|(seq, w)| (*seq, w.event.to_normalized()))
-                .collect()
-        };
-        if !waiting.is_empty() {
+        // with it. Released later, they would start a fresh person from its properties. Until
+        // none is left: one of them may attach an ID (a merge) whose own events wait too.
+        // Each round releases what it processes, so the rounds end.
+        loop {
+            let waiting: Vec<(Seq, Normalized)> = {
+                let s = st.borrow();
+                s.waiting
+                    .iter()
+                    .filter(|(_, w)| {
+                        w.project == msg.project
+                            && person.distinct_ids.contains(&w.event.distinct_id)
+                    })
+                    .map(|(seq, w)| (*seq, w.event.to_normalized()))
+                    .collect()
+            };
+            if waiting.is_empty() {
+                break;
+            }
             for (seq, event) in waiting {
                 process(&st, msg.project, &event, Some(seq)).await?;
             }

@@ -290,6 +290,37 @@ fn deleting_a_person_keeping_its_events_processes_its_waiting_events_first() {
     assert!(d.person(T, "anon-1").is_none());
 }
 
+/// The same for the waiting events of an ID that one of the person's waiting events attaches
+/// to it on the way: they arrived before the deletion too (helper-33's case).
+#[test]
+fn deleting_a_person_keeping_its_events_also_processes_those_of_ids_its_waiting_events_attach() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 60);
+    anonymous_visit(&d);
+    // Both wait: neither ID has a person.
+    d.capture(
+        T,
+        json!([{"event": "$merge_dangerously", "distinct_id": "user-1", "properties": {"alias": "r", "$lib": "posthog-python"}},
+               {"event": "signed_up", "distinct_id": "r", "properties": {"$lib": "posthog-python", "$set": {"k": 1}}}]),
+    );
+    assert_eq!(waiting(&d, T).len(), 2);
+    frontend_identify(&d);
+    let p = d.person(T, "user-1").unwrap();
+    assert_eq!(dids(&p), ["anon-1", "user-1"]);
+    let uuid = p["uuid"].as_str().unwrap();
+    let r = d.request(
+        "DELETE",
+        &format!("/api/projects/{T}/persons/{uuid}/?delete_events=false"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    assert!(waiting(&d, T).is_empty(), "{:?}", waiting(&d, T));
+    advance(&d, 61);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.person(T, "r").is_none(), "no person comes back");
+}
+
 /// The buffer's listing is of one project only, counts all its waiting events, and lists at
 /// most `limit` of them, oldest first.
 #[test]
