@@ -17,8 +17,9 @@ pub struct IngestArgs {
     /// NDJSON (one event per line) or JSON (an event, an array, or a `{"batch": [...]}`); `-` is
     /// stdin. NDJSON is sent as it is read, a batch at a time, so a file of any size fits in
     /// memory; a line that is not JSON stops the run after the batches before it were sent.
-    /// (NDJSON whose first line is not an event object, such as a `{"batch": [...]}`, is read
-    /// whole first, and a line that is not JSON stops it before anything is sent.)
+    /// NDJSON holds one event object per line; a file whose first line is not one is read as
+    /// one JSON document (a `{"batch": [...]}` or an array, which may span lines), whole,
+    /// before anything is sent. A line holding a whole envelope is refused, by its line.
     /// An event that is JSON but holds a number out of range (`1e400`) is refused alone, by
     /// its line or place, and the run goes on.
     pub file: PathBuf,
@@ -143,7 +144,15 @@ fn item_of(text: &str) -> anyhow::Result<Item> {
             replaced.as_str()
         }
     };
-    match serde_json::from_str(text) {
+    match serde_json::from_str::<Value>(text) {
+        // The daemon would read it as an event without a name: say what it is instead.
+        Ok(v) if v.get("batch").is_some_and(Value::is_array) && v.get("event").is_none() => {
+            Ok(Item::Refused(
+                "a {\"batch\": [...]} envelope, not an event: ingest reads one event per line, \
+                 or one whole JSON document (one envelope, or an array of events)"
+                    .into(),
+            ))
+        }
         Ok(v) => Ok(Item::Event(v)),
         Err(e) => match refusal(text) {
             Some(why) => Ok(Item::Refused(why)),
@@ -525,12 +534,17 @@ async fn send(
     // The position of the last event acknowledged.
     let mut done = 0;
     // Where a run stopped, and how to go on.
-    let stopped = |sent: usize, done: usize| match sent {
+    // `sent` events were answered, `accepted` of them stored: the rest were refused (by this
+    // command or the daemon), and resending them would not help.
+    let stopped = |sent: usize, accepted: usize, done: usize| {
+        match sent {
         0 => "no event was acknowledged".to_string(),
         _ => format!(
-            "the {sent} events up to {unit} {done} were acknowledged; resend from {unit} {}",
+            "the {sent} events up to {unit} {done} were answered, {accepted} of them stored and {} refused; resend from {unit} {}",
+            sent - accepted,
             done + 1
         ),
+    }
     };
     // Requests sent so far (a chunk of refused lines only sends none).
     let mut n = 0u64;
@@ -541,7 +555,7 @@ async fn send(
             .collect::<anyhow::Result<Vec<(usize, Item)>>>();
         let chunk = chunk.map_err(|e| {
             bar.abandon();
-            Failure::user(format!("{e} ({})", stopped(sent, done)))
+            Failure::user(format!("{e} ({})", stopped(sent, accepted, done)))
         })?;
         let Some(&(last, _)) = chunk.last() else {
             break;
@@ -583,7 +597,7 @@ async fn send(
             let request = Request {
                 n,
                 what: format!("{unit}s {}-{last}", positions[0]),
-                stopped: stopped(sent, done),
+                stopped: stopped(sent, accepted, done),
             };
             let answer = post_batch(&mut conn, socket, &body, retries, &bar, request)
                 .await

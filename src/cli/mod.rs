@@ -73,12 +73,13 @@ impl Failure {
 #[derive(Parser, Debug)]
 #[command(name = "idstitch", version, about, long_about)]
 pub struct Cli {
-    /// Log format: `text` or `json`. Verbosity comes from RUST_LOG (default `info`).
+    /// Log format. Verbosity comes from RUST_LOG (default `info`).
     #[arg(
         long,
         global = true,
         env = "IDSTITCH_LOG_FORMAT",
-        default_value = "text"
+        default_value = "text",
+        value_parser = ["text", "json"]
     )]
     pub log_format: String,
     /// What to do.
@@ -121,7 +122,7 @@ pub enum Command {
         #[command(subcommand)]
         cmd: person::PersonCmd,
     },
-    /// A project's settings over the socket: show, set.
+    /// Projects and their settings over the socket: list, show, set.
     Project {
         /// The daemon's socket (before or after the subcommand).
         #[arg(

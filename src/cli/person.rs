@@ -50,6 +50,16 @@ pub enum PersonCmd {
     },
 }
 
+/// The project a subcommand names.
+fn project_of(cmd: &PersonCmd) -> &str {
+    match cmd {
+        PersonCmd::Show { project, .. }
+        | PersonCmd::History { project, .. }
+        | PersonCmd::Split { project, .. }
+        | PersonCmd::Delete { project, .. } => project,
+    }
+}
+
 fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -131,6 +141,12 @@ pub fn run(socket: &Path, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
     match resp.status {
         200 => println!("{}", serde_json::to_string_pretty(&resp.json())?),
         204 => println!("deleted"),
+        404 if detail(&resp.json()) == "project not found" => {
+            return Err(Failure::user(format!(
+                "no project {:?} on this daemon: give its token or id (`idstitch project list` lists them)",
+                project_of(&cmd)
+            )))
+        }
         s => return Err(Failure::user(format!("{s}: {}", detail(&resp.json())))),
     }
     if let PersonCmd::Show {
@@ -143,7 +159,9 @@ pub fn run(socket: &Path, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
             .as_array()
             .is_some_and(|a| a.is_empty())
         {
-            eprintln!("no person has the distinct ID {distinct_id:?} in project {project:?}");
+            eprintln!(
+                "idstitch: no person has the distinct ID {distinct_id:?} in project {project:?}"
+            );
             return Ok(ExitCode::from(1));
         }
     }

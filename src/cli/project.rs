@@ -1,4 +1,4 @@
-//! `idstitch project show|set`: a project's settings over the socket, printed as a table.
+//! `idstitch project list|show|set`: projects and their settings over the socket, as tables.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,6 +11,8 @@ use super::Failure;
 /// Project subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum ProjectCmd {
+    /// List the daemon's projects: id, token, name.
+    List,
     /// Print a project's settings.
     Show {
         /// Project token or id.
@@ -130,6 +132,25 @@ fn patch_of(cmd: &ProjectCmd) -> anyhow::Result<Value> {
     Ok(Value::Object(patch))
 }
 
+/// The projects of `GET /api/projects/` as a table, one line each.
+fn list_table(all: &Value) -> String {
+    let projects = all["results"].as_array().cloned().unwrap_or_default();
+    if projects.is_empty() {
+        return "no projects yet: a project is made by the first event sent with its token\n"
+            .into();
+    }
+    let mut out = format!("{:<6}{:<50}{}\n", "ID", "TOKEN", "NAME");
+    for p in projects {
+        out.push_str(&format!(
+            "{:<6}{:<50}{}\n",
+            p["id"],
+            p["token"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
+
 /// The settings of a project JSON as a readable table.
 pub fn table(p: &Value) -> String {
     let cb = &p["conversion_buffer"];
@@ -186,6 +207,11 @@ pub fn table(p: &Value) -> String {
 /// Run a project subcommand against the daemon on `socket`.
 pub fn run(socket: &Path, cmd: ProjectCmd) -> anyhow::Result<ExitCode> {
     let answer = match &cmd {
+        ProjectCmd::List => {
+            let all = call(socket, "GET", "/api/projects/", None)?;
+            print!("{}", list_table(&all));
+            return Ok(ExitCode::SUCCESS);
+        }
         ProjectCmd::Show { project } => call(
             socket,
             "GET",

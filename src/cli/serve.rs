@@ -35,9 +35,19 @@ pub struct ServeArgs {
     pub http: Option<String>,
     /// Let --http listen on an address other machines can reach (0.0.0.0, a LAN address):
     /// the capture endpoints are then open to the network; /api/ still needs the admin key.
-    #[arg(long, env = "IDSTITCH_HTTP_ALLOW_REMOTE")]
-    pub http_allow_remote: bool,
-    /// A TOML file with any of these options.
+    /// `--http-allow-remote=false` (or the variable set to false, 0, no or off) overrides a
+    /// config file's `true` [default: false].
+    #[arg(
+        long,
+        env = "IDSTITCH_HTTP_ALLOW_REMOTE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub http_allow_remote: Option<bool>,
+    /// A TOML file with any of these options, named with underscores (`max_depth = 64`,
+    /// `socket_mode = "600"`, `http_allow_remote = true`); `--log-format` is not one of them.
     #[arg(long, env = "IDSTITCH_CONFIG")]
     pub config: Option<PathBuf>,
     /// File holding the admin key that `/api/` requires on TCP (`Authorization: Bearer <key>`).
@@ -102,8 +112,8 @@ pub struct ServeArgs {
     /// Request body bytes held in memory at once, over all connections, counted as they
     /// arrive and again as they decompress; a body whose next bytes do not fit waits for
     /// others to be answered (within --body-timeout; then 408, or 503 with Retry-After for
-    /// decompressed bytes), and one that decompresses to more than all of it is a 413
-    /// [default: 268435456].
+    /// decompressed bytes), and one that decompresses to more than all of it is a 413.
+    /// Counted in KiB: rounded up to a whole KiB [default: 268435456].
     #[arg(long, env = "IDSTITCH_MAX_INFLIGHT_BODY_BYTES")]
     pub max_inflight_body_bytes: Option<usize>,
     /// Seconds an idle connection is kept open between requests; 0 closes it after every answer,
@@ -232,7 +242,11 @@ fn read_toml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow:
     toml::from_str(&text).map_err(|e| {
         // One line: the reason, and where (toml's own rendering spans several lines).
         let at = e.span().map(|s| {
-            let line = text[..s.start.min(text.len())].lines().count().max(1);
+            let line = text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
             format!(" (line {line})")
         });
         let reason = e.message().replace('\n', " ");
@@ -251,7 +265,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         None => FileConfig::default(),
     };
     let conn = conn_limits(&a, &f)?;
-    let allow_remote = a.http_allow_remote || f.http_allow_remote.unwrap_or(false);
+    let allow_remote = a.http_allow_remote.or(f.http_allow_remote).unwrap_or(false);
     let http = match a.http.clone().or(f.http.clone()) {
         Some(addr) => Some(tcp_address(&addr, allow_remote)?),
         None => None,
@@ -344,6 +358,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
         ("--max-events-per-request", limits.max_events == 0),
         ("--max-depth", limits.max_depth == 0),
         ("--max-resident-persons", max_resident_persons == 0),
+        ("--workers", a.workers.or(f.workers) == Some(0)),
     ])?;
     let snapshot_dir = a
         .snapshot_dir
@@ -372,7 +387,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
             .on_storage_error
             .or(f.on_storage_error)
             .unwrap_or_default(),
-        workers: a.workers.or(f.workers).unwrap_or(2).max(1),
+        workers: a.workers.or(f.workers).unwrap_or(2),
         conn,
         data_dir,
         socket,

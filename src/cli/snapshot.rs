@@ -20,7 +20,7 @@ pub enum SnapshotCmd {
     Create {
         /// New directory to write.
         out: PathBuf,
-        /// Socket of a running daemon.
+        /// Socket of a running daemon [default: ./data/store/idstitch.sock, without --data-dir].
         #[arg(long, conflicts_with = "data_dir")]
         socket: Option<PathBuf>,
         /// A stopped data dir.
@@ -30,9 +30,10 @@ pub enum SnapshotCmd {
     /// Restore into an empty data dir (use `--force` to move a non-empty one aside).
     ///
     /// Restore reads each file of the snapshot once: it hashes it while copying it and stops
-    /// (exit 3, naming the file, removing what it wrote) if a SHA-256 or size differs from the
-    /// manifest, a file is missing or extra, or the restored log does not end at the
-    /// manifest's seq. That catches damage in storage or transit. It does not replay the log:
+    /// (exit 3, naming the file, removing what it wrote into the data dir) if a SHA-256 or size
+    /// differs from the manifest, a file is missing or extra, or the restored log does not end
+    /// at the manifest's seq. Its lock file, `<data dir>.restore-lock` beside the data dir,
+    /// stays: it keeps two restores into one dir apart and may be removed when none runs. That catches damage in storage or transit. It does not replay the log:
     /// run `idstitch snapshot verify` once when a snapshot is made or received (it also
     /// replays the whole log and compares it with the derived state), or pass `--full-verify`.
     Restore {

@@ -236,10 +236,66 @@ fn ingest_reports_rejections_by_line_and_where_a_refused_run_stopped() {
     assert!(stderr.contains("rejected line 4:"), "{stderr}");
     assert!(
         stderr.contains("request 2 (lines 5-5) was refused with 400")
-            && stderr.contains("the 2 events up to line 4 were acknowledged; resend from line 5"),
+            && stderr.contains(
+                "the 2 events up to line 4 were answered, 1 of them stored and 1 refused; resend from line 5"
+            ),
         "{stderr}"
     );
     assert!(d.person("phc_lines", "a").is_some());
+}
+
+/// A line that is a whole batch envelope is refused by its line, saying what it is (it was
+/// sent as an event and refused as one without a name); the lines around it go on.
+#[test]
+fn ingest_refuses_an_envelope_line_saying_what_it_is() {
+    let d = Daemon::start();
+    let envelope = json!({"api_key": "phc_env", "batch": [{"event": "e", "distinct_id": "x"}]});
+    let event = json!({"event": "e", "distinct_id": "a", "api_key": "phc_env"});
+    for text in [
+        format!("{event}\n{envelope}\n"),
+        format!("{envelope}\n{envelope}\n"),
+    ] {
+        let out = ingest_file(&d, &text, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("rejected line 2: a {\"batch\": [...]} envelope, not an event"),
+            "{stderr}"
+        );
+    }
+    assert!(d.person("phc_env", "a").is_some());
+    assert!(d.person("phc_env", "x").is_none());
+}
+
+/// Where a run stops, the events refused before it (here by ingest itself: `1e400`) are not
+/// counted as stored (helper-34 saw "the 3 events up to line 3 were acknowledged").
+#[test]
+fn ingest_that_stops_counts_refused_lines_apart_from_stored_ones() {
+    let d = Daemon::start();
+    let ok =
+        |did: &str| json!({"event": "e", "distinct_id": did, "api_key": "phc_stop"}).to_string();
+    let text = format!(
+        "{}
+{{\"event\":\"e\",\"distinct_id\":\"x\",\"api_key\":\"phc_stop\",\"n\":1e400}}
+{}
+not json
+{}
+",
+        ok("a"),
+        ok("b"),
+        ok("c")
+    );
+    let out = ingest_file(&d, &text, &["--batch-size", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the 3 events up to line 3 were answered, 2 of them stored and 1 refused; resend from line 4"
+        ),
+        "{stderr}"
+    );
+    assert!(d.person("phc_stop", "b").is_some());
+    assert!(d.person("phc_stop", "c").is_none());
 }
 
 /// A line holding a number no f64 holds (`1e400`) is JSON that serde_json cannot read: it is
@@ -473,6 +529,93 @@ fn a_bad_config_file_is_a_clear_exit_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("no_such_option") && err.lines().count() == 1,
+        "{err}"
+    );
+    // The line of a key at the start of a line is its own (it was said one line early).
+    std::fs::write(&config, "workers = 2\n# a comment\nbogus = 1\n").unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path().join("s"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("(line 3): unknown field `bogus`"), "{err}");
+}
+
+/// A config file's `http_allow_remote = true` is turned off by the environment or the flag, as
+/// every other option is overridden (it used to be or-ed in, so only the file counted).
+#[test]
+fn http_allow_remote_from_a_config_file_is_overridden_by_env_and_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("remote.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!("http = \"0.0.0.0:{port}\"\nhttp_allow_remote = true\n"),
+    )
+    .unwrap();
+    let refused = |env: Option<&str>, flag: Option<&str>| {
+        let mut c = Command::new(bin());
+        c.args(["serve", "--data-dir"])
+            .arg(tmp.path().join("store"))
+            .arg("--config")
+            .arg(&config);
+        if let Some(v) = env {
+            c.env("IDSTITCH_HTTP_ALLOW_REMOTE", v);
+        }
+        if let Some(f) = flag {
+            c.arg(f);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{env:?} {flag:?}: {err}");
+        err
+    };
+    for env in ["false", "0", "no", "off"] {
+        let err = refused(Some(env), None);
+        assert!(
+            err.contains("which other machines can reach"),
+            "{env}: {err}"
+        );
+    }
+    let err = refused(None, Some("--http-allow-remote=false"));
+    assert!(err.contains("which other machines can reach"), "{err}");
+    // What is neither yes nor no is a bad argument, from the flag or the environment.
+    for (env, flag) in [
+        (None, Some("--http-allow-remote=maybe")),
+        (Some("maybe"), None),
+    ] {
+        let err = refused(env, flag);
+        assert!(
+            err.contains("invalid value 'maybe' for '--http-allow-remote"),
+            "{err}"
+        );
+    }
+    assert!(
+        !tmp.path().join("store").exists(),
+        "refused before the data dir was made"
+    );
+}
+
+/// `--log-format` takes `text` or `json`; anything else is a bad argument (exit 1), not text.
+#[test]
+fn an_unknown_log_format_is_refused() {
+    let out = Command::new(bin())
+        .args([
+            "--log-format",
+            "yaml",
+            "verify",
+            "--data-dir",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("yaml") && err.contains("text") && err.contains("json"),
         "{err}"
     );
 }

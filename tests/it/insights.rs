@@ -297,6 +297,10 @@ fn the_cli_prints_insights_and_settings_as_tables() {
     assert!(table.contains("not_icontains"), "{table}");
     let table = run(&["project", "show", T]);
     assert!(table.contains("merge limit           4"), "{table}");
+    let list = run(&["project", "list"]);
+    let row = list.lines().find(|l| l.contains(T));
+    assert!(row.is_some_and(|r| r.starts_with('1')), "{list}");
+    assert!(list.starts_with("ID"), "{list}");
 }
 
 /// Enough visitors (21,000 persons, 28,000 distinct IDs, 500 personless IDs) that the queries

@@ -431,6 +431,7 @@ fn a_zero_limit_from_the_environment_is_refused_with_exit_1() {
         ),
         ("IDSTITCH_MAX_DEPTH", "--max-depth"),
         ("IDSTITCH_MAX_RESIDENT_PERSONS", "--max-resident-persons"),
+        ("IDSTITCH_WORKERS", "--workers"),
     ] {
         let out = Command::new(bin())
             .args(["serve", "--data-dir"])

@@ -547,7 +547,7 @@ fn person_show_of_an_unknown_id_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "no person has the distinct ID \"nobody\" in project \"{T}\""
+            "idstitch: no person has the distinct ID \"nobody\" in project \"{T}\""
         )),
         "{err}"
     );
@@ -557,7 +557,11 @@ fn person_show_of_an_unknown_id_says_so() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("404: project not found"), "{err}");
+    assert!(
+        err.contains("no project \"phc_nope\" on this daemon")
+            && err.contains("`idstitch project list` lists them"),
+        "{err}"
+    );
 }
 
 /// Snapshot the stopped daemon's data dir, restore it elsewhere and return a daemon on it.
