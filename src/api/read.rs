@@ -270,7 +270,7 @@ pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>)
             return error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no history for this person",
+                "no person of this project has had this uuid",
             )
         }
         Ok(s) => s,

@@ -630,7 +630,12 @@ async fn serve(s: Settings, store: Store, mut signals: Signals) -> anyhow::Resul
     for h in handles {
         h.stop(true).await;
     }
-    engine.shutdown().await?;
+    engine.shutdown().await.map_err(|e| {
+        Failure::runtime(format!(
+            "{e}. Fix the cause (disk space, permissions, the disk itself), then restart \
+             idstitch: it recovers every acknowledged event from the log"
+        ))
+    })?;
     let _ = writer.join();
     let flushed = std::time::Instant::now();
     match engine.store().flush_all() {

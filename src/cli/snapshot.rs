@@ -124,7 +124,10 @@ impl PhaseBar {
 fn fail(e: SnapshotError) -> anyhow::Error {
     match e {
         SnapshotError::Refused(m) => Failure::user(m),
-        SnapshotError::Corrupt(m) => Failure::corrupt(m),
+        SnapshotError::Corrupt(m) => Failure::corrupt(format!(
+            "{m}: the snapshot is damaged; copy it again from where it was made, or make a new \
+             one with `idstitch snapshot create`"
+        )),
         other => anyhow::anyhow!(other.to_string()),
     }
 }
@@ -137,7 +140,8 @@ fn parse_as_of(s: &str) -> anyhow::Result<AsOf> {
         .map(|t| AsOf::Time(t.timestamp_millis()))
         .map_err(|_| {
             Failure::user(format!(
-                "--as-of {s:?} is neither a seq number nor an RFC 3339 time"
+                "--as-of {s:?} is neither a seq number nor an RFC 3339 time: give, e.g., \
+                 1200 or 2026-12-01T00:00:00Z"
             ))
         })
 }

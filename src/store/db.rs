@@ -349,7 +349,8 @@ impl Store {
         check_data_dir(dir)?;
         if !holds_store(dir) {
             return Err(StoreError::Corrupt(format!(
-                "{} is not an idstitch data dir (no CURRENT file)",
+                "{} is not an idstitch data dir (no CURRENT file): give the --data-dir the daemon \
+                 ran with",
                 dir.display()
             )));
         }

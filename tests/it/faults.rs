@@ -159,6 +159,12 @@ fn a_full_disk_answers_503_keeps_serving_reads_and_loses_nothing_acknowledged() 
         Some(2),
         "a daemon that lost its writes exits 2"
     );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("No space left on device. Fix the cause")
+            && text.contains("then restart idstitch: it recovers every acknowledged event"),
+        "the last line says what to do:\n{text}"
+    );
 
     // Space returns; a restart recovers every acknowledged event and person, and writes work.
     fs.resize(256);
