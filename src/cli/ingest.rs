@@ -474,7 +474,10 @@ async fn post_batch(
             Ok(_) => break outcome,
             Err(e) => {
                 *conn = None;
-                (backoff(attempt + 1), e.to_string())
+                (
+                    backoff(attempt + 1),
+                    format!("the connection to the daemon failed ({e})"),
+                )
             }
         };
         if attempt == retries {
@@ -498,9 +501,20 @@ async fn post_batch(
         ))
     })?;
     if resp.status != 200 {
-        let detail = resp.json().get("detail").cloned().unwrap_or(Value::Null);
+        let answer = resp.json();
+        let detail = match &answer["detail"] {
+            Value::String(d) => d.clone(),
+            Value::Null => String::from_utf8_lossy(&resp.body).into_owned(),
+            other => other.to_string(),
+        };
+        // What this command can do about the two refusals its own options decide.
+        let hint = match answer["code"].as_str() {
+            Some("no_token") => " Pass --token for events that carry none.",
+            Some("too_many_events") => " Pass a smaller --batch-size.",
+            _ => "",
+        };
         let message = format!(
-            "request {n} ({what}) was refused with {}{tried}: {detail} ({stopped})",
+            "request {n} ({what}) was refused with {}{tried}: {detail}{hint} ({stopped})",
             resp.status
         );
         return Err(match resp.status {
