@@ -29,6 +29,16 @@ impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
+
+    /// Why the daemon answered as it did: its error's `detail` as text (a string as it is,
+    /// other JSON written out), or the body itself when it has none.
+    pub fn detail(&self) -> String {
+        match &self.json()["detail"] {
+            serde_json::Value::String(d) => d.clone(),
+            serde_json::Value::Null => String::from_utf8_lossy(&self.body).into_owned(),
+            other => other.to_string(),
+        }
+    }
 }
 
 async fn start<S>(stream: S) -> anyhow::Result<Conn>

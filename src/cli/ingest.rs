@@ -501,14 +501,9 @@ async fn post_batch(
         ))
     })?;
     if resp.status != 200 {
-        let answer = resp.json();
-        let detail = match &answer["detail"] {
-            Value::String(d) => d.clone(),
-            Value::Null => String::from_utf8_lossy(&resp.body).into_owned(),
-            other => other.to_string(),
-        };
+        let detail = resp.detail();
         // What this command can do about the two refusals its own options decide.
-        let hint = match answer["code"].as_str() {
+        let hint = match resp.json()["code"].as_str() {
             Some("no_token") => " Pass --token for events that carry none.",
             Some("too_many_events") => " Pass a smaller --batch-size.",
             _ => "",

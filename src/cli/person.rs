@@ -134,20 +134,16 @@ pub fn run(socket: &Path, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
         )
         .await
     })?;
-    let detail = |v: &Value| match &v["detail"] {
-        Value::String(d) => d.clone(),
-        other => other.to_string(),
-    };
     match resp.status {
         200 => println!("{}", serde_json::to_string_pretty(&resp.json())?),
         204 => println!("deleted"),
-        404 if detail(&resp.json()) == "project not found" => {
+        404 if resp.detail() == "project not found" => {
             return Err(Failure::user(format!(
                 "no project {:?} on this daemon: give its token or id (`idstitch project list` lists them)",
                 project_of(&cmd)
             )))
         }
-        s => return Err(Failure::user(format!("{s}: {}", detail(&resp.json())))),
+        s => return Err(Failure::user(format!("{s}: {}", resp.detail()))),
     }
     if let PersonCmd::Show {
         project,
