@@ -16,7 +16,7 @@ use actix_web::error::PayloadError;
 use actix_web::http::uri::{PathAndQuery, Uri};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, App, HttpMessage, HttpServer};
+use actix_web::{guard, web, App, HttpMessage, HttpServer};
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -57,16 +57,24 @@ impl Default for ConnLimits {
 const CAPTURE_PATHS: [&str; 6] = ["/batch", "/capture", "/e", "/i/v0/e", "/track", "/engage"];
 
 /// A path and the handlers of its methods: any other method is answered 405 with an `Allow`
-/// header naming these, rather than the 404 of an unknown path.
+/// header naming these, rather than the 404 of an unknown path. A `GET` route also answers
+/// `HEAD` (RFC 9110 §9.3.2: its headers without the body, which actix-http drops), so that
+/// `curl -I` and load balancers' health checks work.
 fn resource(path: &str, routes: Vec<(Method, actix_web::Route)>) -> actix_web::Resource {
     let allow = routes
         .iter()
-        .map(|(m, _)| m.as_str())
+        .flat_map(|(m, _)| match *m {
+            Method::GET => vec!["GET", "HEAD"],
+            _ => vec![m.as_str()],
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let mut r = web::resource(path);
     for (m, route) in routes {
-        r = r.route(route.method(m));
+        r = r.route(match m {
+            Method::GET => route.guard(guard::Any(guard::Get()).or(guard::Head())),
+            m => route.method(m),
+        });
     }
     r.default_service(web::to(move || admin::method_not_allowed(allow.clone())))
 }

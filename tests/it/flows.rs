@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::support::{dids, Daemon};
+use idstitch::cli::client::Response;
 
 const T: &str = "phc_flows";
 
@@ -363,13 +364,13 @@ fn api_paths_take_no_trailing_slash_and_a_wrong_method_is_405() {
     );
 
     for (method, path, allow) in [
-        ("DELETE", format!("/api/projects/{T}/persons/"), "GET"),
+        ("DELETE", format!("/api/projects/{T}/persons/"), "GET, HEAD"),
         (
             "POST",
             format!("/api/projects/{T}/persons/{uuid}/"),
-            "GET, DELETE",
+            "GET, HEAD, DELETE",
         ),
-        ("PUT", format!("/api/projects/{T}"), "GET, PATCH"),
+        ("PUT", format!("/api/projects/{T}"), "GET, HEAD, PATCH"),
         (
             "GET",
             format!("/api/projects/{T}/persons/{uuid}/split/"),
@@ -377,8 +378,8 @@ fn api_paths_take_no_trailing_slash_and_a_wrong_method_is_405() {
         ),
         ("GET", "/batch/".to_string(), "POST"),
         ("GET", "/i/v1/analytics/events".to_string(), "POST"),
-        ("DELETE", "/flags/".to_string(), "GET, POST"),
-        ("POST", "/_health".to_string(), "GET"),
+        ("DELETE", "/flags/".to_string(), "GET, HEAD, POST"),
+        ("POST", "/_health".to_string(), "GET, HEAD"),
     ] {
         let r = d.request(method, &path, &[], Vec::new());
         assert_eq!(r.status, 405, "{method} {path}");
@@ -393,4 +394,45 @@ fn api_paths_take_no_trailing_slash_and_a_wrong_method_is_405() {
     // What is nowhere is still 404.
     assert_eq!(d.get("/api/nothing/").status, 404);
     assert_eq!(d.get("/nothing").status, 404);
+}
+
+#[test]
+fn head_answers_every_get_route_with_its_headers_and_no_body() {
+    let d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "a"}]));
+    let uuid = d.person(T, "a").unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let header = |r: &Response, name: &str| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    for path in [
+        "/_health".to_string(),
+        "/metrics".to_string(),
+        format!("/api/projects/{T}/persons/"),
+        format!("/api/projects/{T}/persons/{uuid}/"),
+        format!("/api/projects/{T}/events/?distinct_id=a"),
+        format!("/api/projects/{T}"),
+    ] {
+        let get = d.get(&path);
+        let head = d.request("HEAD", &path, &[], Vec::new());
+        assert_eq!(get.status, 200, "GET {path}");
+        assert_eq!(head.status, 200, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path}: {:?}", head.body);
+        assert_eq!(
+            header(&head, "content-type"),
+            header(&get, "content-type"),
+            "HEAD {path}"
+        );
+    }
+    // HEAD of what does not exist says so as GET does; HEAD of a POST-only path is 405.
+    let missing = format!("/api/projects/{T}/persons/00000000-0000-0000-0000-000000000000/");
+    assert_eq!(d.request("HEAD", &missing, &[], Vec::new()).status, 404);
+    let r = d.request("HEAD", "/batch/", &[], Vec::new());
+    assert_eq!(r.status, 405);
+    assert_eq!(header(&r, "allow").as_deref(), Some("POST"));
 }
