@@ -469,7 +469,7 @@ async fn post_batch(
         let (wait, why) = match &outcome {
             Ok(r) if r.status == 503 => (
                 retry_after(r).unwrap_or_else(|| backoff(attempt + 1)),
-                format!("503: {}", r.json().get("detail").unwrap_or(&Value::Null)),
+                format!("503: {}", r.detail()),
             ),
             Ok(_) => break outcome,
             Err(e) => {

@@ -41,11 +41,13 @@ pub enum InsightsCmd {
 /// Options both insights take.
 #[derive(clap::Args, Debug)]
 pub struct Range {
-    /// Only events at or after this time: 2026-01-31, 2026-01-31T12:00:00Z, or relative as
-    /// PostHog writes it: -24h, -7d, -2w, -3m (months), -1y, -30M (minutes), -90s.
+    /// Only events at or after this time: 2026-01-31, 2026-01-31T12:00:00Z, relative as
+    /// PostHog writes it (-24h, -7d, -2w, -3m months, -1q quarters, -1y, -30M minutes, -90s),
+    /// or `all` (no bound, as when left out).
     #[arg(long, allow_hyphen_values = true)]
     date_from: Option<String>,
-    /// Only events up to this time (a date means the end of that day).
+    /// Only events up to this time, written as --date-from is (a date means the end of that
+    /// day).
     #[arg(long, allow_hyphen_values = true)]
     date_to: Option<String>,
     /// Leave out the persons the project's test-account filters mark as internal.
@@ -91,8 +93,41 @@ pub fn funnel_table(answer: &Value) -> String {
     out
 }
 
+/// The query fields the daemon's refusals name, and the flags that set them.
+const FLAGS: [(&str, &str); 5] = [
+    ("event", "--event"),
+    ("steps", "--steps"),
+    ("window_secs", "--window-secs"),
+    ("date_from", "--date-from"),
+    ("date_to", "--date-to"),
+];
+
+/// A refusal in the terms the user typed: the daemon's `400: date_from: must be …, e.g.
+/// ?steps=a,b` names its query fields; this names the flags (`--date-from: must be …, e.g.
+/// --steps a,b`). Other messages pass unchanged.
+fn in_flag_terms(message: &str) -> String {
+    for (field, flag) in FLAGS {
+        if let Some(rest) = message.strip_prefix(&format!("400: {field}: ")) {
+            return format!(
+                "{flag}: {}",
+                rest.replace(&format!("?{field}="), &format!("{flag} "))
+            );
+        }
+    }
+    message.to_string()
+}
+
 /// Run an insight against the daemon on `socket`.
 pub fn run(socket: &Path, cmd: InsightsCmd) -> anyhow::Result<ExitCode> {
+    run_query(socket, cmd).map_err(|mut e| {
+        if let Some(f) = e.downcast_mut::<super::Failure>() {
+            f.message = in_flag_terms(&f.message);
+        }
+        e
+    })
+}
+
+fn run_query(socket: &Path, cmd: InsightsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         InsightsCmd::Unique {
             project,
@@ -144,4 +179,29 @@ pub fn run(socket: &Path, cmd: InsightsCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_flag_terms;
+
+    #[test]
+    fn a_refusal_names_the_flag_not_the_query_field() {
+        assert_eq!(
+            in_flag_terms("400: steps: give 2 to 20 event names, e.g. ?steps=$pageview,signed_up"),
+            "--steps: give 2 to 20 event names, e.g. --steps $pageview,signed_up"
+        );
+        assert_eq!(
+            in_flag_terms("400: window_secs: must be at least 1"),
+            "--window-secs: must be at least 1"
+        );
+        assert_eq!(
+            in_flag_terms("400: date_to: must be a date"),
+            "--date-to: must be a date"
+        );
+        assert_eq!(
+            in_flag_terms("404: project not found"),
+            "404: project not found"
+        );
+    }
 }

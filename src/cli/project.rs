@@ -72,14 +72,7 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> any
     })?;
     match resp.status {
         200..=299 => Ok(resp.json()),
-        s => {
-            let j = resp.json();
-            let detail = j["detail"].as_str().map(str::to_string);
-            Err(Failure::user(format!(
-                "{s}: {}",
-                detail.unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned())
-            )))
-        }
+        s => Err(Failure::user(format!("{s}: {}", resp.detail()))),
     }
 }
 

@@ -264,7 +264,7 @@ fn create_online(socket: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     if resp.status != 200 {
         return Err(Failure::user(format!(
             "the daemon refused the snapshot: {}",
-            resp.json()["detail"]
+            resp.detail()
         )));
     }
     println!(

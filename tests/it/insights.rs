@@ -303,6 +303,37 @@ fn the_cli_prints_insights_and_settings_as_tables() {
     assert!(list.starts_with("ID"), "{list}");
 }
 
+/// A query the daemon refuses is explained in the CLI's terms: the flag, not the query field.
+#[test]
+fn the_cli_names_its_flags_when_the_daemon_refuses_a_query() {
+    let d = Daemon::start();
+    onboarding(&d);
+    let refused = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["insights", "--socket"])
+            .arg(&d.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = refused(&["funnel", T, "--steps", "$pageview"]);
+    assert!(
+        err.starts_with("idstitch: --steps: give 2 to 20")
+            && err.contains("e.g. --steps $pageview,signed_up"),
+        "{err}"
+    );
+    let err = refused(&["funnel", T, "--steps", "a,b", "--window-secs", "0"]);
+    assert!(err.starts_with("idstitch: --window-secs: "), "{err}");
+    let err = refused(&["unique", T, "--event", "e", "--date-to", "yesterday"]);
+    assert!(
+        err.starts_with("idstitch: --date-to: must be a date"),
+        "{err}"
+    );
+    assert!(!err.contains("date_to"), "{err}");
+}
+
 /// Enough visitors (21,000 persons, 28,000 distinct IDs, 500 personless IDs) that the queries
 /// take their large-query paths: sequential reads of the project's IDs and persons, spread over
 /// the cores, and the test-account verdict read from the properties' text. They must count

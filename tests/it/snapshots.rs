@@ -349,12 +349,18 @@ fn an_online_snapshot_into_the_default_snapshot_dir_is_taken() {
     succeeds(&["snapshot", "create", s(&out), "--socket", s(&d.socket)]);
     assert!(out.join("manifest.json").exists());
     let outside = d.dir.parent().unwrap().join("elsewhere");
+    let refused = idstitch(&["snapshot", "create", s(&outside), "--socket", s(&d.socket)]);
     assert_eq!(
-        idstitch(&["snapshot", "create", s(&outside), "--socket", s(&d.socket)])
-            .status
-            .code(),
+        refused.status.code(),
         Some(1),
         "a path outside the snapshot dir is still refused"
+    );
+    // The daemon's reason is printed as text, not as a JSON string in quotes.
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("the daemon refused the snapshot: snapshot path ")
+            && err.contains("is outside the snapshot dir"),
+        "{err}"
     );
 }
 
