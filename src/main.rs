@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser};
 use idstitch::cli::{run, Cli, Failure};
 
@@ -40,8 +40,45 @@ fn usage(e: clap::Error) -> ExitCode {
         eprintln!("idstitch: a command is missing; {help}");
         return ExitCode::from(1);
     }
-    eprintln!("idstitch: {}; {help}", one_line(&text));
+    let source = from_environment(&e)
+        .map(|var| format!("; it comes from {var} in the environment"))
+        .unwrap_or_default();
+    eprintln!("idstitch: {}{source}; {help}", one_line(&text));
     ExitCode::from(1)
+}
+
+/// The `IDSTITCH_*` variable a refused value came from, when the user did not type the flag:
+/// clap names the flag either way, and a user who never typed `--workers` looks for it in
+/// vain.
+fn from_environment(e: &clap::Error) -> Option<String> {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?;
+    let long = flag.strip_prefix("--")?;
+    let typed = std::env::args()
+        .skip(1)
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let var = (!typed).then(|| env_of(&Cli::command(), long))??;
+    (std::env::var_os(&var)?.to_str() == Some(value)).then_some(var)
+}
+
+/// The environment variable of the option `--long`, in `cmd` or any of its subcommands.
+fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|s| env_of(s, long)))
 }
 
 /// Clap's message before its usage, on one line: `the following required arguments were not

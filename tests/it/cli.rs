@@ -621,6 +621,40 @@ fn an_unknown_log_format_is_refused() {
     );
 }
 
+/// A bad value from an `IDSTITCH_*` variable names the variable, since the user never typed
+/// the flag clap names; a bad value typed as the flag does not blame the variable.
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(bin())
+            .args(args)
+            .arg(tmp.path().join("never"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let serve = ["serve", "--data-dir"];
+    let err = run(&serve, &[("IDSTITCH_WORKERS", "abc")]);
+    assert!(
+        err.contains("'abc'") && err.contains("IDSTITCH_WORKERS"),
+        "{err}"
+    );
+    let err = run(&serve, &[("IDSTITCH_LOG_FORMAT", "yaml")]);
+    assert!(err.contains("IDSTITCH_LOG_FORMAT"), "{err}");
+    let err = run(
+        &["serve", "--workers", "xyz", "--data-dir"],
+        &[("IDSTITCH_WORKERS", "abc")],
+    );
+    assert!(
+        err.contains("'xyz'") && !err.contains("IDSTITCH_WORKERS"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("never").exists());
+}
+
 #[test]
 fn json_logs_are_one_object_per_line() {
     let tmp = tempfile::tempdir().unwrap();
