@@ -24,16 +24,18 @@ pub const MOBILE_LIBS: [&str; 4] = [
 ];
 
 /// Whether an event waits in the buffer (spec §11), given whether its distinct ID already has a
-/// person. Personless events never wait: they create no person, which is all the buffer guards.
+/// person.
 pub fn qualifies(ev: &Normalized, person_exists: bool) -> bool {
     !person_exists && may_wait(ev)
 }
 
 /// Whether an event is of a kind that waits (spec §11), whether or not its distinct ID has a
-/// person: not personless, not a merge (`$identify`/`$create_alias` with a merge trigger), not
+/// person: not a merge (`$identify`/`$create_alias` with a merge trigger), not
 /// `$groupidentify`, not sent under its own `$device_id`, not from a mobile SDK. Such an event
 /// also waits behind its distinct ID's earlier waiting events, so that they are processed in
-/// the order they arrived.
+/// the order they arrived. A personless event is of this kind too, as §11 (and PostHog's
+/// `shouldSendEventToBuffer`) exempts only those four: it waits in order with its ID's other
+/// events, and is processed as personless when released.
 pub fn may_wait(ev: &Normalized) -> bool {
     let merges =
         matches!(ev.name.as_str(), "$identify" | "$create_alias") && merge_trigger(ev).is_some();
@@ -42,8 +44,7 @@ pub fn may_wait(ev: &Normalized) -> bool {
         _ => None,
     };
     let (device_id, lib) = (text_of("$device_id"), text_of("$lib"));
-    !ev.personless
-        && !merges
+    !merges
         && ev.name != "$groupidentify"
         && device_id.as_deref() != Some(ev.distinct_id.as_str())
         && !lib.is_some_and(|l| MOBILE_LIBS.contains(&l.as_str()))
@@ -140,19 +141,23 @@ mod tests {
     }
 
     #[test]
-    fn merges_device_ids_mobile_and_personless_events_do_not_wait() {
+    fn merges_group_identify_device_ids_and_mobile_events_do_not_wait() {
         for v in [
             json!({"event": "$identify", "distinct_id": "u", "properties": {"$anon_distinct_id": "a"}}),
             json!({"event": "$create_alias", "distinct_id": "u", "properties": {"alias": "a"}}),
             json!({"event": "$groupidentify", "distinct_id": "u"}),
             json!({"event": "$pageview", "distinct_id": "d", "properties": {"$device_id": "d"}}),
             json!({"event": "x", "distinct_id": "u", "properties": {"$lib": "posthog-ios"}}),
-            json!({"event": "x", "distinct_id": "u", "properties": {"$process_person_profile": false}}),
         ] {
             assert!(!qualifies(&ev(v.clone()), false), "{v}");
         }
         let plain_identify = ev(json!({"event": "$identify", "distinct_id": "u"}));
         assert!(qualifies(&plain_identify, false));
+        // §11 does not exempt personless events.
+        let personless = ev(
+            json!({"event": "x", "distinct_id": "u", "properties": {"$process_person_profile": false}}),
+        );
+        assert!(qualifies(&personless, false));
     }
 
     #[test]

@@ -113,6 +113,52 @@ fn a_backend_event_waits_so_the_frontend_identify_keeps_the_anonymous_person() {
     assert!(metrics.contains("idstitch_buffer_events_waiting 0"));
 }
 
+/// Spec §11 exempts merges, `$groupidentify`, device-ID and mobile events, not personless
+/// ones: a personless backend event for a new ID waits in order with that ID's other events,
+/// and when released it is stored and still creates no person.
+#[test]
+fn a_personless_event_for_a_new_id_waits_in_order_with_its_ids_events() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 60);
+    d.capture(
+        T,
+        json!([
+            {"event": "first", "distinct_id": "srv-1", "properties": {"$lib": "posthog-python", "$process_person_profile": false}},
+            {"event": "second", "distinct_id": "srv-1", "properties": {"$lib": "posthog-python", "$set": {"plan": "pro"}}},
+            {"event": "third", "distinct_id": "srv-1", "properties": {"$lib": "posthog-python", "$process_person_profile": false}},
+        ]),
+    );
+    let names = |d: &Daemon| -> Vec<Value> {
+        let r = d.get(&format!("/api/projects/{T}/events/?distinct_id=srv-1"));
+        r.json()["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].clone())
+            .collect()
+    };
+    assert_eq!(waiting(&d, T).len(), 3, "all three wait");
+    assert!(names(&d).is_empty(), "none is stored yet");
+    advance(&d, 61);
+    wait_until_released(&d, T, Duration::from_secs(10));
+    // Newest first: released in the order they arrived.
+    assert_eq!(names(&d), [json!("third"), json!("second"), json!("first")]);
+    let p = d
+        .person(T, "srv-1")
+        .expect("the second event made a person");
+    assert_eq!(p["properties"]["plan"], "pro");
+    d.capture(
+        T,
+        json!([{"event": "late", "distinct_id": "srv-2", "properties": {"$lib": "posthog-python", "$process_person_profile": false}}]),
+    );
+    advance(&d, 61);
+    wait_until_released(&d, T, Duration::from_secs(10));
+    assert!(
+        d.person(T, "srv-2").is_none(),
+        "a released personless event makes no person"
+    );
+}
+
 #[test]
 fn without_the_buffer_the_backend_event_makes_a_person_that_the_identify_merges() {
     let d = Daemon::start();
