@@ -11,7 +11,7 @@ use super::server::{Busy, ConnLimits, InflightBodies, Room};
 use super::{engine_error, error, AppState};
 use crate::actors::{IngestItem, ItemOutcome};
 use crate::domain::normalize::event_token;
-use crate::domain::{normalize_wire, ProjectId, Rejection, WireEvent};
+use crate::domain::{normalize_received, ProjectId, Received, Rejection, WireEvent};
 use crate::metrics::Metrics;
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -50,7 +50,7 @@ pub const MAX_TOKEN_BYTES: usize = 200;
 /// detail): a request with an event that names no usable project is refused whole (api.md),
 /// so this runs before any project is created. An item that is not an event object has no
 /// token to look for and needs no project (`None`): it is an event-level problem, rejected
-/// alone by [`normalize_wire`], wherever it is in the array and whether or not the request
+/// alone by [`normalize_received`], wherever it is in the array and whether or not the request
 /// has an `api_key`.
 fn tokens_of(
     api_key: Option<&str>,
@@ -110,7 +110,10 @@ async fn ingest(
     token_from: TokenFrom,
     ok: Value,
 ) -> HttpResponse {
-    let now = chrono::Utc::now().timestamp_millis();
+    let received = Received {
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        sent_at_ms: body.sent_at_ms(),
+    };
     let mut items = Vec::with_capacity(body.events.len());
     let mut index_of = Vec::with_capacity(body.events.len());
     let mut rejected = Vec::new();
@@ -139,7 +142,7 @@ async fn ingest(
             }
             Err(resp) => return resp,
         };
-        match normalize_wire(ev, now) {
+        match normalize_received(ev, received) {
             Ok(event) => {
                 items.push(IngestItem { project, event });
                 index_of.push(i);

@@ -74,6 +74,8 @@ pub struct CaptureBody {
     pub events: Vec<WireEvent>,
     /// The envelope's `sent_at` (for v1, else `created_at`) when it is a string.
     pub sent_at: Option<String>,
+    /// posthog-js's `_` query parameter: when it sent the request, in ms ([`query_sent_at_ms`]).
+    pub query_sent_at_ms: Option<i64>,
     /// Bytes of the JSON text after every layer of compression and encoding was undone:
     /// what the events take in memory, whatever the body took on the wire.
     pub decoded_bytes: usize,
@@ -168,8 +170,31 @@ pub fn decode_capture(
         api_key,
         events: checked_events(events, limits)?,
         sent_at,
+        query_sent_at_ms: query_sent_at_ms(req.query),
         decoded_bytes,
     })
+}
+
+impl CaptureBody {
+    /// When the client says it sent the request, on its clock: the body's `sent_at` when it
+    /// reads as a time, else the `_` query parameter (as PostHog's capture takes them).
+    pub fn sent_at_ms(&self) -> Option<i64> {
+        let body = self.sent_at.as_deref();
+        body.and_then(crate::domain::time::parse_time_ms)
+            .or(self.query_sent_at_ms)
+    }
+}
+
+/// posthog-js's `_` query parameter (`Date.now()` when it sent), when it is an integer of
+/// milliseconds after 2020: a smaller one is taken for seconds from an old SDK and ignored, as
+/// PostHog's capture does.
+pub fn query_sent_at_ms(query: &str) -> Option<i64> {
+    const YEAR_2021_MS: i64 = 1_609_459_200_000;
+    let (_, v) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "_")?;
+    v.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|ms| *ms >= YEAR_2021_MS)
 }
 
 /// Capture v1 (`POST /i/v1/analytics/events`): body `{"batch":[...]}` (maybe gzip), token from
@@ -198,6 +223,7 @@ pub fn decode_capture_v1(
         api_key: api_key.map(str::to_owned),
         events,
         sent_at,
+        query_sent_at_ms: None,
         decoded_bytes: bytes.len(),
     })
 }
@@ -758,6 +784,24 @@ mod tests {
             values(&body),
             [json!({"event": "a"}), json!({"event": "b"})]
         );
+    }
+
+    #[test]
+    fn sent_at_is_the_bodys_else_posthog_js_query_parameter_in_ms() {
+        let at = |body: &[u8], query: &str| dec(body, None, None, query).unwrap().sent_at_ms();
+        let envelope = br#"{"api_key":"k","batch":[{}],"sent_at":"2026-12-03T10:00:00.000Z"}"#;
+        assert_eq!(at(envelope, "_=1764756000000"), Some(1_796_292_000_000));
+        let array = br#"[{"event":"a"}]"#;
+        assert_eq!(
+            at(array, "ver=1.2&_=1764756000123"),
+            Some(1_764_756_000_123)
+        );
+        // Seconds (an old SDK), not a number, or nothing: none.
+        for query in ["_=1764756000", "_=abc", ""] {
+            assert_eq!(at(array, query), None, "{query}");
+        }
+        // A body's sent_at that is not a time gives way to the query's.
+        assert_eq!(at(BATCH, "_=1764756000000"), Some(1_764_756_000_000));
     }
 
     #[test]

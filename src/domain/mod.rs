@@ -18,6 +18,7 @@ pub mod props;
 pub mod scan;
 pub mod settings;
 pub(crate) mod swar;
+pub mod time;
 pub mod warnings;
 pub mod wire;
 
@@ -26,10 +27,12 @@ pub use change::{Change, Entry, RefusalReason, StoredEvent};
 pub use decide::{decide, lookups, Ctx, Decision};
 pub use ids::{is_illegal_distinct_id, person_uuid, PersonUuid, ProjectId, Seq};
 pub use normalize::{
-    normalize, normalize_owned, normalize_wire, EventUpdates, MergeKind, Normalized, Rejection,
+    normalize, normalize_owned, normalize_received, normalize_wire, EventUpdates, MergeKind,
+    Normalized, Rejection,
 };
 pub use person::Person;
 pub use props::{Props, RawProps};
 pub use settings::{ProjectSettings, SettingsError, SettingsPatch};
+pub use time::Received;
 pub use warnings::{Warning, WarningKind, WarningLimiter};
 pub use wire::{EventProps, WireEvent};

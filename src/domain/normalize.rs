@@ -4,6 +4,7 @@ use serde_json::{Map, Value};
 
 use super::js::{is_truthy, same_value, to_js_string};
 use super::props::{PropertyDiff, PropertyUpdates};
+use super::time::{event_time_ms, parse_time_ms, Received};
 use super::warnings::{Warning, WarningKind};
 use super::wire::{parse_value, EventProps, WireEvent};
 
@@ -114,7 +115,8 @@ pub struct Normalized {
     /// Whether the event's [`PROMOTED_KEYS`] are promoted (spec §1.6): every event except
     /// `$snapshot` and `$performance_event`.
     pub promote: bool,
-    /// Event time in ms since the epoch, when the event carried a readable one.
+    /// Event time in ms since the epoch, corrected by the client's clock skew, when the event
+    /// carried a readable one ([`super::time::event_time_ms`]).
     pub timestamp_ms: Option<i64>,
     /// `$process_person_profile === false`.
     pub personless: bool,
@@ -480,8 +482,21 @@ pub fn normalize_owned(event: Value, now_ms: i64) -> Result<Normalized, Rejectio
 }
 
 /// [`normalize`] of an event as the capture endpoints parse it, its properties still JSON
-/// text (the daemon's path).
+/// text, from a request that said nothing of its `sent_at`.
 pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejection> {
+    normalize_received(
+        event,
+        Received {
+            now_ms,
+            sent_at_ms: None,
+        },
+    )
+}
+
+/// [`normalize_wire`] of an event of a request `received` as it says (the daemon's path): its
+/// time is corrected by the client's clock skew ([`super::time::event_time_ms`]).
+pub fn normalize_received(event: WireEvent, received: Received) -> Result<Normalized, Rejection> {
+    let now_ms = received.now_ms;
     let WireEvent::Object {
         fields: mut obj,
         properties,
@@ -563,9 +578,15 @@ pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejec
     } else {
         Vec::new()
     };
+    let timestamp_ms = event_time_ms(
+        obj.get("timestamp"),
+        obj.get("offset"),
+        sent_at_ms(&obj, &properties, received.sent_at_ms),
+        now_ms,
+    );
     Ok(Normalized {
         uuid,
-        timestamp_ms: parse_timestamp_ms(obj.get("timestamp")),
+        timestamp_ms,
         name,
         distinct_id,
         promoted,
@@ -575,6 +596,20 @@ pub fn normalize_wire(event: WireEvent, now_ms: i64) -> Result<Normalized, Rejec
         personless,
         warnings,
     })
+}
+
+/// The `sent_at` an event's time is corrected by: its own field (an event sent alone is its
+/// own envelope), else its request's; none when the event opts out with `$ignore_sent_at:
+/// true` (capture v1: `options.disable_skew_correction: true`).
+fn sent_at_ms(obj: &Map<String, Value>, props: &EventProps, request: Option<i64>) -> Option<i64> {
+    let own = obj.get("sent_at").and_then(Value::as_str);
+    let sent_at = own.and_then(parse_time_ms).or(request)?;
+    let opted_out = props.get("$ignore_sent_at") == Some(Value::Bool(true))
+        || obj
+            .get("options")
+            .and_then(|o| o.get("disable_skew_correction"))
+            == Some(&Value::Bool(true));
+    (!opted_out).then_some(sent_at)
 }
 
 /// Whether a string of the properties holds a NUL (only written `\u0000` in JSON, spec §1.2),

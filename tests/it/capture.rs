@@ -488,3 +488,80 @@ fn an_event_with_a_number_out_of_range_is_rejected_alone_and_its_neighbours_read
     assert_eq!(props(&n1)["a"], json!(1500.0));
     assert_eq!(props(&n2)["b"], json!([1e308]));
 }
+
+/// An event's time as PostHog's capture reads it: a client clock that is off by more than the
+/// 150 s deadband is corrected by the request's `sent_at` (the body's, or posthog-js's `_`
+/// query parameter in ms); `offset` counts back from arrival; more than 23 hours ahead is
+/// arrival. The person's `created_at` is that time too.
+#[test]
+fn event_times_are_corrected_by_the_clients_clock_skew() {
+    let d = Daemon::start();
+    let now = chrono::Utc::now().timestamp_millis();
+    let iso = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let (hour, min) = (3_600_000, 60_000);
+    // A device whose clock is an hour ahead sent an event 5 minutes before the request.
+    let r = d.post(
+        "/batch/",
+        &json!({"api_key": T, "sent_at": iso(now + hour), "batch": [
+            {"event": "e", "distinct_id": "ahead", "timestamp": iso(now + hour - 5 * min)},
+            {"event": "e", "distinct_id": "ahead-opted-out", "timestamp": iso(now + hour - 5 * min),
+             "properties": {"$ignore_sent_at": true}},
+            {"event": "e", "distinct_id": "offset", "offset": 2 * hour},
+            {"event": "e", "distinct_id": "future", "timestamp": "2099-01-01T00:00:00.000Z"},
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Without a sent_at, a timestamp is taken as written, in any of the forms PostHog reads.
+    d.capture(
+        T,
+        json!([
+            {"event": "e", "distinct_id": "date", "timestamp": "2023-01-01"},
+            {"event": "e", "distinct_id": "hours-only", "timestamp": "2025-09-17T14:05:04.805+03"},
+        ]),
+    );
+    // posthog-js: an array, and when it sent in the `_` query parameter.
+    let body = json!([{"event": "e", "distinct_id": "js-behind", "properties": {"token": T},
+                       "timestamp": iso(now - hour - 5 * min)}]);
+    let r = d.request(
+        "POST",
+        &format!("/e/?ver=1.0&_={}", now - hour),
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let time_of = |did: &str| -> i64 {
+        let r = d.get(&format!("/api/projects/{T}/events/?distinct_id={did}"));
+        let ts = r.json()["results"][0]["timestamp"].clone();
+        let at = chrono::DateTime::parse_from_rfc3339(ts.as_str().unwrap()).unwrap();
+        let created = d.person(T, did).unwrap()["created_at"].clone();
+        let created = chrono::DateTime::parse_from_rfc3339(created.as_str().unwrap()).unwrap();
+        assert_eq!(
+            at, created,
+            "{did}: the person was created at the event's time"
+        );
+        at.timestamp_millis()
+    };
+    // The request took up to this long to arrive (the server's `now` is a little later).
+    let near = |did: &str, expected: i64| {
+        let got = time_of(did);
+        assert!(
+            (expected..expected + 30_000).contains(&got),
+            "{did}: {} not just after {}",
+            iso(got),
+            iso(expected)
+        );
+    };
+    // Moved back by the hour less the 150 s deadband.
+    near("ahead", now - 5 * min + 150_000);
+    assert_eq!(time_of("ahead-opted-out"), now + hour - 5 * min);
+    near("js-behind", now - 5 * min - 150_000);
+    near("offset", now - 2 * hour);
+    near("future", now);
+    assert_eq!(iso(time_of("date")), "2023-01-01T00:00:00.000Z");
+    assert_eq!(iso(time_of("hours-only")), "2025-09-17T11:05:04.805Z");
+}

@@ -288,11 +288,13 @@ impl Model {
                 }
             }
         }
+        // More than 23 hours after arrival is taken as arrival (PostHog's future cut-off).
         let ts = event
             .get("timestamp")
             .and_then(Value::as_str)
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map_or(NOW, |t| t.timestamp_millis());
+        let ts = if ts - NOW > 23 * 3_600_000 { NOW } else { ts };
         let ev = Ev { uuid, ts, updates };
 
         let other = match name.as_str() {
@@ -621,10 +623,12 @@ const USERS: [&str; 4] = ["u0", "u1", "u2", "u3"];
 const ILLEGAL: [&str; 5] = ["null", "undefined", " ", "Guest", "'email'"];
 const SHARP: [&str; 4] = ["Null", " guest", "00", "7"];
 const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
-/// 2024, 2025 and 2027: before and after `NOW` (2026-01-01), for `created_at = min(both)`.
-const TIMESTAMPS: [&str; 3] = [
+/// Before `NOW` (2026-01-01), 18 hours after it, and a year after it (past the 23-hour cut-off,
+/// so taken as `NOW`), for `created_at = min(both)`.
+const TIMESTAMPS: [&str; 4] = [
     "2024-01-01T00:00:00Z",
     "2025-06-01T12:00:00.500Z",
+    "2026-01-01T20:00:00+02:00",
     "2027-01-01T00:00:00+02:00",
 ];
 
