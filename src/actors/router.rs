@@ -23,7 +23,7 @@ use crate::domain::apply::{created_person, split_parts};
 use crate::domain::buffer::{may_wait, qualifies, BufferedEvent};
 use crate::domain::{
     decide, lookups, Change, Ctx, Entry, Normalized, Person, PersonUuid, ProjectId,
-    ProjectSettings, Seq, SettingsPatch, WarningLimiter,
+    ProjectSettings, Seq, SettingsPatch, Warning, WarningLimiter,
 };
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -1010,15 +1010,25 @@ async fn delete(st: Shared, msg: Delete) -> Result<Seq, EngineError> {
     let mut changes = Vec::new();
     if msg.delete_events {
         // Its events still waiting in the conversion buffer go with it: released, they would
-        // start a fresh person from the deleted user's properties.
-        changes.extend(
-            s.waiting
-                .iter()
-                .filter(|(_, w)| {
-                    w.project == msg.project && person.distinct_ids.contains(&w.event.distinct_id)
-                })
-                .map(|(seq, _)| Change::BufferReleased { buffered: *seq }),
-        );
+        // start a fresh person from the deleted user's properties. What their normalisation
+        // found (a cut distinct ID, say) happened at ingestion, and a release would have
+        // recorded it: it is recorded now, as the limiter admits.
+        let dropped: Vec<(Seq, Vec<Warning>)> = s
+            .waiting
+            .iter()
+            .filter(|(_, w)| {
+                w.project == msg.project && person.distinct_ids.contains(&w.event.distinct_id)
+            })
+            .map(|(seq, w)| (*seq, w.event.warnings.clone()))
+            .collect();
+        for (seq, warnings) in dropped {
+            changes.push(Change::BufferReleased { buffered: seq });
+            for warning in warnings {
+                if s.limiter.admit(msg.project, &warning) {
+                    changes.push(Change::WarningRecorded { warning });
+                }
+            }
+        }
     }
     changes.extend(decide_delete(&person, msg.delete_events));
     s.commit(msg.project, None, changes, &[])

@@ -298,6 +298,48 @@ fn an_event_sent_as_the_buffer_is_turned_off_follows_the_waiting_ones() {
     assert_eq!(p["properties"]["plan"], json!("pro"));
 }
 
+/// Deleting a person with its events drops its events still waiting, and no fresh person
+/// comes back from them; what their normalisation found at ingestion (here a
+/// `$process_person_profile` that is not a boolean) is recorded all the same, as a release
+/// would have recorded it.
+#[test]
+fn deleting_a_person_with_its_events_drops_its_waiting_events_but_keeps_their_warnings() {
+    let d = Daemon::start_with(&["--test-clock"]);
+    enable_buffer(&d, T, 60);
+    anonymous_visit(&d);
+    d.capture(
+        T,
+        json!([{"event": "signed_up", "distinct_id": "user-1",
+                "properties": {"$lib": "posthog-python", "$process_person_profile": "false"}}]),
+    );
+    assert_eq!(waiting(&d, T).len(), 1);
+    frontend_identify(&d);
+    let uuid = d.person(T, "user-1").unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d.request(
+        "DELETE",
+        &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    assert!(waiting(&d, T).is_empty(), "dropped with the person");
+    let warnings = d
+        .get(&format!("/api/projects/{T}/ingestion_warnings/"))
+        .json();
+    let found = warnings["results"].as_array().unwrap().iter().any(|w| {
+        w["type"] == "invalid_process_person_profile" && w["details"]["distinctId"] == "user-1"
+    });
+    assert!(found, "{warnings}");
+    advance(&d, 61);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.person(T, "user-1").is_none(), "no person comes back");
+    let events = d.get(&format!("/api/projects/{T}/events/?distinct_id=user-1"));
+    assert_eq!(events.json()["results"], json!([]));
+}
+
 /// Deleting a person but not its events: the person's events still waiting arrived before
 /// the deletion, so they are processed before it, and no fresh person comes back from them
 /// when the window passes.
