@@ -137,7 +137,7 @@ pub fn parse_date(
             None => {}
         }
     }
-    if let Some(ms) = crate::domain::normalize::parse_timestamp_ms(Some(&Value::String(s.into()))) {
+    if let Some(ms) = crate::domain::normalize::parse_rfc3339_ms(s) {
         return Ok(ms);
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {

@@ -201,7 +201,11 @@ fn unset_keys(v: Option<&Value>) -> Vec<String> {
 
 /// Parse an event timestamp (RFC 3339, or a naive date-time taken as UTC).
 pub fn parse_timestamp_ms(v: Option<&Value>) -> Option<i64> {
-    let s = v?.as_str()?;
+    parse_rfc3339_ms(v?.as_str()?)
+}
+
+/// [`parse_timestamp_ms`] of a string.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     if let Some(ms) = utc_millis(s) {
         return Some(ms);
     }

@@ -33,7 +33,7 @@ pub struct Received {
 /// an hours-only offset, `2025-09-17T14:05:04.805+03`), a date and time without an offset
 /// taken as UTC (with `T` or a space between), or a date alone (its midnight, UTC).
 pub fn parse_time_ms(s: &str) -> Option<i64> {
-    if let Some(ms) = super::normalize::parse_timestamp_ms(Some(&Value::String(s.into()))) {
+    if let Some(ms) = super::normalize::parse_rfc3339_ms(s) {
         return Some(ms);
     }
     let b = s.as_bytes();
