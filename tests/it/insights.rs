@@ -303,6 +303,36 @@ fn the_cli_prints_insights_and_settings_as_tables() {
     assert!(list.starts_with("ID"), "{list}");
 }
 
+/// An event name at two steps: the second `other` in the same millisecond as `purchase`
+/// counts as the last step, whatever arrived first (helper-36's case).
+#[test]
+fn a_name_at_two_steps_counts_at_the_later_one_in_the_same_millisecond() {
+    let d = Daemon::start();
+    let at = |name: &str, did: &str, ts: &str| json!({"event": name, "distinct_id": did, "timestamp": ts});
+    d.capture(
+        T,
+        json!([
+            at("other", "f1", "2026-03-01T00:00:00.000Z"),
+            at("purchase", "f1", "2026-03-01T00:00:05.000Z"),
+            at("other", "f1", "2026-03-01T00:00:05.000Z"),
+            at("other", "f2", "2026-03-01T00:00:00.000Z"),
+            at("purchase", "f2", "2026-03-01T00:00:05.000Z"),
+            at("other", "f2", "2026-03-01T00:00:05.001Z"),
+        ]),
+    );
+    let r = d.get(&format!(
+        "/api/projects/{T}/insights/funnel/?steps=other,purchase,other"
+    ));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let counts: Vec<u64> = r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [2, 2, 2]);
+}
+
 /// A query the daemon refuses is explained in the CLI's terms: the flag, not the query field.
 #[test]
 fn the_cli_names_its_flags_when_the_daemon_refuses_a_query() {
