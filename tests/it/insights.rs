@@ -74,9 +74,15 @@ fn onboarding(d: &Daemon) {
 }
 
 fn funnel(d: &Daemon, query: &str) -> Vec<u64> {
-    let r = d.get(&format!(
-        "/api/projects/{T}/insights/funnel/?steps=$pageview,signed_up,created_project&window_secs=86400{query}"
-    ));
+    funnel_counts(
+        d,
+        &format!("steps=$pageview,signed_up,created_project&window_secs=86400{query}"),
+    )
+}
+
+/// Each step's count of the funnel `query` asks for.
+fn funnel_counts(d: &Daemon, query: &str) -> Vec<u64> {
+    let r = d.get(&format!("/api/projects/{T}/insights/funnel/?{query}"));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()["results"]
         .as_array()
@@ -220,15 +226,7 @@ fn a_funnel_step_at_the_same_time_as_the_one_before_converts() {
             {"event": "$pageview", "distinct_id": "same-ms", "timestamp": t},
         ]),
     );
-    let r = d.get(&format!(
-        "/api/projects/{T}/insights/funnel/?steps=$pageview,signed_up&window_secs=60"
-    ));
-    let counts: Vec<u64> = r.json()["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["count"].as_u64().unwrap())
-        .collect();
+    let counts = funnel_counts(&d, "steps=$pageview,signed_up&window_secs=60");
     assert_eq!(counts, [1, 1]);
 }
 
@@ -320,16 +318,7 @@ fn a_name_at_two_steps_counts_at_the_later_one_in_the_same_millisecond() {
             at("other", "f2", "2026-03-01T00:00:05.001Z"),
         ]),
     );
-    let r = d.get(&format!(
-        "/api/projects/{T}/insights/funnel/?steps=other,purchase,other"
-    ));
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let counts: Vec<u64> = r.json()["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["count"].as_u64().unwrap())
-        .collect();
+    let counts = funnel_counts(&d, "steps=other,purchase,other");
     assert_eq!(counts, [2, 2, 2]);
 }
 
