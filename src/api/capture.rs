@@ -48,10 +48,10 @@ pub const MAX_TOKEN_BYTES: usize = 200;
 
 /// The project token of every event, or why the request is refused (its error code and
 /// detail): a request with an event that names no usable project is refused whole (api.md),
-/// so this runs before any project is created. An item that is not an event object has no
-/// token to look for and needs no project (`None`): it is an event-level problem, rejected
-/// alone by [`normalize_received`], wherever it is in the array and whether or not the request
-/// has an `api_key`.
+/// so this runs before any project is created. An item that is not an event object, or that
+/// the decoder refused over a limit ([`WireEvent::OverLimit`]), has no token to look for and
+/// needs no project (`None`): it is an event-level problem, rejected alone, wherever it is in
+/// the array and whether or not the request has an `api_key`.
 fn tokens_of(
     api_key: Option<&str>,
     events: &[WireEvent],
@@ -126,9 +126,14 @@ async fn ingest(
     };
     for ((i, ev), token) in events.into_iter().enumerate().zip(tokens) {
         let Some(token) = token else {
-            // Not an event object ([`tokens_of`]): rejected, with no project to resolve.
+            // Not an event object, or one over a limit of the decoder ([`tokens_of`]):
+            // rejected, with no project to resolve.
             Metrics::inc(&st.engine.metrics().events_rejected, "invalid_event");
-            rejected.push((i, Rejection::NotAnObject.to_string()));
+            let reason = match ev {
+                WireEvent::OverLimit(over) => Rejection::OverLimit(over),
+                _ => Rejection::NotAnObject,
+            };
+            rejected.push((i, reason.to_string()));
             continue;
         };
         let project = match project_of(st, &token).await {

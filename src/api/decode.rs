@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::domain::scan::Scanner;
-use crate::domain::wire::{parse_value, IndexedEvent, Key, SkimmedEvent, WireEvent};
+use crate::domain::wire::{parse_value, IndexedEvent, Key, OverLimit, SkimmedEvent, WireEvent};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const FORM_TYPE: &str = "application/x-www-form-urlencoded";
@@ -110,20 +110,10 @@ pub enum DecodeError {
     /// More than `max_events` events (413). Counting stops past the limit.
     #[error("The request holds more than {limit} events, the limit (answered with 413); split it into smaller batches.")]
     TooManyEvents { limit: usize },
-    /// An event nested deeper than `max_depth`, or (`index: None`) a body deeper than serde_json's 128.
-    #[error("{} nested deeper than {limit} levels; flatten its properties.", deep_subject(*.index))]
-    TooDeep { index: Option<usize>, limit: usize },
-    /// An event with more than `max_properties` properties.
-    #[error("Event {index} has {count} properties, over the limit of {limit}; send fewer properties per event.")]
-    TooManyProperties {
-        index: usize,
-        count: usize,
-        limit: usize,
-    },
-}
-
-fn deep_subject(index: Option<usize>) -> String {
-    index.map_or("The body is".into(), |i| format!("Event {i} is"))
+    /// A body nested deeper than serde_json's 128 levels, which it cannot read (an event
+    /// deeper than `max_depth` is refused alone: [`WireEvent::OverLimit`]).
+    #[error("The body is nested deeper than {limit} levels; flatten its events' properties.")]
+    TooDeep { limit: usize },
 }
 
 impl DecodeError {
@@ -145,7 +135,6 @@ impl DecodeError {
             Self::EmptyBatch => "empty_batch",
             Self::TooManyEvents { .. } => "too_many_events",
             Self::TooDeep { .. } => "too_deep",
-            Self::TooManyProperties { .. } => "too_many_properties",
         }
     }
 }
@@ -467,10 +456,7 @@ fn json_error(e: serde_json::Error, max_events: usize) -> DecodeError {
     match e.to_string() {
         m if m.starts_with(TOO_MANY_EVENTS) => DecodeError::TooManyEvents { limit: max_events },
         // Past serde_json's own limit of 128 levels (only when `max_depth` is set above it).
-        m if m.starts_with("recursion limit exceeded") => DecodeError::TooDeep {
-            index: None,
-            limit: 128,
-        },
+        m if m.starts_with("recursion limit exceeded") => DecodeError::TooDeep { limit: 128 },
         m => DecodeError::InvalidJson(m),
     }
 }
@@ -611,7 +597,9 @@ fn inflate(bytes: &[u8], coding: &'static str, max: usize) -> Result<Vec<u8>, De
     }
 }
 
-/// The events, checked against the limits (count, depth, properties) and parsed.
+/// The events, checked against the limits and parsed. Too many events refuse the request; an
+/// event too deep or with too many properties is refused alone ([`WireEvent::OverLimit`]), so
+/// that its neighbours in the batch still count.
 fn checked_events(
     events: Vec<SkimmedEvent<'_>>,
     limits: &DecodeLimits,
@@ -622,33 +610,22 @@ fn checked_events(
     } else if count > limit {
         return Err(DecodeError::TooManyEvents { limit });
     }
-    // Every event's depth is checked before any event's fields are parsed; the pass that
-    // indexes an event's properties measures their depth.
-    let limit = limits.max_depth;
-    let mut indexed = Vec::with_capacity(events.len());
-    for (index, e) in events.into_iter().enumerate() {
+    // The pass that indexes an event's properties measures its depth: a deep event's fields
+    // are never parsed.
+    let mut parsed = Vec::with_capacity(events.len());
+    for e in events {
         let e = e.index();
-        if e.depth > limit {
-            return Err(DecodeError::TooDeep {
-                index: Some(index),
-                limit,
-            });
+        if e.depth > limits.max_depth {
+            let limit = limits.max_depth;
+            parsed.push(WireEvent::OverLimit(OverLimit::TooDeep { limit }));
+            continue;
         }
-        indexed.push(e);
-    }
-    let limit = limits.max_properties;
-    let mut parsed = Vec::with_capacity(indexed.len());
-    for (index, e) in indexed.into_iter().enumerate() {
         let event = WireEvent::from_indexed(e).map_err(|e| json_error(e, limits.max_events))?;
-        let count = property_count(&event);
-        if count > limit {
-            return Err(DecodeError::TooManyProperties {
-                index,
-                count,
-                limit,
-            });
-        }
-        parsed.push(event);
+        let (count, limit) = (property_count(&event), limits.max_properties);
+        parsed.push(match count > limit {
+            true => WireEvent::OverLimit(OverLimit::TooManyProperties { count, limit }),
+            false => event,
+        });
     }
     Ok(parsed)
 }
@@ -1151,28 +1128,28 @@ mod tests {
     }
 
     #[test]
-    fn more_properties_than_max_properties_is_a_400_naming_the_event() {
+    fn an_event_with_more_than_max_properties_is_refused_alone() {
         let limits = DecodeLimits {
             max_properties: 3,
             ..DecodeLimits::default()
         };
         let run = |body: &str| decode_capture(&raw(body.as_bytes(), None, None), &limits);
         // properties 1 + $set 1 + top-level $set_once 1 = 3: at the limit.
-        assert!(run(
-            r#"[{"event":"e","distinct_id":"a","properties":{"$set":{"x":1}},"$set_once":{"y":2}}]"#
-        )
-        .is_ok());
-        let err = run(r#"[{"event":"e","distinct_id":"a"},{"event":"e","distinct_id":"b","properties":{"a":1,"b":2},"$unset":["c","d"]}]"#)
-            .expect_err("4 properties");
-        assert_eq!(
-            err,
-            DecodeError::TooManyProperties {
-                index: 1,
-                count: 4,
-                limit: 3
-            }
+        let at = run(
+            r#"[{"event":"e","distinct_id":"a","properties":{"$set":{"x":1}},"$set_once":{"y":2}}]"#,
         );
-        assert_eq!((err.status(), err.code()), (400, "too_many_properties"));
+        assert!(at.unwrap().events[0].fields().is_some());
+        let body = run(r#"[{"event":"e","distinct_id":"a"},{"event":"e","distinct_id":"b","properties":{"a":1,"b":2},"$unset":["c","d"]},{"event":"e","distinct_id":"c"}]"#)
+            .expect("the batch is taken");
+        let over = OverLimit::TooManyProperties { count: 4, limit: 3 };
+        assert_eq!(body.events[1], WireEvent::OverLimit(over.clone()));
+        assert_eq!(values(&body)[2]["distinct_id"], "c");
+        let rejection = crate::domain::normalize_wire(body.events[1].clone(), 0).unwrap_err();
+        assert_eq!(rejection, crate::domain::Rejection::OverLimit(over));
+        assert_eq!(
+            rejection.to_string(),
+            "event has 4 properties, over the limit of 3 (--max-properties): send fewer properties per event"
+        );
     }
 
     #[test]
@@ -1208,32 +1185,36 @@ mod tests {
     }
 
     #[test]
-    fn an_event_nested_too_deep_is_refused_with_its_index_and_never_overflows_the_stack() {
+    fn an_event_nested_too_deep_is_refused_alone_and_never_overflows_the_stack() {
         let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
-        let body = format!(r#"{{"batch":[{{"e":1}},{{"p":{}}}]}}"#, nested(70));
-        let e = plain(body.as_bytes()).unwrap_err();
-        assert_eq!((e.status(), e.code()), (400, "too_deep"));
-        assert!(e
+        let too_deep = WireEvent::OverLimit(OverLimit::TooDeep { limit: 64 });
+        let body = format!(
+            r#"{{"batch":[{{"e":1}},{{"p":{}}},{{"e":2}}]}}"#,
+            nested(70)
+        );
+        let body = plain(body.as_bytes()).expect("the batch is taken");
+        assert_eq!(body.events[1], too_deep);
+        assert_eq!(values(&body)[2], json!({"e": 2}));
+        let rejection = crate::domain::normalize_wire(body.events[1].clone(), 0).unwrap_err();
+        assert!(rejection
             .to_string()
-            .starts_with("Event 1 is nested deeper than 64 levels"));
-        assert!(plain(format!(r#"[{{"p":{}}}]"#, nested(63)).as_bytes()).is_ok());
+            .starts_with("event is nested deeper than 64 levels (--max-depth)"));
+        let body = plain(format!(r#"[{{"p":{}}}]"#, nested(63)).as_bytes());
+        assert!(body.unwrap().events[0].fields().is_some());
         for n in [200, 100_000] {
-            refused(plain(nested(n).as_bytes()), 400, "too_deep");
+            let events = plain(nested(n).as_bytes()).unwrap().events;
+            assert_eq!(events, std::slice::from_ref(&too_deep));
         }
-        // Above serde_json's 128 levels when the limit allows more: still too deep, no panic.
+        // Above serde_json's 128 levels when the limit allows more: the body cannot be read
+        // at all, and is refused whole; no panic.
         let lax = DecodeLimits {
             max_depth: 1_000,
             ..DecodeLimits::default()
         };
         let body = format!(r#"[{{"p":{}}}]"#, nested(200));
         let e = decode_capture(&raw(body.as_bytes(), None, None), &lax).unwrap_err();
-        assert_eq!(
-            e,
-            DecodeError::TooDeep {
-                index: None,
-                limit: 128
-            }
-        );
+        assert_eq!(e, DecodeError::TooDeep { limit: 128 });
+        assert_eq!((e.status(), e.code()), (400, "too_deep"));
     }
 
     #[test]

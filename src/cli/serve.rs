@@ -71,11 +71,13 @@ pub struct ServeArgs {
     /// Most events in one request [default: 10000].
     #[arg(long, env = "IDSTITCH_MAX_EVENTS_PER_REQUEST")]
     pub max_events_per_request: Option<usize>,
-    /// Deepest JSON nesting of one event [default: 64].
+    /// Deepest JSON nesting of one event; a deeper event is rejected alone (in the answer's
+    /// `rejected`) [default: 64].
     #[arg(long, env = "IDSTITCH_MAX_DEPTH")]
     pub max_depth: Option<usize>,
     /// Most properties of one event (its `properties`, `$set`, `$set_once` and `$unset`
-    /// entries together); more is a 400 `too_many_properties` [default: 10000].
+    /// entries together); an event with more is rejected alone (in the answer's `rejected`)
+    /// [default: 10000].
     #[arg(long, env = "IDSTITCH_MAX_PROPERTIES")]
     pub max_properties: Option<usize>,
     /// Person actors kept in memory at most [default: 100000].

@@ -6,7 +6,7 @@ use super::js::{is_truthy, same_value, to_js_string};
 use super::props::{PropertyDiff, PropertyUpdates};
 use super::time::{event_time_ms, parse_time_ms, Received};
 use super::warnings::{Warning, WarningKind};
-use super::wire::{parse_value, EventProps, WireEvent};
+use super::wire::{parse_value, EventProps, OverLimit, WireEvent};
 
 /// Longest event name and event distinct ID, in code points (spec §1.5).
 pub const MAX_NAME_CHARS: usize = 200;
@@ -91,6 +91,9 @@ pub enum Rejection {
     /// A `uuid` that is there but not a string: it could not deduplicate a resend.
     #[error("uuid is {0}: send the event's uuid as a string, or leave it out")]
     BadUuid(&'static str),
+    /// Over a limit of the request decoder (depth, properties).
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
 }
 
 /// An event after normalisation: the only shape the rules below see.
@@ -508,7 +511,10 @@ pub fn normalize_received(event: WireEvent, received: Received) -> Result<Normal
         ..
     } = event
     else {
-        return Err(Rejection::NotAnObject);
+        return Err(match event {
+            WireEvent::OverLimit(over) => Rejection::OverLimit(over),
+            _ => Rejection::NotAnObject,
+        });
     };
     if let Some(n) = out_of_range {
         return Err(Rejection::NumberOutOfRange {

@@ -755,6 +755,21 @@ pub enum WireEvent {
     },
     /// Not an object.
     NotAnObject,
+    /// Over one of the request decoder's limits (depth, properties): refused on its own, its
+    /// fields never parsed or not kept, while the rest of its batch goes on.
+    OverLimit(OverLimit),
+}
+
+/// Why the request decoder refused one event of a batch: a limit that protects the daemon,
+/// applied to that event alone ([`WireEvent::OverLimit`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OverLimit {
+    /// Nested deeper than `--max-depth`.
+    #[error("event is nested deeper than {limit} levels (--max-depth): flatten its properties")]
+    TooDeep { limit: usize },
+    /// More properties than `--max-properties`.
+    #[error("event has {count} properties, over the limit of {limit} (--max-properties): send fewer properties per event")]
+    TooManyProperties { count: usize, limit: usize },
 }
 
 impl WireEvent {
@@ -836,7 +851,7 @@ impl WireEvent {
     pub fn fields(&self) -> Option<&Map<String, Value>> {
         match self {
             WireEvent::Object { fields, .. } => Some(fields),
-            WireEvent::NotAnObject => None,
+            WireEvent::NotAnObject | WireEvent::OverLimit(_) => None,
         }
     }
 
@@ -844,7 +859,7 @@ impl WireEvent {
     pub fn properties(&self) -> Option<&EventProps> {
         match self {
             WireEvent::Object { properties, .. } => properties.as_ref(),
-            WireEvent::NotAnObject => None,
+            WireEvent::NotAnObject | WireEvent::OverLimit(_) => None,
         }
     }
 
@@ -854,7 +869,7 @@ impl WireEvent {
             WireEvent::Object {
                 other_properties, ..
             } => other_properties.as_deref(),
-            WireEvent::NotAnObject => None,
+            WireEvent::NotAnObject | WireEvent::OverLimit(_) => None,
         }
     }
 
@@ -894,7 +909,7 @@ impl WireEvent {
     pub fn fields_mut(&mut self) -> Option<&mut Map<String, Value>> {
         match self {
             WireEvent::Object { fields, .. } => Some(fields),
-            WireEvent::NotAnObject => None,
+            WireEvent::NotAnObject | WireEvent::OverLimit(_) => None,
         }
     }
 }
