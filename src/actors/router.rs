@@ -482,6 +482,12 @@ impl Inner {
         }
     }
 
+    /// The seq of the last entry decided (handed to the writer), durable or not: what memory
+    /// shows rests on every entry up to it. `Seq(0)` before the first.
+    fn last_decided(&self) -> Seq {
+        Seq(self.next_seq - 1)
+    }
+
     /// Give `changes` the next seq, hand them to the writer and apply them in memory.
     fn commit(
         &mut self,
@@ -941,7 +947,8 @@ async fn patch_settings(
     };
     let next = current.patched(&msg.patch);
     if next == current {
-        return Ok((None, next));
+        // Nothing to log, but the settings answered may come from an entry not durable yet.
+        return Ok((Some(st.borrow().last_decided()), next));
     }
     tracing::info!(project = msg.project.0, settings = ?next, "Project settings changed.");
     let change = Change::ProjectSettingsChanged {
@@ -969,7 +976,8 @@ async fn split(st: Shared, msg: Split) -> Result<(Option<Seq>, Vec<Person>), Eng
     let person = person_snapshot(&st, msg.project, msg.person).await?;
     let changes = decide_split(msg.project, &person, msg.main.as_deref())?;
     let Some(Change::PersonSplit { main, parts, .. }) = changes.first().cloned() else {
-        return Ok((None, vec![(*person).clone()]));
+        // Nothing to split, but the person answered may come from an entry not durable yet.
+        return Ok((Some(st.borrow().last_decided()), vec![(*person).clone()]));
     };
     let seq = st
         .borrow_mut()
@@ -1100,7 +1108,7 @@ impl Handler<LastSeq> for Router {
     type Result = MessageResult<LastSeq>;
 
     fn handle(&mut self, _: LastSeq, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(Seq(self.inner.borrow().next_seq - 1))
+        MessageResult(self.inner.borrow().last_decided())
     }
 }
 
@@ -1323,6 +1331,55 @@ mod tests {
             control.publish(Seq(s.next_seq - 1));
             s.evict();
             assert!(s.gone.is_empty());
+        });
+    }
+
+    /// A settings change that changes nothing, and the split of a person with one distinct
+    /// ID, log nothing, but answer from memory: what they answer may come from an entry not
+    /// durable yet, so they wait for every entry decided before them.
+    #[test]
+    fn a_no_op_settings_change_or_split_waits_for_what_memory_shows_to_be_durable() {
+        let p = ProjectId(1);
+        actix::System::new().block_on(async move {
+            let (_dir, router, writer, join) = fresh_router();
+            let st = router.inner.clone();
+            writer.stop();
+            join.join().unwrap();
+            // From here on nothing becomes durable.
+            let (held, _control) = super::super::writer::held(Seq(0));
+            st.borrow_mut().writer = held;
+            let (a, make_a) = created(p, &["a1"]);
+            let made = st.borrow_mut().commit(p, None, vec![make_a], &[]).unwrap();
+            let split = Split {
+                project: p,
+                person: a,
+                main: None,
+            };
+            let (wait, parts) = super::split(st.clone(), split).await.unwrap();
+            assert_eq!(parts.len(), 1, "one distinct ID: nothing to split");
+            assert_eq!(wait, Some(made), "the person's creation is not durable yet");
+            let patch = crate::domain::SettingsPatch {
+                buffer_window_secs: Some(123),
+                ..Default::default()
+            };
+            let patch_settings = || PatchSettings {
+                project: p,
+                patch: patch.clone(),
+            };
+            let (changed, _) = super::patch_settings(st.clone(), patch_settings())
+                .await
+                .unwrap();
+            let changed = changed.expect("a change is logged");
+            assert!(changed > made);
+            let (same, settings) = super::patch_settings(st.clone(), patch_settings())
+                .await
+                .unwrap();
+            assert_eq!(
+                same,
+                Some(changed),
+                "the change it repeats is not durable yet"
+            );
+            assert_eq!(settings, st.borrow().settings[&p]);
         });
     }
 
