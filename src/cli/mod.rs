@@ -66,6 +66,17 @@ impl Failure {
     }
 }
 
+/// Corruption found opening or recovering `data_dir` (exit 3), with what to do.
+pub(crate) fn damaged(data_dir: &std::path::Path, e: &crate::store::StoreError) -> anyhow::Error {
+    Failure::corrupt(format!(
+        "data dir {} is damaged: {e}. Restore it from a snapshot (`idstitch snapshot restore`); \
+         if a newer idstitch wrote it, run that one. If it is a record of the write-ahead log \
+         (the `*.log` files), `idstitch serve --salvage-wal` starts with what comes before it \
+         and drops the rest",
+        data_dir.display()
+    ))
+}
+
 /// idstitch: PostHog-compatible identity resolution as one small daemon.
 ///
 /// Feed it events from the PostHog SDKs over a Unix socket (or TCP); it stitches anonymous and

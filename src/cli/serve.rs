@@ -128,6 +128,12 @@ pub struct ServeArgs {
     /// everything that was acknowledged. `exit`: exit with code 2 at once [default: degrade].
     #[arg(long, env = "IDSTITCH_ON_STORAGE_ERROR", value_enum)]
     pub on_storage_error: Option<OnStorageError>,
+    /// Start even though a record of the write-ahead log is damaged (disk corruption): keep
+    /// what comes before that record and drop it and everything logged after it, acknowledged
+    /// events among them. Without it such a data dir is refused with exit code 3. Use it once,
+    /// when no snapshot is newer than what it keeps; then start without it.
+    #[arg(long)]
+    pub salvage_wal: bool,
     /// Let tests move the conversion buffer's clock forward with `POST /api/_test/clock`
     /// (for tests only).
     #[arg(long, hide = true)]
@@ -232,6 +238,8 @@ pub struct Settings {
     pub on_storage_error: OnStorageError,
     /// API settings.
     pub api: ApiConfig,
+    /// Open past a damaged write-ahead log record, dropping it and what follows.
+    pub salvage_wal: bool,
     /// Strict-mode projects (token, name).
     pub projects: Vec<(String, Option<String>)>,
     /// Settings the projects file gives, applied at every start (token, settings).
@@ -390,6 +398,7 @@ pub fn settings(a: ServeArgs) -> anyhow::Result<Settings> {
             .or(f.on_storage_error)
             .unwrap_or_default(),
         workers: a.workers.or(f.workers).unwrap_or(2),
+        salvage_wal: a.salvage_wal,
         conn,
         data_dir,
         socket,
@@ -495,16 +504,6 @@ fn claim_socket(socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Corruption found opening or recovering `data_dir` (exit 3), with what to do.
-fn corrupt(data_dir: &Path, e: &StoreError) -> anyhow::Error {
-    Failure::corrupt(format!(
-        "data dir {} is damaged: {e}. Restore it from a snapshot (`idstitch snapshot restore`); \
-         if a newer idstitch wrote it, run that one",
-        data_dir.display()
-    ))
-}
-
-/// Run the daemon until SIGTERM/SIGINT.
 /// Raise the soft limit on open files to the hard one, as servers do: a common soft limit of
 /// 1,024 ran out near 500 connections, far below --max-connections, and then connections went
 /// without their watchdog. Says so when even the hard limit is below `wanted`.
@@ -549,18 +548,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // after an unclean stop, which can take seconds, and a signal then used to end the
         // process by its default action. It is now served once the daemon is up (a clean stop).
         let signals = Signals::new();
-        let store = open_store(&s.data_dir)?;
+        let store = open_store(&s.data_dir, s.salvage_wal)?;
         serve(s, store, signals).await
     })
 }
 
-fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+fn open_store(data_dir: &Path, salvage_wal: bool) -> anyhow::Result<Store> {
     tracing::info!(data_dir = %data_dir.display(), "Opening the data dir.");
-    Store::open(data_dir).map_err(|e| {
+    let opened = match salvage_wal {
+        true => {
+            tracing::warn!(
+                "--salvage-wal: a damaged write-ahead log record, if any, is dropped with every \
+                 record after it. Start without --salvage-wal from now on."
+            );
+            Store::open_salvaging(data_dir)
+        }
+        false => Store::open(data_dir),
+    };
+    opened.map_err(|e| {
         if let StoreError::Refused(m) = e {
             Failure::user(m)
         } else if e.is_corruption() {
-            corrupt(data_dir, &e)
+            super::damaged(data_dir, &e)
         } else {
             Failure::user(format!(
                 "cannot open data dir {}: {e} (is another idstitch using it?)",
@@ -593,7 +602,7 @@ async fn serve(s: Settings, store: Store, mut signals: Signals) -> anyhow::Resul
             tracing::info!(seq = seq.0, last = last.0, "Replaying the log.");
         })
         .map_err(|e| match &e {
-            EngineError::Store(se) if se.is_corruption() => corrupt(&s.data_dir, se),
+            EngineError::Store(se) if se.is_corruption() => super::damaged(&s.data_dir, se),
             _ => e.into(),
         })?;
     tracing::info!(

@@ -227,6 +227,7 @@ fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     }
     let store = Store::open(dir).map_err(|e| match e {
         StoreError::Refused(m) => Failure::user(m),
+        e if e.is_corruption() => super::damaged(dir, &e),
         e => Failure::user(format!(
             "cannot open {}: {e} (if the daemon is running, use --socket)",
             dir.display()

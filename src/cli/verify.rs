@@ -15,6 +15,7 @@ use crate::store::{Store, StoreError};
 pub fn run(data_dir: &Path, derived: bool) -> anyhow::Result<ExitCode> {
     let store = Store::open_read_only(data_dir).map_err(|e| match e {
         StoreError::Refused(m) => Failure::user(m),
+        e if e.is_corruption() => super::damaged(data_dir, &e),
         e => Failure::user(format!("cannot open {}: {e}", data_dir.display())),
     })?;
     let last = store

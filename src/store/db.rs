@@ -183,8 +183,16 @@ fn options_with(extra: &str) -> Options {
     // default then writes them out as table files before the open returns. Keep them in memory
     // instead, so that the open does not wait for that: the WAL stays until the next ordinary
     // flush, so nothing is less durable. (The Rust binding has no setter for it.)
+    //
+    // A write-ahead log record that is damaged is an error at open, unless it is the last one
+    // cut short (a crash while it was written: it was not acknowledged, as every write is
+    // synced before its answer). RocksDB's default (point in time) would silently drop it and
+    // every record after it, acknowledged ones too; [`Store::open_salvaging`] does that, when
+    // asked to.
     let mut o = Options::default()
-        .get_options_from_string(format!("avoid_flush_during_recovery=true;{extra}"))
+        .get_options_from_string(format!(
+            "avoid_flush_during_recovery=true;wal_recovery_mode=kTolerateCorruptedTailRecords;{extra}"
+        ))
         .expect("RocksDB parses this crate's constant option strings");
     o.create_if_missing(true);
     o.create_missing_column_families(true);
@@ -308,6 +316,14 @@ impl Store {
     /// data dir it is restoring into while its [`RESTORE_MARKER`] is there.
     pub(crate) fn open_unchecked(dir: &Path) -> Result<Store, StoreError> {
         Store::open_with(dir, options())
+    }
+
+    /// [`Store::open`], keeping what comes before a damaged write-ahead log record and
+    /// dropping that record and everything after it (RocksDB's point-in-time recovery): the
+    /// way out of a damaged log when no snapshot is newer (`serve --salvage-wal`).
+    pub fn open_salvaging(dir: &Path) -> Result<Store, StoreError> {
+        check_data_dir(dir)?;
+        Store::open_with(dir, options_with("wal_recovery_mode=kPointInTimeRecovery"))
     }
 
     /// A new store for a rebuild that is thrown away after it is read (`verify`'s): nothing

@@ -295,6 +295,89 @@ fn a_corrupt_log_entry_found_at_start_exits_3() {
     );
 }
 
+/// The one write-ahead log file of a data dir whose daemon was killed: what RocksDB replays.
+fn the_write_ahead_log(dir: &Path) -> PathBuf {
+    let logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("data dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    logs.into_iter().next().unwrap()
+}
+
+/// `idstitch <args> --data-dir <dir>`: its exit code and what it printed.
+fn run_on(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(crate::support::bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("run idstitch");
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), said.into_owned())
+}
+
+/// A damaged record in the middle of the write-ahead log (disk corruption after a crash, with
+/// acknowledged events only there) is found: `verify` and `serve` exit 3 saying what to do,
+/// where RocksDB's default recovery dropped that record and every one after it without a
+/// word. `serve --salvage-wal` keeps what comes before it. A record cut short at the end (a
+/// crash while it was written, so never acknowledged) is not damage: the daemon starts.
+#[test]
+fn a_damaged_write_ahead_log_record_is_refused_with_exit_3_unless_salvaged() {
+    let mut d = Daemon::start();
+    for i in 0..40 {
+        let pad = format!("{i:0>600}");
+        let ev = json!({"event": "e", "distinct_id": format!("u{i}"), "properties": {"pad": pad}});
+        d.capture(TOKEN, json!([ev]));
+    }
+    d.kill();
+    let wal = the_write_ahead_log(&d.dir);
+    let bytes = std::fs::read(&wal).expect("read the log");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |name: &str| {
+        let dir = tmp.path().join(name);
+        let ok = Command::new("cp").arg("-a").arg(&d.dir).arg(&dir).status();
+        assert!(ok.expect("cp").success());
+        dir
+    };
+
+    // Cut short by 10 bytes: the last record, as a crash in the middle of its write leaves it.
+    let cut = copy("cut");
+    std::fs::write(the_write_ahead_log(&cut), &bytes[..bytes.len() - 10]).unwrap();
+    let (code, said) = run_on(&cut, &["verify"]);
+    assert_eq!(code, Some(0), "{said}");
+
+    // Damaged in the middle: a few bytes of one event's padding overwritten.
+    let damaged = copy("damaged");
+    let mut bad = bytes.clone();
+    let at = bytes.len() / 2;
+    bad[at..at + 4].copy_from_slice(b"\xff\xfe\xfd\xfc");
+    std::fs::write(the_write_ahead_log(&damaged), &bad).unwrap();
+    let (code, said) = run_on(&damaged, &["verify"]);
+    assert_eq!(code, Some(3), "verify: {said}");
+    assert!(
+        said.contains("Corruption") && said.contains("--salvage-wal"),
+        "{said}"
+    );
+    let socket = damaged.with_extension("sock");
+    let socket = socket.to_str().unwrap();
+    let (code, said) = run_on(&damaged, &["serve", "--socket", socket]);
+    assert_eq!(code, Some(3), "serve: {said}");
+    assert!(
+        said.contains("snapshot restore") && said.contains("--salvage-wal"),
+        "{said}"
+    );
+
+    let mut salvaged = Daemon::on(&damaged, &["--salvage-wal"]);
+    let kept = salvaged.all_persons(TOKEN).len();
+    assert!((1..40).contains(&kept), "kept {kept} of 40 persons");
+    assert!(salvaged.person(TOKEN, "u0").is_some());
+    assert_eq!(salvaged.terminate().code(), Some(0));
+    let (code, said) = run_on(&damaged, &["verify"]);
+    assert_eq!(code, Some(0), "after the salvage: {said}");
+}
+
 /// api.md: SIGTERM stops the daemon with exit 0. After an unclean stop, RocksDB's own open
 /// replays its write-ahead log (here ~40 MB of memtable writes, never flushed), before the
 /// daemon's replay; a signal that arrives then is served once the daemon is up, as during the
