@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::read::{find_project, parse_uuid, tri};
 use super::{engine_error, error, json as render, AppState};
+use crate::store::snapshot::SnapshotError;
 
 /// Body of a split.
 #[derive(Deserialize)]
@@ -190,7 +191,12 @@ pub async fn snapshot(body: web::Json<SnapshotBody>, st: web::Data<AppState>) ->
         Ok(Ok(m)) => {
             HttpResponse::Ok().json(json!({"path": out.display().to_string(), "manifest": m}))
         }
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "snapshot_failed", e),
+        // The request's fault (the path is taken) is a 400; the daemon's or the disk's (a
+        // full disk, a failed checkpoint) is a 500.
+        Ok(Err(e @ SnapshotError::Refused(_))) => {
+            error(StatusCode::BAD_REQUEST, "snapshot_failed", e)
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "snapshot_failed", e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "snapshot_failed", e),
     }
 }

@@ -481,7 +481,17 @@ fn refuse_zero(limits: &[(&str, bool)]) -> anyhow::Result<()> {
 
 /// Refuse a live socket, replace a stale one.
 fn claim_socket(socket: &Path) -> anyhow::Result<()> {
-    if socket.exists() {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = socket.symlink_metadata() {
+        // Only a socket file is ever removed: a mistyped --socket must not delete a file that
+        // happens to be there (a data dir's CURRENT, say).
+        if !meta.file_type().is_socket() {
+            return Err(Failure::user(format!(
+                "--socket {} exists and is not a socket, so idstitch leaves it alone; give a \
+                 --socket path that is free or holds a stale idstitch socket",
+                socket.display()
+            )));
+        }
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             return Err(Failure::user(format!(
                 "another idstitch is serving on {}; stop it first, or pass a different --socket",
@@ -571,8 +581,16 @@ fn open_store(data_dir: &Path, salvage_wal: bool) -> anyhow::Result<Store> {
         } else if e.is_corruption() {
             super::damaged(data_dir, &e)
         } else {
+            // RocksDB's lock file held: "IO error: While lock file: <dir>/LOCK: Resource
+            // temporarily unavailable". Other failures (a full disk, permissions, a missing
+            // file) speak for themselves.
+            let locked = e.to_string().contains("lock file");
+            let hint = match locked {
+                true => " (is another idstitch using it?)",
+                false => "",
+            };
             Failure::user(format!(
-                "cannot open data dir {}: {e} (is another idstitch using it?)",
+                "cannot open data dir {}: {e}{hint}",
                 data_dir.display()
             ))
         }

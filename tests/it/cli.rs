@@ -703,6 +703,7 @@ fn serve_help_documents_every_option() {
         "--projects",
         "--merge-limit",
         "--max-body-bytes",
+        "--salvage-wal",
         "IDSTITCH_DATA_DIR",
     ] {
         assert!(help.contains(opt), "serve --help does not mention {opt}");

@@ -232,6 +232,70 @@ fn a_stale_socket_file_is_replaced() {
     assert_eq!(d.get("/_health").status, 200);
 }
 
+/// A second daemon on a data dir in use (another socket) is refused with exit 1, asking
+/// whether another idstitch uses it; the first one goes on. A data dir that cannot be opened
+/// for another reason (its MANIFEST gone) gets no such guess.
+#[test]
+fn a_second_daemon_on_a_data_dir_in_use_is_refused_with_exit_1() {
+    let mut d = Daemon::start();
+    let serve_on = |dir: &std::path::Path| {
+        Command::new(bin())
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .arg("--socket")
+            .arg(dir.with_extension("second.sock"))
+            .output()
+            .unwrap()
+    };
+    let out = serve_on(&d.dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is another idstitch using it?"), "{stderr}");
+    assert_eq!(d.get("/_health").status, 200);
+    d.terminate();
+    for f in std::fs::read_dir(&d.dir).unwrap() {
+        let path = f.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("MANIFEST-")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let out = serve_on(&d.dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("another idstitch"), "{stderr}");
+}
+
+/// A `--socket` that names a file which is not a socket (here a data dir's `CURRENT`, a typo
+/// away) is refused with exit 1, and the file stays.
+#[test]
+fn a_socket_path_holding_another_file_is_refused_and_left_alone() {
+    let mut d = Daemon::start();
+    d.terminate();
+    let current = d.dir.join("CURRENT");
+    let before = std::fs::read(&current).expect("CURRENT");
+    let out = Command::new(bin())
+        .args(["serve", "--data-dir"])
+        .arg(d.dir.join("other"))
+        .arg("--socket")
+        .arg(&current)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&current).expect("CURRENT is still there"),
+        before
+    );
+    d.start_again();
+    assert_eq!(d.get("/_health").status, 200);
+}
+
 #[test]
 fn the_socket_is_created_with_mode_0600() {
     use std::os::unix::fs::PermissionsExt;

@@ -547,6 +547,19 @@ fn the_snapshot_endpoint_refuses_paths_outside_its_directory() {
     let r = d.post("/api/snapshot", &json!({"path": "ok-1"}));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(tmp.path().join("snaps/ok-1/manifest.json").exists());
+    // Taken already: the request's fault, a 400. A path the disk cannot hold (under a file):
+    // the daemon's side, a 500; both say why.
+    let r = d.post("/api/snapshot", &json!({"path": "ok-1"}));
+    assert_eq!(r.status, 400, "{}", r.json());
+    assert!(
+        r.detail().contains("exists and is not empty"),
+        "{}",
+        r.json()
+    );
+    std::fs::write(tmp.path().join("snaps/a-file"), b"x").unwrap();
+    let r = d.post("/api/snapshot", &json!({"path": "a-file/s"}));
+    assert_eq!(r.status, 500, "{}", r.json());
+    assert!(r.detail().contains("cannot create"), "{}", r.json());
 }
 
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
