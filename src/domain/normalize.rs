@@ -614,7 +614,7 @@ pub fn normalize_received(event: WireEvent, received: Received) -> Result<Normal
 fn sent_at_ms(obj: &Map<String, Value>, props: &EventProps, request: Option<i64>) -> Option<i64> {
     let own = obj.get("sent_at").and_then(Value::as_str);
     let sent_at = own.and_then(parse_time_ms).or(request)?;
-    let opted_out = props.get("$ignore_sent_at") == Some(Value::Bool(true))
+    let opted_out = props.get_text("$ignore_sent_at") == Some("true")
         || obj
             .get("options")
             .and_then(|o| o.get("disable_skew_correction"))

@@ -50,7 +50,7 @@ pub struct EventProps {
 }
 
 /// The properties the rules look up by name, for every event or often.
-const LOOKED_UP: [&str; 10] = [
+const LOOKED_UP: [&str; 11] = [
     "$set",
     "$set_once",
     "$unset",
@@ -61,6 +61,7 @@ const LOOKED_UP: [&str; 10] = [
     "alias",
     "$device_id",
     "$lib",
+    "$ignore_sent_at",
 ];
 
 const ABSENT: u32 = u32::MAX;
@@ -80,6 +81,9 @@ fn looked_up_slot(key: &str) -> Option<usize> {
         "alias" => 7,
         "$device_id" => 8,
         "$lib" => 9,
+        // Looked up for every event of a request with a `sent_at` (all the SDKs'): a scan
+        // of every key was ~1.2k instructions per event under callgrind.
+        "$ignore_sent_at" => 10,
         _ => return None,
     })
 }
