@@ -553,14 +553,24 @@ fn raise_open_files_limit(wanted: u64) {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
     claim_socket(&s.socket)?;
-    actix_rt::System::new().block_on(async move {
+    let mut opened = None;
+    let served = actix_rt::System::new().block_on(async {
         // Listened for before RocksDB opens the data dir: opening replays its write-ahead log
         // after an unclean stop, which can take seconds, and a signal then used to end the
         // process by its default action. It is now served once the daemon is up (a clean stop).
         let signals = Signals::new();
         let store = open_store(&s.data_dir, s.salvage_wal)?;
+        opened = Some(store.clone());
         serve(s, store, signals).await
-    })
+    });
+    // The runtime and its actors are gone with their handles; the HTTP workers' threads may
+    // still be dropping theirs. The database closes here, before `main` returns.
+    if let Some(store) = opened {
+        if !store.close(std::time::Duration::from_secs(10)) {
+            tracing::warn!("A handle of the database outlived the stop by 10 s; its background work was stopped instead.");
+        }
+    }
+    served
 }
 
 fn open_store(data_dir: &Path, salvage_wal: bool) -> anyhow::Result<Store> {

@@ -837,6 +837,25 @@ impl Store {
             .collect()
     }
 
+    /// Close the database on this thread, once this is its last handle (waiting up to `wait`
+    /// for the others to be dropped). RocksDB must be closed before the process exits: a
+    /// database closed during the exit (the last handle dropped by a thread that outlives
+    /// `main`, such as an HTTP worker finishing its shutdown) locks mutexes the exit has
+    /// already destroyed, and aborts ("pthread lock: Invalid argument"). Should a handle
+    /// outlive the wait, RocksDB's background work is stopped instead, which is most of that
+    /// risk, and `false` is returned.
+    pub fn close(self, wait: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        while Arc::strong_count(&self.db) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let sole = Arc::strong_count(&self.db) == 1;
+        if !sole {
+            self.db.cancel_all_background_work(true);
+        }
+        sole
+    }
+
     /// Write every memtable to SST files (all column families at once), so that the next open
     /// has no write-ahead log to replay: a clean stop then restarts in milliseconds instead of
     /// replaying up to a memtable's worth of log per column family.
