@@ -1194,6 +1194,21 @@ mod tests {
         }
     }
 
+    /// Stop the router's writer thread and put in its place a writer with which nothing after
+    /// `durable` ever becomes durable, while the returned control lives.
+    fn hold_writer(
+        st: &Shared,
+        writer: WriterHandle,
+        join: std::thread::JoinHandle<()>,
+        durable: Seq,
+    ) -> super::super::writer::Held {
+        writer.stop();
+        join.join().unwrap();
+        let (held, control) = super::super::writer::held(durable);
+        st.borrow_mut().writer = held;
+        control
+    }
+
     /// A router over a new store in a temp dir (kept alive by the first item), with its
     /// writer thread.
     fn fresh_router() -> (
@@ -1243,14 +1258,11 @@ mod tests {
                 for change in [make_a, make_b, make_c, make_d] {
                     s.commit(p, None, vec![change], &[]).unwrap();
                 }
-                Seq(s.next_seq - 1)
+                s.last_decided()
             };
             writer.wait_durable(last).await.unwrap();
-            writer.stop();
-            join.join().unwrap();
             // From here on nothing becomes durable: the store keeps all four persons.
-            let (held, control) = super::super::writer::held(last);
-            st.borrow_mut().writer = held;
+            let control = hold_writer(&st, writer, join, last);
 
             let merge = Change::PersonsMerged {
                 survivor: a,
@@ -1343,11 +1355,8 @@ mod tests {
         actix::System::new().block_on(async move {
             let (_dir, router, writer, join) = fresh_router();
             let st = router.inner.clone();
-            writer.stop();
-            join.join().unwrap();
             // From here on nothing becomes durable.
-            let (held, _control) = super::super::writer::held(Seq(0));
-            st.borrow_mut().writer = held;
+            let _control = hold_writer(&st, writer, join, Seq(0));
             let (a, make_a) = created(p, &["a1"]);
             let made = st.borrow_mut().commit(p, None, vec![make_a], &[]).unwrap();
             let split = Split {

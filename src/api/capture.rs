@@ -129,11 +129,7 @@ async fn ingest(
             // Not an event object, or one over a limit of the decoder ([`tokens_of`]):
             // rejected, with no project to resolve.
             Metrics::inc(&st.engine.metrics().events_rejected, "invalid_event");
-            let reason = match ev {
-                WireEvent::OverLimit(over) => Rejection::OverLimit(over),
-                _ => Rejection::NotAnObject,
-            };
-            rejected.push((i, reason.to_string()));
+            rejected.push((i, Rejection::of_non_object(ev).to_string()));
             continue;
         };
         let project = match project_of(st, &token).await {

@@ -96,6 +96,17 @@ pub enum Rejection {
     OverLimit(#[from] OverLimit),
 }
 
+impl Rejection {
+    /// Why an event without fields to read is rejected: not an object, or refused by a
+    /// limit of the request decoder.
+    pub fn of_non_object(event: WireEvent) -> Rejection {
+        match event {
+            WireEvent::OverLimit(over) => Rejection::OverLimit(over),
+            _ => Rejection::NotAnObject,
+        }
+    }
+}
+
 /// An event after normalisation: the only shape the rules below see.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Normalized {
@@ -511,10 +522,7 @@ pub fn normalize_received(event: WireEvent, received: Received) -> Result<Normal
         ..
     } = event
     else {
-        return Err(match event {
-            WireEvent::OverLimit(over) => Rejection::OverLimit(over),
-            _ => Rejection::NotAnObject,
-        });
+        return Err(Rejection::of_non_object(event));
     };
     if let Some(n) = out_of_range {
         return Err(Rejection::NumberOutOfRange {
