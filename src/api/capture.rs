@@ -3,11 +3,11 @@
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::decode::{decode_capture, decode_capture_v1, CaptureBody, DecodeError, RawRequest};
-use super::server::{Busy, ConnLimits, InflightBodies, Room};
+use super::server::{Busy, ConnLimits, InflightBodies, Overdrawn, Room};
 use super::{engine_error, error, AppState};
 use crate::actors::{IngestItem, ItemOutcome};
 use crate::domain::normalize::event_token;
@@ -214,7 +214,8 @@ async fn decode_in_budget(
         return Ok((decoded, room));
     }
     drop(decoded);
-    match bodies.charge(grown, limits.body_timeout).await {
+    let overdrawn = req.extensions().get::<Overdrawn>().is_some_and(|o| o.get());
+    match bodies.charge(grown, limits.body_timeout, overdrawn).await {
         Ok(room) => Ok((decode().map_err(refused)?, room)),
         Err(Busy { waited }) => Err(HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", "1"))

@@ -334,9 +334,18 @@ async fn count_status(
 }
 
 /// Request body bytes held at once, in KiB permits (a `Semaphore` counts in `u32`).
+///
+/// A request takes its room a part at a time (a body as it arrives, then what decompression
+/// adds), so two requests that each hold part of the budget could wait for each other's part
+/// forever (until the body timeout answered both 408). The overdraft breaks that: a request
+/// that holds room and has to wait for more may take the one overdraft instead, and then goes
+/// on without taking more room, so it finishes and gives everything back. A request that
+/// holds nothing waits for room only: it stops nobody. Memory held at once stays under twice
+/// the budget.
 #[derive(Clone)]
 pub struct InflightBodies {
     permits: Arc<tokio::sync::Semaphore>,
+    overdraft: Arc<tokio::sync::Semaphore>,
     max_kib: u32,
 }
 
@@ -346,8 +355,33 @@ impl InflightBodies {
         let max_kib = u32::try_from(max_bytes.div_ceil(1024)).unwrap_or(u32::MAX >> 4);
         InflightBodies {
             permits: Arc::new(tokio::sync::Semaphore::new(max_kib as usize)),
+            overdraft: Arc::new(tokio::sync::Semaphore::new(1)),
             max_kib,
         }
+    }
+
+    /// `kib` of room, or, for a request that `holds` room already, the overdraft if it comes
+    /// first. `None` only if a semaphore were closed, which they never are.
+    fn room_or_overdraft(&self, kib: u32, holds: bool) -> Acquire {
+        let (permits, overdraft) = (self.permits.clone(), self.overdraft.clone());
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                p = permits.acquire_many_owned(kib) => p.ok().map(|p| (p, false)),
+                o = overdraft.acquire_owned(), if holds => o.ok().map(|o| (o, true)),
+            }
+        })
+    }
+}
+
+/// Whether a request went over the in-flight budget (holds the overdraft): it takes no more
+/// room, so it never waits for any (a request extension, set by [`bound_inflight_bodies`]).
+#[derive(Clone, Default)]
+pub struct Overdrawn(Rc<std::cell::Cell<bool>>);
+
+impl Overdrawn {
+    pub fn get(&self) -> bool {
+        self.0.get()
     }
 }
 
@@ -388,17 +422,22 @@ impl InflightBodies {
 
     /// Room for `bytes` more (a body that grew when it was decoded: a 20 KB gzip can inflate
     /// to 20 MiB, and its events are held until the request is answered), waiting up to
-    /// `wait` for it. Check [`InflightBodies::fits`] first: more than the budget never comes.
-    pub async fn charge(&self, bytes: usize, wait: Duration) -> Result<Room, Busy> {
+    /// `wait` for it or for the overdraft (the caller holds its body's room). Check
+    /// [`InflightBodies::fits`] first: more than the budget never comes. A request that holds
+    /// the overdraft already (`overdrawn`) takes no more room: waiting while holding it is
+    /// what it is there to prevent.
+    pub async fn charge(
+        &self,
+        bytes: usize,
+        wait: Duration,
+        overdrawn: bool,
+    ) -> Result<Room, Busy> {
         let kib = Self::kib(bytes);
-        if kib == 0 {
+        if kib == 0 || overdrawn {
             return Ok(None);
         }
-        let acquire = self.permits.clone().acquire_many_owned(kib);
-        match actix_rt::time::timeout(wait, acquire).await {
-            Ok(Ok(permit)) => Ok(Some(permit)),
-            // The semaphore is never closed; were it, the bytes would go uncharged.
-            Ok(Err(_)) => Ok(None),
+        match actix_rt::time::timeout(wait, self.room_or_overdraft(kib, true)).await {
+            Ok(room) => Ok(room.map(|(permit, _)| permit)),
             Err(_) => Err(Busy { waited: wait }),
         }
     }
@@ -410,10 +449,11 @@ impl InflightBodies {
 
 /// Bounds the memory of concurrent request bodies: a body takes permits of the budget for its
 /// bytes as they arrive (a KiB each, rounded up; [`Charged`]) and holds them until its request
-/// is answered; a chunk that does not fit waits (within the body deadline, which this runs
-/// inside of). Charging what arrived, not what a `Content-Length` declares, keeps a few
-/// connections that declare large bodies and send nothing from holding the budget and
-/// stalling every other request. Requests without a body pass.
+/// is answered; a chunk that does not fit waits for room or for the overdraft (within the
+/// body deadline, which this runs inside of). Charging what arrived, not what a
+/// `Content-Length` declares, keeps a few connections that declare large bodies and send
+/// nothing from holding the budget and stalling every other request. Requests without a body
+/// pass.
 async fn bound_inflight_bodies(
     mut req: ServiceRequest,
     next: Next<impl actix_web::body::MessageBody + 'static>,
@@ -425,13 +465,15 @@ async fn bound_inflight_bodies(
     );
     let held = Rc::new(std::cell::RefCell::new(Vec::new()));
     if let Some(b) = bodies.filter(|_| has_body) {
+        let overdrawn = Overdrawn::default();
+        req.extensions_mut().insert(overdrawn.clone());
         let charged = Charged {
             inner: req.take_payload(),
-            permits: b.permits.clone(),
+            bodies: b.get_ref().clone(),
             held: held.clone(),
             bytes: 0,
             kib: 0,
-            max_kib: b.max_kib,
+            overdrawn,
             waiting: None,
         };
         req.set_payload(Payload::Stream {
@@ -444,22 +486,22 @@ async fn bound_inflight_bodies(
     resp
 }
 
-type Acquire = Pin<
-    Box<dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>>>,
->;
+/// The wait for room or for the overdraft: the permit, and whether it is the overdraft.
+type Acquire = Pin<Box<dyn Future<Output = Option<(tokio::sync::OwnedSemaphorePermit, bool)>>>>;
 
 /// A request body that takes permits of the in-flight budget for its bytes as they arrive,
 /// into `held`, which [`bound_inflight_bodies`] keeps until the request is answered.
 struct Charged {
     inner: Payload,
-    permits: Arc<tokio::sync::Semaphore>,
+    bodies: InflightBodies,
     held: Rc<std::cell::RefCell<Vec<tokio::sync::OwnedSemaphorePermit>>>,
     /// Bytes arrived so far.
     bytes: usize,
     /// KiB charged so far.
     kib: u32,
-    max_kib: u32,
-    /// A chunk that arrived, and the wait for its permits.
+    /// Set once this request holds the overdraft: its later chunks pass uncharged.
+    overdrawn: Overdrawn,
+    /// A chunk that arrived, and the wait for its permits or the overdraft.
     waiting: Option<(web::Bytes, Acquire)>,
 }
 
@@ -472,9 +514,10 @@ impl Stream for Charged {
                 return Poll::Pending;
             };
             let (chunk, _) = self.waiting.take().expect("waiting");
-            // The semaphore is never closed; were it, the chunk would go uncharged.
-            if let Ok(p) = permit {
+            // The semaphores are never closed; were they, the chunk would go uncharged.
+            if let Some((p, overdraft)) = permit {
                 self.held.borrow_mut().push(p);
+                self.overdrawn.0.set(overdraft);
             }
             return Poll::Ready(Some(Ok(chunk)));
         }
@@ -483,20 +526,20 @@ impl Stream for Charged {
             other => return other,
         };
         self.bytes += chunk.len();
-        let due = InflightBodies::kib(self.bytes).min(self.max_kib);
+        let due = InflightBodies::kib(self.bytes).min(self.bodies.max_kib);
         let more = due.saturating_sub(self.kib);
-        if more == 0 {
+        if more == 0 || self.overdrawn.get() {
             return Poll::Ready(Some(Ok(chunk)));
         }
         self.kib = due;
-        match self.permits.clone().try_acquire_many_owned(more) {
+        match self.bodies.permits.clone().try_acquire_many_owned(more) {
             Ok(p) => {
                 self.held.borrow_mut().push(p);
                 Poll::Ready(Some(Ok(chunk)))
             }
             Err(_) => {
-                let acquire: Acquire = Box::pin(self.permits.clone().acquire_many_owned(more));
-                self.waiting = Some((chunk, acquire));
+                let holds = !self.held.borrow().is_empty();
+                self.waiting = Some((chunk, self.bodies.room_or_overdraft(more, holds)));
                 self.poll_next(cx)
             }
         }
@@ -668,12 +711,25 @@ mod tests {
         assert_eq!(bodies.permits.available_permits(), 4);
         // 10 KiB more does not fit while `most` is held: not now, and not within the wait.
         assert!(bodies.try_charge(10 * 1024).is_none());
-        let busy = bodies.charge(10 * 1024, wait).await;
+        // Waiting, it takes the overdraft: memory goes over the budget by this request.
+        let over = bodies.charge(10 * 1024, wait, false).await.unwrap();
+        assert!(over.is_some());
+        assert_eq!(bodies.overdraft.available_permits(), 0);
+        assert_eq!(bodies.permits.available_permits(), 4);
+        // With the overdraft taken, another waits and gives up.
+        let busy = bodies.charge(10 * 1024, wait, false).await;
         assert_eq!(busy.unwrap_err(), Busy { waited: wait });
-        // Once `most` is given back, it does.
-        drop(most);
-        let room = bodies.charge(10 * 1024, wait).await.unwrap();
+        // The request that holds the overdraft takes no more room, and never waits.
+        assert!(bodies
+            .charge(10 * 1024, wait, true)
+            .await
+            .unwrap()
+            .is_none());
+        // Once `most` is given back, room comes first, and the overdraft stays free.
+        drop((most, over));
+        let room = bodies.charge(10 * 1024, wait, false).await.unwrap();
         assert_eq!(bodies.permits.available_permits(), 54);
+        assert_eq!(bodies.overdraft.available_permits(), 1);
         drop(room);
         assert_eq!(bodies.permits.available_permits(), 64);
     }

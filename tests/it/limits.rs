@@ -139,13 +139,28 @@ fn slow_body_holding_60_kib(d: &Daemon) -> UnixStream {
     slow
 }
 
+/// Two slow clients that stop mid-body, until the body timeout cuts them off: one holds 60 KiB
+/// of the 64 KiB budget, the other 2 KiB and the overdraft (it needed more room while it held
+/// some). Whatever needs room meanwhile waits for them.
+fn slow_bodies_holding_the_budget_and_the_overdraft(d: &Daemon) -> [UnixStream; 2] {
+    let mut over = UnixStream::connect(&d.socket).expect("connect");
+    over.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 10240\r\n\r\n[")
+        .expect("write");
+    over.write_all(&[b' '; 2047]).expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    let most = slow_body_holding_60_kib(d);
+    over.write_all(&[b' '; 4096]).expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    [most, over]
+}
+
 #[test]
 fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_waits() {
-    // Room for 64 KiB of bodies at once, counted as they arrive. A slow client sends 60 KiB of
-    // a 70 KiB body and stops, holding that room until the body timeout (1 s) cuts it off; a
-    // 10 KiB request sent meanwhile has to wait for it, then succeeds.
-    let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "1"]);
-    let slow = slow_body_holding_60_kib(&d);
+    // Room for 64 KiB of bodies at once, counted as they arrive. Two slow clients hold it and
+    // its overdraft until the body timeout (2 s) cuts them off; a 10 KiB request sent
+    // meanwhile has to wait for them, then succeeds.
+    let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "2"]);
+    let slow = slow_bodies_holding_the_budget_and_the_overdraft(&d);
     let started = Instant::now();
     let pad = "x".repeat(10_000);
     d.capture(
@@ -161,6 +176,57 @@ fn request_bodies_in_memory_at_once_are_bounded_and_a_request_that_does_not_fit_
     drop(slow);
     // Without a slow neighbour, the same request does not wait for anything.
     d.capture(T, json!([{"event": "e", "distinct_id": "next"}]));
+}
+
+/// Sends the head of a `/batch/` request of `len` bytes for `distinct_id` and its first
+/// `first` bytes; the caller sends the rest (`rest`) and reads the answer (`answer`).
+fn half_sent_batch(
+    d: &Daemon,
+    distinct_id: &str,
+    len: usize,
+    first: usize,
+) -> (UnixStream, Vec<u8>) {
+    let head =
+        format!(r#"{{"api_key":"{T}","batch":[{{"event":"e","distinct_id":"{distinct_id}"}}"#);
+    let mut body = head.into_bytes();
+    body.resize(len - 2, b' ');
+    body.extend_from_slice(b"]}");
+    let mut c = UnixStream::connect(&d.socket).expect("connect");
+    write!(c, "POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n").expect("write");
+    c.write_all(&body[..first]).expect("write");
+    (c, body[first..].to_vec())
+}
+
+/// Reads an answer to its end (the request said `Connection: close`); its status line.
+fn status_line(c: &mut UnixStream) -> String {
+    c.set_read_timeout(Some(BOUND * 2)).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+/// Two bodies that each hold half of the budget and then both need more cannot wait for each
+/// other: one of them may go over the budget by its own size and finish, and the other
+/// follows. (They used to wait for each other until the body timeout, then both got 408.)
+#[test]
+fn two_half_received_bodies_that_fill_the_budget_do_not_wait_for_each_other() {
+    let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "30"]);
+    // 48 KiB each: the first 32 KiB of both fill the 64 KiB budget, then both send the rest.
+    let (mut a, a_rest) = half_sent_batch(&d, "a", 49_152, 32_768);
+    let (mut b, b_rest) = half_sent_batch(&d, "b", 49_152, 32_768);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    a.write_all(&a_rest).expect("write the rest");
+    b.write_all(&b_rest).expect("write the rest");
+    let answers = [status_line(&mut a), status_line(&mut b)];
+    let took = started.elapsed();
+    assert!(
+        answers.iter().all(|s| s.starts_with("HTTP/1.1 200")),
+        "{answers:?} after {took:?}"
+    );
+    assert!(took < Duration::from_secs(20), "waited {took:?}");
+    assert!(d.person(T, "a").is_some() && d.person(T, "b").is_some());
 }
 
 /// `v` as JSON, gzipped as tightly as flate2 can.
@@ -182,7 +248,7 @@ fn gzipped_batch(distinct_id: &str, pad: String) -> Vec<u8> {
 /// them could hold gigabytes while they waited for their 200.
 #[test]
 fn a_compressed_body_is_charged_its_decoded_bytes() {
-    let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "1"]);
+    let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "2"]);
     let big = gzipped_batch("too-big", "x".repeat(100 * 1024));
     assert!(big.len() < 2048, "{} bytes", big.len());
     let r = d.request("POST", "/batch/", &[("content-encoding", "gzip")], big);
@@ -220,9 +286,10 @@ fn a_compressed_body_is_charged_its_decoded_bytes() {
     );
     nothing_was_applied(&d);
 
-    // A slow client holds 60 KiB for the body timeout (1 s); a gzip of ~1 KB that inflates
-    // to 20 KiB fits as received but not as decoded, so it waits for that room, then succeeds.
-    let slow = slow_body_holding_60_kib(&d);
+    // Slow clients hold the budget and its overdraft for the body timeout (2 s); a gzip of
+    // ~1 KB that inflates to 20 KiB fits as received but not as decoded, so it waits for that
+    // room, then succeeds.
+    let slow = slow_bodies_holding_the_budget_and_the_overdraft(&d);
     let started = Instant::now();
     let r = d.request(
         "POST",
