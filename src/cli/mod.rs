@@ -66,6 +66,32 @@ impl Failure {
     }
 }
 
+/// Why `data_dir` could not be opened, as the CLI says it: a refusal in its own words (exit
+/// 1), corruption (exit 3, [`damaged`]), anything else in RocksDB's words (exit 1), with
+/// `when_locked` added when RocksDB's lock file is held ("IO error: While lock file:
+/// <dir>/LOCK: Resource temporarily unavailable"). Other failures (a full disk, permissions,
+/// a missing file) speak for themselves.
+pub(crate) fn cannot_open(
+    data_dir: &std::path::Path,
+    e: crate::store::StoreError,
+    when_locked: &str,
+) -> anyhow::Error {
+    match e {
+        crate::store::StoreError::Refused(m) => Failure::user(m),
+        e if e.is_corruption() => damaged(data_dir, &e),
+        e => {
+            let hint = match e.to_string().contains("lock file") && !when_locked.is_empty() {
+                true => format!(" ({when_locked})"),
+                false => String::new(),
+            };
+            Failure::user(format!(
+                "cannot open data dir {}: {e}{hint}",
+                data_dir.display()
+            ))
+        }
+    }
+}
+
 /// Corruption found opening or recovering `data_dir` (exit 3), with what to do.
 pub(crate) fn damaged(data_dir: &std::path::Path, e: &crate::store::StoreError) -> anyhow::Error {
     Failure::corrupt(format!(

@@ -17,7 +17,7 @@ use crate::api::server::{self, ConnLimits};
 use crate::api::{ApiConfig, AppState, DecodeLimits};
 use crate::domain::{SettingsError, SettingsPatch};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Options of `idstitch serve`. Precedence: flags, then `IDSTITCH_*` environment variables,
 /// then the TOML file of `--config` (same names, with underscores), then the defaults shown.
@@ -114,7 +114,9 @@ pub struct ServeArgs {
     /// Request body bytes held in memory at once, over all connections, counted as they
     /// arrive and again as they decompress; a body whose next bytes do not fit waits for
     /// others to be answered (within --body-timeout; then 408, or 503 with Retry-After for
-    /// decompressed bytes), and one that decompresses to more than all of it is a 413.
+    /// decompressed bytes), and one that decompresses to more than all of it is a 413. One
+    /// request at a time that holds room and needs more may go over it by its own size, so
+    /// that requests never wait for each other's room: memory stays under twice this.
     /// Counted in KiB: rounded up to a whole KiB [default: 268435456].
     #[arg(long, env = "IDSTITCH_MAX_INFLIGHT_BODY_BYTES")]
     pub max_inflight_body_bytes: Option<usize>,
@@ -585,26 +587,7 @@ fn open_store(data_dir: &Path, salvage_wal: bool) -> anyhow::Result<Store> {
         }
         false => Store::open(data_dir),
     };
-    opened.map_err(|e| {
-        if let StoreError::Refused(m) = e {
-            Failure::user(m)
-        } else if e.is_corruption() {
-            super::damaged(data_dir, &e)
-        } else {
-            // RocksDB's lock file held: "IO error: While lock file: <dir>/LOCK: Resource
-            // temporarily unavailable". Other failures (a full disk, permissions, a missing
-            // file) speak for themselves.
-            let locked = e.to_string().contains("lock file");
-            let hint = match locked {
-                true => " (is another idstitch using it?)",
-                false => "",
-            };
-            Failure::user(format!(
-                "cannot open data dir {}: {e}{hint}",
-                data_dir.display()
-            ))
-        }
-    })
+    opened.map_err(|e| super::cannot_open(data_dir, e, "is another idstitch using it?"))
 }
 
 async fn serve(s: Settings, store: Store, mut signals: Signals) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,7 @@ use super::client::Conn;
 use super::Failure;
 use crate::store::db::{check_data_dir, holds_store};
 use crate::store::snapshot::{self, AsOf, Phase, RestoreOptions, SnapshotError};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Snapshot subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -225,13 +225,8 @@ fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
             dir.display()
         )));
     }
-    let store = Store::open(dir).map_err(|e| match e {
-        StoreError::Refused(m) => Failure::user(m),
-        e if e.is_corruption() => super::damaged(dir, &e),
-        e => Failure::user(format!(
-            "cannot open {}: {e} (if the daemon is running, use --socket)",
-            dir.display()
-        )),
+    let store = Store::open(dir).map_err(|e| {
+        super::cannot_open(dir, e, "if the daemon is running, use --socket instead")
     })?;
     let b = bar(0, "checksum");
     let m = snapshot::create(&store, out, |d, t| {

@@ -13,11 +13,7 @@ use crate::store::{Store, StoreError};
 
 /// Run the command: exit 0 when replay and live state agree, 1 with the differences otherwise.
 pub fn run(data_dir: &Path, derived: bool) -> anyhow::Result<ExitCode> {
-    let store = Store::open_read_only(data_dir).map_err(|e| match e {
-        StoreError::Refused(m) => Failure::user(m),
-        e if e.is_corruption() => super::damaged(data_dir, &e),
-        e => Failure::user(format!("cannot open {}: {e}", data_dir.display())),
-    })?;
+    let store = Store::open_read_only(data_dir).map_err(|e| super::cannot_open(data_dir, e, ""))?;
     let last = store
         .last_log_seq()
         .map_err(|e| Failure::corrupt(e.to_string()))?;

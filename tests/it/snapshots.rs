@@ -85,6 +85,13 @@ fn a_snapshot_taken_while_ingesting_restores_to_the_state_at_its_seq() {
     let r = Daemon::on(&restored, &[]);
     let n = r.all_persons(T).len() as u64;
     assert_eq!(n, manifest["counts"]["persons"].as_u64().unwrap());
+    // A running daemon's data dir is its own: an offline snapshot of it is refused (exit 1),
+    // and the refusal says what to use instead.
+    let offline = tmp.path().join("offline");
+    let out = idstitch(&["snapshot", "create", s(&offline), "--data-dir", s(&d.dir)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("use --socket"), "{stderr}");
     // The online snapshot equals the source's whole log replayed up to the manifest's seq.
     d.terminate();
     let full = tmp.path().join("full");
