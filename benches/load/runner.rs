@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use idstitch::cli::client::Conn;
 
 use crate::daemon::Target;
-use crate::workload::Request;
+use crate::workload::{stamp_sent_at, Request};
 
 /// How requests are paced.
 #[derive(Clone, Copy, Debug)]
@@ -160,7 +160,7 @@ async fn drive(
     };
     let headers = [("content-type", "application/json")];
     let mut last_answer = Instant::now();
-    for (k, req) in requests.into_iter().enumerate() {
+    for (k, mut req) in requests.into_iter().enumerate() {
         let t0 = match schedule {
             Some((interval, offset)) => {
                 let at = start + offset + interval.mul_f64(k as f64);
@@ -185,6 +185,7 @@ async fn drive(
                 }
             }
         }
+        stamp_sent_at(&mut req.body, chrono::Utc::now());
         let answer = conn.request("POST", "/batch/", &headers, req.body).await;
         last_answer = Instant::now();
         let latency = t0.elapsed();

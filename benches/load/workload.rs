@@ -309,6 +309,24 @@ pub fn generate_conn(
     plan
 }
 
+/// The `sent_at` a request body is built with, until [`stamp_sent_at`] sets the time it is
+/// sent: as wide as any time written as the SDKs write it.
+const SENT_AT_UNSET: &[u8] = b"2026-01-01T00:00:00.000Z";
+
+/// Sets a request body's `sent_at` (its last value) to `now`, as an SDK does when it sends the
+/// request. The daemon corrects event times by the client's clock skew, `sent_at` against the
+/// arrival, as PostHog does: a body that carried the time it was built at, or a fixed one,
+/// would have every event's time moved by that much.
+pub fn stamp_sent_at(body: &mut [u8], now: chrono::DateTime<chrono::Utc>) {
+    let stamp = now.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let end = body.len() - 2; // `"}`
+    assert!(
+        stamp.len() == SENT_AT_UNSET.len() && body[..end].ends_with(SENT_AT_UNSET),
+        "a body ends with its sent_at"
+    );
+    body[end - stamp.len()..end].copy_from_slice(stamp.as_bytes());
+}
+
 /// Builds request bodies `{"api_key": …, "batch": [event, …], "sent_at": …}` one event at a
 /// time (as posthog-python and posthog-node send them).
 struct Batcher {
@@ -368,8 +386,9 @@ impl Batcher {
         if self.events == 0 {
             return;
         }
-        self.body
-            .extend_from_slice(b"],\"sent_at\":\"2026-01-01T00:00:00.000Z\"}");
+        self.body.extend_from_slice(b"],\"sent_at\":\"");
+        self.body.extend_from_slice(SENT_AT_UNSET);
+        self.body.extend_from_slice(b"\"}");
         plan.requests.push(Request {
             body: std::mem::take(&mut self.body),
             events: self.events,
