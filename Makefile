@@ -8,7 +8,7 @@ DATA_DIR ?= data/store
 SOCKET   ?= $(DATA_DIR)/idstitch.sock
 BIN      := target/release/idstitch
 
-.PHONY: deps build run test lint unit sdk-test bench bench-engine clean
+.PHONY: deps build run test lint unit sdk-test load-check bench bench-engine clean
 
 deps:
 	@scripts/ensure-deps.sh
@@ -36,7 +36,12 @@ sdk-test: build
 	scripts/sdk-setup.sh
 	IDSTITCH_BIN=$(BIN) tests/sdk/run.sh
 
-test: lint unit sdk-test
+# The load generator's correctness check, small and untimed: a seeded workload of every
+# identity scenario against the real daemon, its persons compared with a model of the spec.
+load-check: build
+	$(CARGO) bench --locked --bench load -- --events 20000
+
+test: lint unit sdk-test load-check
 
 # `make bench`: the short load-generator run (issue 6, under 2 minutes). The other benches:
 # `make bench-engine` (criterion, issue 2), benches/snapshot.sh, benches/insights.sh,
