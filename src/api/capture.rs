@@ -209,13 +209,20 @@ async fn decode_in_budget(
             format!("The request body decodes to {total} bytes, more than --max-inflight-body-bytes ({}) allows in memory at once; send smaller batches.", bodies.budget()),
         ));
     }
+    // A request that holds the overdraft takes no more room.
+    if req
+        .extensions()
+        .get::<Overdrawn>()
+        .is_some_and(Overdrawn::get)
+    {
+        return Ok((decoded, None));
+    }
     let grown = total.saturating_sub(received);
     if let Some(room) = bodies.try_charge(grown) {
         return Ok((decoded, room));
     }
     drop(decoded);
-    let overdrawn = req.extensions().get::<Overdrawn>().is_some_and(|o| o.get());
-    match bodies.charge(grown, limits.body_timeout, overdrawn).await {
+    match bodies.charge(grown, limits.body_timeout).await {
         Ok(room) => Ok((decode().map_err(refused)?, room)),
         Err(Busy { waited }) => Err(HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", "1"))

@@ -285,8 +285,20 @@ async fn body_deadline(
 
 /// The body-size limit in force for a request.
 fn req_limit<B>(resp: &ServiceResponse<B>) -> usize {
-    let st = resp.request().app_data::<web::Data<AppState>>();
-    st.map_or(0, |s| s.config.limits.max_body_bytes)
+    let req = resp.request();
+    match (
+        req.app_data::<web::Data<AppState>>(),
+        req.app_data::<web::Data<InflightBodies>>(),
+    ) {
+        (Some(st), Some(bodies)) => body_limit(st, bodies),
+        (st, _) => st.map_or(0, |s| s.config.limits.max_body_bytes),
+    }
+}
+
+/// The largest body taken: `--max-body-bytes`, and never more than the in-flight budget,
+/// which could never hold it (and whose overdraft is only that large).
+fn body_limit(st: &AppState, bodies: &InflightBodies) -> usize {
+    st.config.limits.max_body_bytes.min(bodies.budget())
 }
 
 /// A request body that fails once its deadline has passed, and says so in `expired`.
@@ -340,8 +352,9 @@ async fn count_status(
 /// forever (until the body timeout answered both 408). The overdraft breaks that: a request
 /// that holds room and has to wait for more may take the one overdraft instead, and then goes
 /// on without taking more room, so it finishes and gives everything back. A request that
-/// holds nothing waits for room only: it stops nobody. Memory held at once stays under twice
-/// the budget.
+/// holds nothing waits for room only: it stops nobody. No body is over the budget
+/// ([`body_limit`]), so memory held at once stays under twice the budget. A slow client can
+/// still hold room, or the overdraft, until `--body-timeout` cuts it off, and others wait.
 #[derive(Clone)]
 pub struct InflightBodies {
     permits: Arc<tokio::sync::Semaphore>,
@@ -375,7 +388,8 @@ impl InflightBodies {
 }
 
 /// Whether a request went over the in-flight budget (holds the overdraft): it takes no more
-/// room, so it never waits for any (a request extension, set by [`bound_inflight_bodies`]).
+/// room, so it never waits for any, since waiting while holding the overdraft is what the
+/// overdraft is there to prevent (a request extension, set by [`bound_inflight_bodies`]).
 #[derive(Clone, Default)]
 pub struct Overdrawn(Rc<std::cell::Cell<bool>>);
 
@@ -422,18 +436,12 @@ impl InflightBodies {
 
     /// Room for `bytes` more (a body that grew when it was decoded: a 20 KB gzip can inflate
     /// to 20 MiB, and its events are held until the request is answered), waiting up to
-    /// `wait` for it or for the overdraft (the caller holds its body's room). Check
-    /// [`InflightBodies::fits`] first: more than the budget never comes. A request that holds
-    /// the overdraft already (`overdrawn`) takes no more room: waiting while holding it is
-    /// what it is there to prevent.
-    pub async fn charge(
-        &self,
-        bytes: usize,
-        wait: Duration,
-        overdrawn: bool,
-    ) -> Result<Room, Busy> {
+    /// `wait` for it or for the overdraft (the caller holds its body's room, and not the
+    /// overdraft: see [`Overdrawn`]). Check [`InflightBodies::fits`] first: more than the
+    /// budget never comes.
+    pub async fn charge(&self, bytes: usize, wait: Duration) -> Result<Room, Busy> {
         let kib = Self::kib(bytes);
-        if kib == 0 || overdrawn {
+        if kib == 0 {
             return Ok(None);
         }
         match actix_rt::time::timeout(wait, self.room_or_overdraft(kib, true)).await {
@@ -551,7 +559,7 @@ macro_rules! server {
     ($state:expr, $transport:expr, $workers:expr, $limits:expr, $bodies:expr) => {{
         let bodies = web::Data::new($bodies);
         let state = $state;
-        let max_body = state.config.limits.max_body_bytes;
+        let max_body = body_limit(&state, &bodies);
         let metrics = web::Data::new(state.engine.metrics().clone());
         let transport = $transport;
         let limits: ConnLimits = $limits;
@@ -712,22 +720,16 @@ mod tests {
         // 10 KiB more does not fit while `most` is held: not now, and not within the wait.
         assert!(bodies.try_charge(10 * 1024).is_none());
         // Waiting, it takes the overdraft: memory goes over the budget by this request.
-        let over = bodies.charge(10 * 1024, wait, false).await.unwrap();
+        let over = bodies.charge(10 * 1024, wait).await.unwrap();
         assert!(over.is_some());
         assert_eq!(bodies.overdraft.available_permits(), 0);
         assert_eq!(bodies.permits.available_permits(), 4);
         // With the overdraft taken, another waits and gives up.
-        let busy = bodies.charge(10 * 1024, wait, false).await;
+        let busy = bodies.charge(10 * 1024, wait).await;
         assert_eq!(busy.unwrap_err(), Busy { waited: wait });
-        // The request that holds the overdraft takes no more room, and never waits.
-        assert!(bodies
-            .charge(10 * 1024, wait, true)
-            .await
-            .unwrap()
-            .is_none());
         // Once `most` is given back, room comes first, and the overdraft stays free.
         drop((most, over));
-        let room = bodies.charge(10 * 1024, wait, false).await.unwrap();
+        let room = bodies.charge(10 * 1024, wait).await.unwrap();
         assert_eq!(bodies.permits.available_permits(), 54);
         assert_eq!(bodies.overdraft.available_permits(), 1);
         drop(room);

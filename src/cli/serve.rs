@@ -65,7 +65,8 @@ pub struct ServeArgs {
     /// the event acts on its own distinct ID alone [default: unlimited].
     #[arg(long, env = "IDSTITCH_MAX_DISTINCT_IDS_PER_PERSON")]
     pub max_distinct_ids_per_person: Option<u64>,
-    /// Largest request body, compressed or decompressed, in bytes [default: 20971520].
+    /// Largest request body, compressed or decompressed, in bytes; never more than
+    /// --max-inflight-body-bytes [default: 20971520].
     #[arg(long, env = "IDSTITCH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Most events in one request [default: 10000].
@@ -116,7 +117,8 @@ pub struct ServeArgs {
     /// others to be answered (within --body-timeout; then 408, or 503 with Retry-After for
     /// decompressed bytes), and one that decompresses to more than all of it is a 413. One
     /// request at a time that holds room and needs more may go over it by its own size, so
-    /// that requests never wait for each other's room: memory stays under twice this.
+    /// that two half-received bodies do not wait for each other: memory stays under twice
+    /// this.
     /// Counted in KiB: rounded up to a whole KiB [default: 268435456].
     #[arg(long, env = "IDSTITCH_MAX_INFLIGHT_BODY_BYTES")]
     pub max_inflight_body_bytes: Option<usize>,
