@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser};
-use idstitch::cli::{run, Cli, Failure};
+use idstitch::cli::{run, Cli, Command, Failure};
 
 /// mimalloc instead of glibc's malloc: the daemon allocates many small maps per event, and
 /// glibc's `malloc_consolidate`/`_int_free` were a quarter of its CPU under load (perf).
@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage(e),
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_when_stdout_closes();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -24,6 +27,30 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Output piped into `head` that closes early: end by SIGPIPE, as other Unix tools do, rather
+/// than panic in `println!` with a backtrace and exit 101. Rust ignores SIGPIPE, so the write
+/// fails and `println!` panics; this turns that one panic into the signal. SIGPIPE stays
+/// ignored otherwise: a daemon that closes the socket of `ingest` is an error it retries, not
+/// a reason to die.
+fn end_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            // SAFETY: restoring a signal's default action and raising it in this thread.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        default(info)
+    }));
 }
 
 /// `--help` and `--version` print and exit 0; any other parse error is a failure the user can

@@ -504,9 +504,14 @@ async fn post_batch(
         let detail = resp.detail();
         // What this command can do about the two refusals its own options decide.
         let hint = match resp.json()["code"].as_str() {
-            Some("no_token") => " Pass --token for events that carry none.",
-            Some("too_many_events") => " Pass a smaller --batch-size.",
+            Some("no_token") => "Pass --token for events that carry none.",
+            Some("too_many_events") => "Pass a smaller --batch-size.",
             _ => "",
+        };
+        let hint = match (hint, detail.trim_end().ends_with('.')) {
+            ("", _) => String::new(),
+            (h, true) => format!(" {h}"),
+            (h, false) => format!(". {h}"),
         };
         let message = format!(
             "request {n} ({what}) was refused with {}{tried}: {detail}{hint} ({stopped})",

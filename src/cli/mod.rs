@@ -92,6 +92,22 @@ pub(crate) fn cannot_open(
     }
 }
 
+/// Refuses (exit 1) a `dir` that holds no store, before anything opens it: a mistyped path or
+/// an empty dir is the user's to fix, not damage (RocksDB's "no CURRENT file" would read as
+/// corruption), and opening it for writing would create a store there. `also` ends the advice.
+pub(crate) fn require_store(dir: &std::path::Path, also: &str) -> anyhow::Result<()> {
+    use crate::store::db::{check_data_dir, holds_store};
+    check_data_dir(dir).map_err(|e| Failure::user(e.to_string()))?;
+    if !holds_store(dir) {
+        return Err(Failure::user(format!(
+            "{} is not an idstitch data dir (no RocksDB CURRENT file in it): give the \
+             --data-dir the daemon ran with{also}",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Corruption found opening or recovering `data_dir` (exit 3), with what to do.
 pub(crate) fn damaged(data_dir: &std::path::Path, e: &crate::store::StoreError) -> anyhow::Error {
     Failure::corrupt(format!(

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use serde_json::{json, Value};
 
 use super::client::Conn;
+use super::project::enc;
 use super::Failure;
 
 /// Person subcommands.
@@ -60,8 +61,14 @@ fn project_of(cmd: &PersonCmd) -> &str {
     }
 }
 
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+/// The person uuid a subcommand names (all but `show`).
+fn uuid_of(cmd: &PersonCmd) -> Option<&str> {
+    match cmd {
+        PersonCmd::Show { .. } => None,
+        PersonCmd::History { uuid, .. }
+        | PersonCmd::Split { uuid, .. }
+        | PersonCmd::Delete { uuid, .. } => Some(uuid),
+    }
 }
 
 /// Run a person subcommand against the daemon on `socket`.
@@ -141,6 +148,15 @@ pub fn run(socket: &Path, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
             return Err(Failure::user(format!(
                 "no project {:?} on this daemon: give its token or id (`idstitch project list` lists them)",
                 project_of(&cmd)
+            )))
+        }
+        404 if uuid_of(&cmd).is_some() => {
+            return Err(Failure::user(format!(
+                "no person has the uuid {:?} in project {:?} ({}); `idstitch person show \
+                 PROJECT DISTINCT_ID` shows the uuid of a distinct ID's person",
+                uuid_of(&cmd).unwrap_or_default(),
+                project_of(&cmd),
+                resp.detail()
             )))
         }
         s => return Err(Failure::user(format!("{s}: {}", resp.detail()))),

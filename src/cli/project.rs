@@ -72,6 +72,10 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> any
     })?;
     match resp.status {
         200..=299 => Ok(resp.json()),
+        404 if resp.detail() == "project not found" => Err(Failure::user(
+            "no such project on this daemon: give its token or id (`idstitch project list` \
+             lists them)",
+        )),
         s => Err(Failure::user(format!("{s}: {}", resp.detail()))),
     }
 }
@@ -132,14 +136,28 @@ fn list_table(all: &Value) -> String {
         return "no projects yet: a project is made by the first event sent with its token\n"
             .into();
     }
-    let mut out = format!("{:<6}{:<50}{}\n", "ID", "TOKEN", "NAME");
-    for p in projects {
-        out.push_str(&format!(
-            "{:<6}{:<50}{}\n",
-            p["id"],
-            p["token"].as_str().unwrap_or(""),
-            p["name"].as_str().unwrap_or("")
-        ));
+    // Columns as wide as their widest cell and two spaces (a JSON `Value` ignores a width,
+    // so the id is made a string first).
+    let rows: Vec<[String; 3]> = projects
+        .iter()
+        .map(|p| {
+            let text = |k: &str| p[k].as_str().unwrap_or("").to_string();
+            [p["id"].to_string(), text("token"), text("name")]
+        })
+        .collect();
+    let width = |i: usize, head: &str| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([head.len()])
+            .max()
+            .unwrap_or(0)
+            + 2
+    };
+    let (id_w, token_w) = (width(0, "ID"), width(1, "TOKEN"));
+    let line = |id: &str, token: &str, name: &str| format!("{id:<id_w$}{token:<token_w$}{name}\n");
+    let mut out = line("ID", "TOKEN", "NAME");
+    for [id, token, name] in &rows {
+        out.push_str(&line(id, token, name));
     }
     out
 }

@@ -8,7 +8,6 @@ use indicatif::ProgressBar;
 
 use super::client::Conn;
 use super::Failure;
-use crate::store::db::{check_data_dir, holds_store};
 use crate::store::snapshot::{self, AsOf, Phase, RestoreOptions, SnapshotError};
 use crate::store::Store;
 
@@ -217,14 +216,7 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
 
 fn create_offline(dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     // Store::open would create an empty store in a mistyped path, and this would snapshot it.
-    check_data_dir(dir).map_err(|e| Failure::user(e.to_string()))?;
-    if !holds_store(dir) {
-        return Err(Failure::user(format!(
-            "{} is not an idstitch data dir (no RocksDB CURRENT file in it): give the \
-             --data-dir the daemon ran with, or --socket for a running daemon",
-            dir.display()
-        )));
-    }
+    super::require_store(dir, ", or --socket for a running daemon")?;
     let store = Store::open(dir).map_err(|e| {
         super::cannot_open(dir, e, "if the daemon is running, use --socket instead")
     })?;

@@ -13,6 +13,7 @@ use crate::store::{Store, StoreError};
 
 /// Run the command: exit 0 when replay and live state agree, 1 with the differences otherwise.
 pub fn run(data_dir: &Path, derived: bool) -> anyhow::Result<ExitCode> {
+    super::require_store(data_dir, "")?;
     let store = Store::open_read_only(data_dir).map_err(|e| super::cannot_open(data_dir, e, ""))?;
     let last = store
         .last_log_seq()

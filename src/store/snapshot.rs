@@ -714,6 +714,13 @@ pub fn restore(
             )));
         }
     }
+    // A file where the data dir goes is the user's to move: refused before the lock is made.
+    if data_dir.metadata().is_ok_and(|m| !m.is_dir()) {
+        return Err(SnapshotError::Refused(format!(
+            "{} is a file, not a directory: give --data-dir a directory (made if missing)",
+            data_dir.display()
+        )));
+    }
     // Held until the restore returns: a second restore into the same dir is refused at once.
     let _lock = RestoreLock::take(data_dir, snapshot)?;
     let m = if opts.full_verify {

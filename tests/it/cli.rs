@@ -126,6 +126,25 @@ fn a_bad_argument_line_says_what_is_missing_or_allowed_and_which_help_to_read() 
 
 /// A directory given as ingest's file is named, exit 1 (it opens, and its first read failed
 /// with a bare "Is a directory", exit 2).
+/// `verify` of a path that holds no data dir (mistyped, or empty) is the user's mistake (exit
+/// 1), not corruption: it said "damaged" (exit 3) and pointed at restore and --salvage-wal.
+#[test]
+fn verify_of_a_missing_or_empty_data_dir_exits_1_saying_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for dir in [tmp.path().join("missing"), empty] {
+        let out = Command::new(bin())
+            .args(["verify", "--data-dir", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("is not an idstitch data dir"), "{stderr}");
+        assert!(!stderr.contains("damaged"), "{stderr}");
+    }
+}
+
 #[test]
 fn ingest_of_a_directory_names_it_and_exits_1() {
     let tmp = tempfile::tempdir().unwrap();
@@ -236,7 +255,7 @@ fn ingest_reports_rejections_by_line_and_where_a_refused_run_stopped() {
     assert!(stderr.contains("rejected line 4:"), "{stderr}");
     assert!(
         stderr.contains("request 2 (lines 5-5) was refused with 400")
-            && stderr.contains("Pass --token for events that carry none.")
+            && stderr.contains("properties. Pass --token for events that carry none.")
             && stderr.contains(
                 "the 2 events up to line 4 were answered, 1 of them stored and 1 refused; resend from line 5"
             ),

@@ -299,6 +299,11 @@ fn the_cli_prints_insights_and_settings_as_tables() {
     let row = list.lines().find(|l| l.contains(T));
     assert!(row.is_some_and(|r| r.starts_with('1')), "{list}");
     assert!(list.starts_with("ID"), "{list}");
+    // The columns are apart, and each row's token sits under TOKEN (the id used to run into it).
+    let (header, row) = (list.lines().next().unwrap(), row.unwrap());
+    let cells: Vec<&str> = row.split_whitespace().take(2).collect();
+    assert_eq!(cells, ["1", T], "{list}");
+    assert_eq!(row.find(T), header.find("TOKEN"), "{list}");
 }
 
 /// An event name at two steps: the second `other` in the same millisecond as `purchase`

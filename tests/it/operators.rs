@@ -532,6 +532,59 @@ fn the_person_cli_shows_and_splits_over_the_socket() {
     assert_eq!(d.all_persons(T).len(), 3);
 }
 
+/// A project token is sent in the request's path percent-encoded: a space in it used to go as
+/// `+`, and every `person` subcommand said the project did not exist.
+#[test]
+fn the_person_cli_finds_a_project_whose_token_has_a_space() {
+    let d = Daemon::start();
+    let token = "phc_sp ace";
+    d.capture(token, json!([{"event": "e", "distinct_id": "w1"}]));
+    let sock = d.socket.to_str().unwrap().to_string();
+    let out = Command::new(bin())
+        .args(["person", "--socket", &sock, "show", token, "w1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r = d.get("/api/projects/phc_sp%20ace/persons/?distinct_id=w1");
+    let uuid = r.json()["results"][0]["uuid"].as_str().unwrap().to_string();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&uuid));
+    let out = Command::new(bin())
+        .args(["person", "--socket", &sock, "history", token, &uuid])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A command whose output is piped into something that stops reading (`| head -1`) ends as
+/// other Unix tools do, by SIGPIPE, without a panic and its backtrace (it exited 101).
+#[test]
+fn a_command_whose_output_pipe_closes_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = Daemon::start();
+    d.capture(T, json!([{"event": "e", "distinct_id": "someone"}]));
+    let sock = d.socket.to_str().unwrap().to_string();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin())
+        .args(["project", "--socket", &sock, "list"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// `person show` of a distinct ID with no person says so on stderr, and exits 1; a project
 /// that is not there is named as the daemon names it, without JSON quotes.
 #[test]
@@ -562,6 +615,38 @@ fn person_show_of_an_unknown_id_says_so() {
             && err.contains("`idstitch project list` lists them"),
         "{err}"
     );
+    // A uuid with no person, and a project shown or set that is not there, say what to do
+    // too (they said only "404: person not found" and "404: project not found").
+    let nobody = "00000000-0000-5000-8000-000000000000";
+    let failed = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for cmd in ["history", "split", "delete"] {
+        let err = failed(&["person", "--socket", &sock, cmd, T, nobody]);
+        assert!(
+            err.contains(&format!("no person has the uuid \"{nobody}\""))
+                && err.contains("`idstitch person show PROJECT DISTINCT_ID`"),
+            "{cmd}: {err}"
+        );
+    }
+    for args in [
+        &["project", "--socket", &sock, "show", "phc_nope"][..],
+        &[
+            "project", "--socket", &sock, "set", "phc_nope", "--name", "x",
+        ],
+        &[
+            "insights", "--socket", &sock, "unique", "phc_nope", "--event", "e",
+        ],
+    ] {
+        let err = failed(args);
+        assert!(
+            err.contains("no such project on this daemon")
+                && err.contains("`idstitch project list` lists them"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// Snapshot the stopped daemon's data dir, restore it elsewhere and return a daemon on it.

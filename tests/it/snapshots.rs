@@ -435,6 +435,21 @@ fn restore_refuses_a_non_empty_dir_unless_forced() {
         slashed.join("CURRENT").exists(),
         "the snapshot was restored"
     );
+
+    // A file where the data dir goes is refused as the user's mistake (exit 1; it was an I/O
+    // failure, exit 2), even with --force, and no restore lock is left beside it.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "mine").unwrap();
+    for force in [&[][..], &["--force"]] {
+        let mut args = vec!["snapshot", "restore", s(&snap), "--data-dir", s(&file)];
+        args.extend_from_slice(force);
+        let out = idstitch(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("is a file, not a directory"), "{stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+    assert!(!tmp.path().join("a-file.restore-lock").exists());
 }
 
 /// `--force` moves a data dir aside; a running daemon's dir is refused instead, or the daemon
