@@ -29,11 +29,11 @@ pub enum ProjectCmd {
         #[arg(long, value_parser = ["on", "off"])]
         buffer: Option<String>,
         /// The conversion buffer's window, in seconds.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         buffer_window_secs: Option<u64>,
         /// Refuse merges whose source person has more distinct IDs; `none` for the daemon's
         /// --merge-limit.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         merge_limit: Option<String>,
         /// The test-account filters, as a JSON list in PostHog's shape, replacing the old ones:
         /// '[{"key": "email", "operator": "not_icontains", "value": "@ourcompany.com", "type": "person"}]'.

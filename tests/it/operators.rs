@@ -631,6 +631,17 @@ fn person_show_of_an_unknown_id_says_so() {
             "{cmd}: {err}"
         );
     }
+    // A negative number is refused as a bad value, not with clap's tip to write `-- -1`.
+    for (flag, says) in [
+        ("--merge-limit", "is not a whole number or none"),
+        ("--buffer-window-secs", "invalid digit"),
+    ] {
+        let err = failed(&["project", "--socket", &sock, "set", T, flag, "-1"]);
+        assert!(
+            err.contains(says) && !err.contains("-- -1"),
+            "{flag}: {err}"
+        );
+    }
     for args in [
         &["project", "--socket", &sock, "show", "phc_nope"][..],
         &[
