@@ -276,22 +276,21 @@ pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>)
         Ok(s) => s,
         Err(e) => return store_error(e),
     };
-    // Newest first, back to the entry that created the person this uuid names now (or named
-    // last): an earlier person with the same uuid (deleted, or merged away) is not this one.
+    // Every entry this uuid has been in, oldest first: when the uuid named an earlier person
+    // (deleted, merged away, or split off to another main ID), that person's creation, merges
+    // and end come first, and the entry that began the current one says so. Cut at the current
+    // person's beginning, a split or a new event after a deletion hid the decisions and the
+    // tombstone that came before (helper-40, helper-41).
     let mut results = Vec::new();
-    for seq in seqs.into_iter().rev() {
+    for seq in seqs {
         match store.entry(seq) {
             Ok(Some(entry)) => {
                 results.push(render::entry(seq, &entry, |c| in_history(&entry, c, uuid)));
-                if entry.begins_person(uuid) {
-                    break;
-                }
             }
             Ok(None) => {}
             Err(e) => return store_error(e),
         }
     }
-    results.reverse();
     HttpResponse::Ok().json(json!({"results": results}))
 }
 

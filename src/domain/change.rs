@@ -252,26 +252,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Whether this entry brings person `uuid` into being: its creation, or a split of another
-    /// person that makes it one of the parts (the split person itself goes on). A uuid is a
-    /// function of the project and a distinct ID (spec §6), so once its person is gone (deleted,
-    /// or merged into a person later deleted or split) a later event for that ID starts a fresh
-    /// person with the same uuid: the history of a uuid's person starts at the last such entry.
-    pub fn begins_person(&self, uuid: PersonUuid) -> bool {
-        self.changes.iter().any(|c| match c {
-            Change::PersonCreated { person, .. } => *person == uuid,
-            // Every part but the original going on as the main one ([`super::apply::split_parts`]).
-            Change::PersonSplit {
-                person,
-                main,
-                parts,
-            } => parts
-                .iter()
-                .any(|(d, u)| *u == uuid && (*person != uuid || d != main)),
-            _ => false,
-        })
-    }
-
     /// Whether this entry takes `did` away from its person (a deletion releases every ID of the
     /// deleted person): what the ID went through before is the story of a person it no longer
     /// belongs to.
@@ -300,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn a_person_begins_at_its_creation_or_as_a_new_part_of_a_split() {
+    fn a_deletion_releases_the_distinct_ids_of_its_person() {
         let created = entry(vec![Change::PersonCreated {
             person: uuid(1),
             distinct_ids: vec!["a".into()],
@@ -308,31 +288,11 @@ mod tests {
             is_identified: false,
             created_at_ms: 0,
         }]);
-        assert!(created.begins_person(uuid(1)));
-        assert!(!created.begins_person(uuid(2)));
-        let split = entry(vec![Change::PersonSplit {
-            person: uuid(1),
-            main: "a".into(),
-            parts: vec![("a".into(), uuid(1)), ("b".into(), uuid(2))],
-        }]);
-        assert!(!split.begins_person(uuid(1)), "the split person goes on");
-        assert!(split.begins_person(uuid(2)));
-        let split_off = entry(vec![Change::PersonSplit {
-            person: uuid(1),
-            main: "b".into(),
-            parts: vec![("a".into(), uuid(1)), ("b".into(), uuid(2))],
-        }]);
-        assert!(
-            split_off.begins_person(uuid(1)),
-            "the original ends: its uuid is a new part's"
-        );
-        assert!(split_off.begins_person(uuid(2)));
         let deleted = entry(vec![Change::PersonDeleted {
             person: uuid(1),
             distinct_ids: vec!["a".into(), "b".into()],
             delete_events: false,
         }]);
-        assert!(!deleted.begins_person(uuid(1)));
         assert!(deleted.releases_distinct_id("b"));
         assert!(!deleted.releases_distinct_id("c"));
         assert!(!created.releases_distinct_id("a"));

@@ -372,8 +372,14 @@ fn decide_with(
         ctx,
         out: Vec::new(),
     };
+    // Normalisation's warnings take the decision's time, as this event's other warnings do:
+    // the warnings list is newest first in log order, and a warning stamped when its request
+    // arrived read as older than one decided before it (helper-41).
     for w in &ev.warnings {
-        d.warn(w.clone());
+        d.warn(Warning {
+            at_ms: d.ctx.now_ms,
+            ..w.clone()
+        });
     }
     if ev.personless && NO_PERSONLESS_EVENTS.contains(&ev.name.as_str()) {
         let w = Warning::new(

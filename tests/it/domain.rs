@@ -271,6 +271,38 @@ fn a_non_boolean_process_person_profile_is_true_with_a_warning() {
     assert_eq!(details["$process_person_profile"], json!("false"));
 }
 
+/// A warning found while normalising takes the time its event is decided, as the event's other
+/// warnings do: the warnings list is newest first in log order, and a warning stamped when its
+/// request arrived read as older than one decided before it (helper-41).
+#[test]
+fn a_normalisation_warning_takes_the_time_of_the_decision() {
+    let ev = normalize(
+        &json!({"event": "e", "distinct_id": "u", "properties": {"$process_person_profile": "false"}}),
+        1_000,
+    )
+    .expect("normalises");
+    assert_eq!(ev.warnings.len(), 1);
+    let mut limiter = idstitch::domain::WarningLimiter::default();
+    let ctx = idstitch::domain::Ctx {
+        project: P,
+        now_ms: 5_000,
+        merge_limit: None,
+        max_ids: None,
+        into: None,
+        other: None,
+        limiter: &mut limiter,
+    };
+    let stamps: Vec<i64> = idstitch::domain::decide(&ev, ctx)
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::WarningRecorded { warning } => Some(warning.at_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stamps, [5_000]);
+}
+
 #[test]
 fn exception_and_heatmap_events_create_a_person_with_only_the_creator_uuid() {
     for name in ["$exception", "$$heatmap", "$groupidentify"] {

@@ -188,7 +188,8 @@ fn split_gives_each_id_its_own_person_and_its_events() {
 /// The original person's uuid is its creating ID's (spec §6), here "user"'s. Split with
 /// another main ID, it is not carried on by an unidentified part without its properties
 /// (`is_identified` never goes back to false, spec §4): the original ends, and "user" gets a
-/// new person under that uuid, version 0, whose history starts at the split.
+/// new person under that uuid, version 0. The uuid's history keeps the original's creation
+/// and merge before the split that began the new person.
 #[test]
 fn a_split_to_another_main_id_ends_the_person_and_starts_a_new_one_under_its_uuid() {
     let mut d = Daemon::start();
@@ -213,8 +214,13 @@ fn a_split_to_another_main_id_ends_the_person_and_starts_a_new_one_under_its_uui
             "{user}"
         );
         let h = history(d, &uuid);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h[0].1, vec!["person_split"], "{h:?}");
+        assert_eq!(h.first().unwrap().1, vec!["person_created"], "{h:?}");
+        assert!(
+            h.iter()
+                .any(|(_, c)| c.iter().any(|c| c == "persons_merged")),
+            "{h:?}"
+        );
+        assert_eq!(h.last().unwrap().1, vec!["person_split"], "{h:?}");
         let main = d.person(T, "anon").unwrap();
         assert_ne!(main["uuid"], json!(uuid));
         assert_eq!(main["is_identified"], json!(true));
@@ -808,12 +814,15 @@ fn created_by(cause: &str) -> Vec<(String, Vec<String>)> {
 }
 
 /// A person's uuid is a function of (project, distinct ID) (spec §6): after a deletion, a later
-/// event for the same ID starts a fresh person with the same uuid (spec §10). Its history, and
-/// the explanation of its ID, start at its own creation: the deleted person's creation, merges
-/// and deletion are not its story. The same for the uuid of a person merged into the deleted
-/// one. A deleted person whose uuid is not taken again keeps its history up to its deletion.
+/// event for the same ID starts a fresh person with the same uuid (spec §10). The explanation
+/// of its ID starts at its own creation: the deleted person's merges are not why the ID is in
+/// this person. The uuid's history keeps all it has been through, the deleted person's
+/// creation, merges and tombstone, then the fresh person's creation: every merge stays
+/// queryable per person, and the tombstone survives the later event (spec §10). (It used to
+/// start at the fresh person's creation, which hid them.) The same for the uuid of a person
+/// merged into the deleted one.
 #[test]
-fn a_fresh_person_after_a_deletion_has_only_its_own_history() {
+fn a_fresh_person_after_a_deletion_keeps_the_uuids_earlier_history_before_its_own() {
     let d = Daemon::start();
     let p = merged(&d);
     let user = p["uuid"].as_str().unwrap().to_string();
@@ -858,7 +867,8 @@ fn a_fresh_person_after_a_deletion_has_only_its_own_history() {
     );
     let fresh = d.person(T, "user").unwrap();
     assert_eq!(fresh["uuid"], json!(user), "the same uuid, a fresh person");
-    assert_eq!(history(&d, &user), created_by("fresh-user"));
+    let user_history = [deleted.clone(), created_by("fresh-user")].concat();
+    assert_eq!(history(&d, &user), user_history);
     assert_eq!(explanation(&d, "user"), created_by("fresh-user"));
     // anon was released by the deletion too, and not named since: its last story.
     let anon_story = explanation(&d, "anon");
@@ -871,7 +881,10 @@ fn a_fresh_person_after_a_deletion_has_only_its_own_history() {
         json!([{"event": "e", "distinct_id": "anon", "uuid": "fresh-anon"}]),
     );
     assert_eq!(d.person(T, "anon").unwrap()["uuid"], json!(anon));
-    assert_eq!(history(&d, &anon), created_by("fresh-anon"));
+    assert_eq!(
+        history(&d, &anon),
+        [old_anon, created_by("fresh-anon")].concat()
+    );
     assert_eq!(explanation(&d, "anon"), created_by("fresh-anon"));
 
     // The CLI prints what the API answers.
@@ -886,7 +899,7 @@ fn a_fresh_person_after_a_deletion_has_only_its_own_history() {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(steps(&printed["results"]), created_by("fresh-user"));
+    assert_eq!(steps(&printed["results"]), user_history);
     let out = Command::new(bin())
         .args(["person", "--socket", &sock, "show", T, "user", "--explain"])
         .output()
