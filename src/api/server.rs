@@ -658,21 +658,30 @@ fn query_error(
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .unwrap_or_default();
-    let wrong = pairs.iter().find_map(|(k, v)| {
-        let takes = match k.as_str() {
-            "limit" if v.parse::<usize>().is_err() => "a whole number (1 or more)",
-            "window_secs" if v.parse::<i64>().is_err() => "a whole number of seconds",
-            "after" if req.path().ends_with("/events/") && v.parse::<u64>().is_err() => {
-                "the seq of the last event seen (as a `next` URL gives it)"
-            }
-            "explain" | "filter_test_accounts" | "delete_events"
-                if !matches!(v.as_str(), "true" | "false") =>
-            {
-                "true or false"
-            }
-            _ => return None,
-        };
-        Some(format!("{k}={v:?} is not valid: {k} takes {takes}"))
+    // Repeated, a parameter fails to read as one value (serde: "duplicate field").
+    let repeated = pairs.iter().enumerate().find_map(|(i, (k, _))| {
+        pairs[..i]
+            .iter()
+            .any(|(seen, _)| seen == k)
+            .then(|| format!("{k} is given more than once: give it once"))
+    });
+    let wrong = repeated.or_else(|| {
+        pairs.iter().find_map(|(k, v)| {
+            let takes = match k.as_str() {
+                "limit" if v.parse::<usize>().is_err() => "a whole number (1 or more)",
+                "window_secs" if v.parse::<i64>().is_err() => "a whole number of seconds",
+                "after" if req.path().ends_with("/events/") && v.parse::<u64>().is_err() => {
+                    "the seq of the last event seen (as a `next` URL gives it)"
+                }
+                "explain" | "filter_test_accounts" | "delete_events"
+                    if !matches!(v.as_str(), "true" | "false") =>
+                {
+                    "true or false"
+                }
+                _ => return None,
+            };
+            Some(format!("{k}={v:?} is not valid: {k} takes {takes}"))
+        })
     });
     match wrong {
         Some(detail) => {

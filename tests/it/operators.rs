@@ -948,6 +948,11 @@ fn a_bad_query_parameter_is_named_with_what_it_takes() {
             format!("/api/projects/{T}/events/?distinct_id=user&person_id={uuid}"),
             "give distinct_id or person_id, not both",
         ),
+        (
+            "GET",
+            format!("/api/projects/{T}/events/?distinct_id=user&distinct_id=anon"),
+            "distinct_id is given more than once: give it once",
+        ),
     ] {
         let r = d.request(method, &path, &[], Vec::new());
         let body = r.json();
