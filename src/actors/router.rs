@@ -1019,8 +1019,9 @@ async fn delete(st: Shared, msg: Delete) -> Result<Seq, EngineError> {
     if msg.delete_events {
         // Its events still waiting in the conversion buffer go with it: released, they would
         // start a fresh person from the deleted user's properties. What their normalisation
-        // found (a cut distinct ID, say) happened at ingestion, and a release would have
-        // recorded it: it is recorded now, as the limiter admits.
+        // found (a cut distinct ID, say) a release would have recorded, at the time of its
+        // decision (as `decide` stamps it): it is recorded now, stamped now, as the limiter
+        // admits.
         let dropped: Vec<(Seq, Vec<Warning>)> = s
             .waiting
             .iter()
@@ -1029,9 +1030,14 @@ async fn delete(st: Shared, msg: Delete) -> Result<Seq, EngineError> {
             })
             .map(|(seq, w)| (*seq, w.event.warnings.clone()))
             .collect();
+        let now = now_ms();
         for (seq, warnings) in dropped {
             changes.push(Change::BufferReleased { buffered: seq });
             for warning in warnings {
+                let warning = Warning {
+                    at_ms: now,
+                    ..warning
+                };
                 if s.limiter.admit(msg.project, &warning) {
                     changes.push(Change::WarningRecorded { warning });
                 }

@@ -257,10 +257,10 @@ pub async fn person(path: web::Path<(String, String)>, st: web::Data<AppState>) 
     }
 }
 
-/// `GET /api/projects/{project}/persons/{uuid}/history/`: from the person's creation on. After
-/// a deletion, a later event for its distinct ID starts a fresh person with the same uuid
-/// (spec §6, §10), whose history starts at its own creation; a deleted person whose uuid was
-/// not taken again keeps its history up to its deletion.
+/// `GET /api/projects/{project}/persons/{uuid}/history/`: every entry the uuid has been in,
+/// oldest first. After a deletion, a later event for its distinct ID starts a fresh person with
+/// the same uuid (spec §6, §10), and a split to another main ID gives it to a new part: the
+/// earlier person's entries, tombstone included, come first.
 pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>) -> HttpResponse {
     let store = st.engine.store();
     let p = tri!(find_project(store, &path.0));

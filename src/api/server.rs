@@ -352,7 +352,9 @@ async fn count_status(
 /// forever (until the body timeout answered both 408). The overdraft breaks that: a request
 /// that holds room and has to wait for more may take the one overdraft instead, and then goes
 /// on without taking more room, so it finishes and gives everything back. A request that
-/// holds nothing waits for room only: it stops nobody. No body is over the budget
+/// holds nothing waits for room only: it can delay others (the semaphore hands it freed room
+/// first), but holds none of its own while it waits, so it is no part of such a cycle. No
+/// body is over the budget
 /// ([`body_limit`]), so memory held at once stays under twice the budget. A slow client can
 /// still hold room, or the overdraft, until `--body-timeout` cuts it off, and others wait.
 #[derive(Clone)]
@@ -658,13 +660,12 @@ fn query_error(
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .unwrap_or_default();
-    // Repeated, a parameter fails to read as one value (serde: "duplicate field").
-    let repeated = pairs.iter().enumerate().find_map(|(i, (k, _))| {
-        pairs[..i]
-            .iter()
-            .any(|(seen, _)| seen == k)
-            .then(|| format!("{k} is given more than once: give it once"))
-    });
+    // Repeated, a parameter the endpoint reads fails as one value: serde names it.
+    let repeated = e
+        .to_string()
+        .split_once("duplicate field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(k, _)| format!("{k} is given more than once: give it once"));
     let wrong = repeated.or_else(|| {
         pairs.iter().find_map(|(k, v)| {
             let takes = match k.as_str() {

@@ -146,7 +146,7 @@ fn run_query(socket: &Path, cmd: InsightsCmd) -> anyhow::Result<ExitCode> {
                 enc(&event),
                 range.query()
             );
-            let a = call(socket, "GET", &path, None)?;
+            let a = call(socket, "GET", &path, None, Some(&project))?;
             let unit = if by_distinct_id {
                 "DISTINCT IDS"
             } else {
@@ -175,7 +175,8 @@ fn run_query(socket: &Path, cmd: InsightsCmd) -> anyhow::Result<ExitCode> {
                 enc(&steps),
                 range.query()
             );
-            print!("{}", funnel_table(&call(socket, "GET", &path, None)?));
+            let funnel = call(socket, "GET", &path, None, Some(&project))?;
+            print!("{}", funnel_table(&funnel));
         }
     }
     Ok(ExitCode::SUCCESS)

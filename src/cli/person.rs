@@ -145,10 +145,7 @@ pub fn run(socket: &Path, cmd: PersonCmd) -> anyhow::Result<ExitCode> {
         200 => println!("{}", serde_json::to_string_pretty(&resp.json())?),
         204 => println!("deleted"),
         404 if resp.detail() == "project not found" => {
-            return Err(Failure::user(format!(
-                "no project {:?} on this daemon: give its token or id (`idstitch project list` lists them)",
-                project_of(&cmd)
-            )))
+            return Err(super::project::no_project(project_of(&cmd)))
         }
         404 if uuid_of(&cmd).is_some() => {
             return Err(Failure::user(format!(

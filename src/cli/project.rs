@@ -54,8 +54,23 @@ pub fn enc(s: &str) -> String {
         .collect()
 }
 
-/// One request to the daemon; a non-2xx answer becomes a failure naming the daemon's reason.
-pub fn call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+/// What the CLI says when the daemon has no project `project` (its 404 "project not found").
+pub fn no_project(project: &str) -> anyhow::Error {
+    Failure::user(format!(
+        "no project {project:?} on this daemon: give its token or id (`idstitch project list` \
+         lists them)"
+    ))
+}
+
+/// One request to the daemon about `project` (none: the list); a non-2xx answer becomes a
+/// failure naming the daemon's reason.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    project: Option<&str>,
+) -> anyhow::Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -72,10 +87,7 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> any
     })?;
     match resp.status {
         200..=299 => Ok(resp.json()),
-        404 if resp.detail() == "project not found" => Err(Failure::user(
-            "no such project on this daemon: give its token or id (`idstitch project list` \
-             lists them)",
-        )),
+        404 if resp.detail() == "project not found" => Err(no_project(project.unwrap_or_default())),
         s => Err(Failure::user(format!("{s}: {}", resp.detail()))),
     }
 }
@@ -219,7 +231,7 @@ pub fn table(p: &Value) -> String {
 pub fn run(socket: &Path, cmd: ProjectCmd) -> anyhow::Result<ExitCode> {
     let answer = match &cmd {
         ProjectCmd::List => {
-            let all = call(socket, "GET", "/api/projects/", None)?;
+            let all = call(socket, "GET", "/api/projects/", None, None)?;
             print!("{}", list_table(&all));
             return Ok(ExitCode::SUCCESS);
         }
@@ -228,6 +240,7 @@ pub fn run(socket: &Path, cmd: ProjectCmd) -> anyhow::Result<ExitCode> {
             "GET",
             &format!("/api/projects/{}/", enc(project)),
             None,
+            Some(project),
         )?,
         ProjectCmd::Set { project, .. } => {
             let patch = patch_of(&cmd)?;
@@ -236,6 +249,7 @@ pub fn run(socket: &Path, cmd: ProjectCmd) -> anyhow::Result<ExitCode> {
                 "PATCH",
                 &format!("/api/projects/{}/", enc(project)),
                 Some(patch),
+                Some(project),
             )?
         }
     };

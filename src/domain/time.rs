@@ -22,7 +22,8 @@ const YEAR_10000_MS: i64 = 253_402_300_800_000;
 /// What a request says of time: when it arrived, and when the client says it sent it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Received {
-    /// Arrival on the server's clock, in ms since the epoch (also stamps warnings).
+    /// Arrival on the server's clock, in ms since the epoch (also stamps normalisation's
+    /// warnings, until the event's decision stamps them with its own time).
     pub now_ms: i64,
     /// The request's `sent_at` on the client's clock (posthog-python and posthog-node put it
     /// in the body; posthog-js sends the `_` query parameter), when it had a readable one.

@@ -301,7 +301,8 @@ fn an_event_sent_as_the_buffer_is_turned_off_follows_the_waiting_ones() {
 /// Deleting a person with its events drops its events still waiting, and no fresh person
 /// comes back from them; what their normalisation found at ingestion (here a
 /// `$process_person_profile` that is not a boolean) is recorded all the same, as a release
-/// would have recorded it.
+/// would have recorded it: stamped when it is recorded, as every warning is (it kept its
+/// arrival time, older than warnings listed below it).
 #[test]
 fn deleting_a_person_with_its_events_drops_its_waiting_events_but_keeps_their_warnings() {
     let d = Daemon::start_with(&["--test-clock"]);
@@ -318,6 +319,8 @@ fn deleting_a_person_with_its_events_drops_its_waiting_events_but_keeps_their_wa
         .as_str()
         .unwrap()
         .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    let deleting = chrono::Utc::now().timestamp_millis();
     let r = d.request(
         "DELETE",
         &format!("/api/projects/{T}/persons/{uuid}/?delete_events=true"),
@@ -329,10 +332,17 @@ fn deleting_a_person_with_its_events_drops_its_waiting_events_but_keeps_their_wa
     let warnings = d
         .get(&format!("/api/projects/{T}/ingestion_warnings/"))
         .json();
-    let found = warnings["results"].as_array().unwrap().iter().any(|w| {
+    let found = warnings["results"].as_array().unwrap().iter().find(|w| {
         w["type"] == "invalid_process_person_profile" && w["details"]["distinctId"] == "user-1"
     });
-    assert!(found, "{warnings}");
+    let stamped = found
+        .and_then(|w| w["timestamp"].as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis());
+    assert!(
+        stamped.is_some_and(|t| t >= deleting),
+        "{deleting}: {warnings}"
+    );
     advance(&d, 61);
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.person(T, "user-1").is_none(), "no person comes back");

@@ -124,8 +124,6 @@ fn a_bad_argument_line_says_what_is_missing_or_allowed_and_which_help_to_read() 
     }
 }
 
-/// A directory given as ingest's file is named, exit 1 (it opens, and its first read failed
-/// with a bare "Is a directory", exit 2).
 /// `verify` of a path that holds no data dir (mistyped, or empty) is the user's mistake (exit
 /// 1), not corruption: it said "damaged" (exit 3) and pointed at restore and --salvage-wal.
 #[test]
@@ -145,6 +143,8 @@ fn verify_of_a_missing_or_empty_data_dir_exits_1_saying_so() {
     }
 }
 
+/// A directory given as ingest's file is named, exit 1 (it opens, and its first read failed
+/// with a bare "Is a directory", exit 2).
 #[test]
 fn ingest_of_a_directory_names_it_and_exits_1() {
     let tmp = tempfile::tempdir().unwrap();

@@ -574,11 +574,16 @@ fn a_command_whose_output_pipe_closes_ends_quietly() {
     let d = Daemon::start();
     d.capture(T, json!([{"event": "e", "distinct_id": "someone"}]));
     let sock = d.socket.to_str().unwrap().to_string();
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
+    // A pipe whose reading end is closed before the command starts (`std::io::pipe` needs
+    // Rust 1.87; the crate builds with 1.85).
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] was just opened by pipe(2) and is owned by nothing else.
+    let writer = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
     let out = Command::new(bin())
         .args(["project", "--socket", &sock, "list"])
-        .stdout(writer)
+        .stdout(std::process::Stdio::from(writer))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -659,7 +664,7 @@ fn person_show_of_an_unknown_id_says_so() {
     ] {
         let err = failed(args);
         assert!(
-            err.contains("no such project on this daemon")
+            err.contains("no project \"phc_nope\" on this daemon")
                 && err.contains("`idstitch project list` lists them"),
             "{args:?}: {err}"
         );
@@ -952,6 +957,11 @@ fn a_bad_query_parameter_is_named_with_what_it_takes() {
             "GET",
             format!("/api/projects/{T}/events/?distinct_id=user&distinct_id=anon"),
             "distinct_id is given more than once: give it once",
+        ),
+        (
+            "GET",
+            format!("/api/projects/{T}/persons/?x=1&x=2&limit=abc"),
+            "limit=\"abc\" is not valid",
         ),
     ] {
         let r = d.request(method, &path, &[], Vec::new());
