@@ -508,33 +508,27 @@ fn a_bad_query_or_json_body_is_answered_in_json() {
     );
 }
 
+/// `idstitch args`, which must exit 0 (the failure shows its stderr).
+fn succeeds(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "idstitch {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[test]
 fn the_person_cli_shows_and_splits_over_the_socket() {
     let d = Daemon::start();
     let p = merged(&d);
     let sock = d.socket.to_str().unwrap().to_string();
-    let out = Command::new(bin())
-        .args(["person", "--socket", &sock, "show", T, "anon", "--explain"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = succeeds(&["person", "--socket", &sock, "show", T, "anon", "--explain"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("merge-1"));
-    let out = Command::new(bin())
-        .args([
-            "person",
-            "--socket",
-            &sock,
-            "split",
-            T,
-            p["uuid"].as_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let uuid = p["uuid"].as_str().unwrap();
+    succeeds(&["person", "--socket", &sock, "split", T, uuid]);
     assert_eq!(d.all_persons(T).len(), 3);
 }
 
@@ -546,24 +540,11 @@ fn the_person_cli_finds_a_project_whose_token_has_a_space() {
     let token = "phc_sp ace";
     d.capture(token, json!([{"event": "e", "distinct_id": "w1"}]));
     let sock = d.socket.to_str().unwrap().to_string();
-    let out = Command::new(bin())
-        .args(["person", "--socket", &sock, "show", token, "w1"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let out = succeeds(&["person", "--socket", &sock, "show", token, "w1"]);
     let r = d.get("/api/projects/phc_sp%20ace/persons/?distinct_id=w1");
     let uuid = r.json()["results"][0]["uuid"].as_str().unwrap().to_string();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&uuid));
-    let out = Command::new(bin())
-        .args(["person", "--socket", &sock, "history", token, &uuid])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&["person", "--socket", &sock, "history", token, &uuid]);
 }
 
 /// A command whose output is piped into something that stops reading (`| head -1`) ends as
@@ -674,32 +655,11 @@ fn person_show_of_an_unknown_id_says_so() {
 /// Snapshot the stopped daemon's data dir, restore it elsewhere and return a daemon on it.
 fn snapshot_and_restore(d: &mut Daemon, tmp: &std::path::Path) -> Daemon {
     d.terminate();
-    let snap = tmp.join("snap");
-    let out = Command::new(bin())
-        .args(["snapshot", "create"])
-        .arg(&snap)
-        .arg("--data-dir")
-        .arg(&d.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let restored = tmp.join("restored");
-    let out = Command::new(bin())
-        .args(["snapshot", "restore"])
-        .arg(&snap)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (snap, restored) = (tmp.join("snap"), tmp.join("restored"));
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (snap_s, dir_s, restored_s) = (path(&snap), path(&d.dir), path(&restored));
+    succeeds(&["snapshot", "create", &snap_s, "--data-dir", &dir_s]);
+    succeeds(&["snapshot", "restore", &snap_s, "--data-dir", &restored_s]);
     Daemon::on(&restored, &[])
 }
 
@@ -894,22 +854,10 @@ fn a_fresh_person_after_a_deletion_keeps_the_uuids_earlier_history_before_its_ow
 
     // The CLI prints what the API answers.
     let sock = d.socket.to_str().unwrap().to_string();
-    let out = Command::new(bin())
-        .args(["person", "--socket", &sock, "history", T, &user])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(&["person", "--socket", &sock, "history", T, &user]);
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(steps(&printed["results"]), user_history);
-    let out = Command::new(bin())
-        .args(["person", "--socket", &sock, "show", T, "user", "--explain"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = succeeds(&["person", "--socket", &sock, "show", T, "user", "--explain"]);
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(steps(&printed["explanation"]), created_by("fresh-user"));
 }
