@@ -323,7 +323,14 @@ pub async fn events(
         }
         (Some(d), _) => vec![d.clone()],
         (None, Some(pid)) => {
-            let uuid = tri!(parse_uuid(pid));
+            // A query value that is no uuid is a bad request (in a path, no such person).
+            let Ok(uuid) = uuid::Uuid::parse_str(pid).map(PersonUuid) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("person_id={pid:?} is not valid: person_id takes a person uuid"),
+                );
+            };
             match store.person(p.id, uuid) {
                 Ok(Some(person)) => person.distinct_ids,
                 Ok(None) => Vec::new(),

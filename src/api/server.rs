@@ -354,9 +354,9 @@ async fn count_status(
 /// on without taking more room, so it finishes and gives everything back. A request that
 /// holds nothing waits for room only: it can delay others (the semaphore hands it freed room
 /// first), but holds none of its own while it waits, so it is no part of such a cycle. No
-/// body is over the budget
-/// ([`body_limit`]), so memory held at once stays under twice the budget. A slow client can
-/// still hold room, or the overdraft, until `--body-timeout` cuts it off, and others wait.
+/// body is over the budget ([`body_limit`]), so memory held at once stays under twice the
+/// budget. A slow client can still hold room, or the overdraft, until `--body-timeout` cuts
+/// it off, and others wait.
 #[derive(Clone)]
 pub struct InflightBodies {
     permits: Arc<tokio::sync::Semaphore>,

@@ -911,6 +911,11 @@ fn a_bad_query_parameter_is_named_with_what_it_takes() {
             format!("/api/projects/{T}/persons/?x=1&x=2&limit=abc"),
             "limit=\"abc\" is not valid",
         ),
+        (
+            "GET",
+            format!("/api/projects/{T}/events/?person_id=not-a-uuid"),
+            "person_id=\"not-a-uuid\" is not valid: person_id takes a person uuid",
+        ),
     ] {
         let r = d.request(method, &path, &[], Vec::new());
         let body = r.json();
