@@ -128,12 +128,28 @@ fn an_event_with_more_than_max_properties_is_rejected_alone() {
     assert!(d.person(T, "many").is_none());
 }
 
+/// The head of a `POST /batch/` of `len` bytes of JSON, with `Connection: close` when `close`
+/// (the daemon then closes after its answer, which [`read_answer`] reads to the end).
+fn batch_head(len: usize, close: bool) -> Vec<u8> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!("POST /batch/ HTTP/1.1\r\nHost: idstitch\r\n{connection}Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+        .into_bytes()
+}
+
+/// Everything the daemon answers on `c` until it closes it (within `BOUND * 2`).
+fn read_answer(c: &mut UnixStream) -> String {
+    c.set_read_timeout(Some(BOUND * 2)).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// A connection that sent 60 KiB of a 64 KiB body and stops: it holds that much of the
 /// in-flight budget until the body timeout cuts it off.
 fn slow_body_holding_60_kib(d: &Daemon) -> UnixStream {
     let mut slow = UnixStream::connect(&d.socket).expect("connect");
-    slow.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n[")
-        .expect("write");
+    slow.write_all(&batch_head(65_536, false)).expect("write");
+    slow.write_all(b"[").expect("write");
     slow.write_all(&vec![b' '; 61_440]).expect("write");
     std::thread::sleep(Duration::from_millis(200));
     slow
@@ -144,8 +160,8 @@ fn slow_body_holding_60_kib(d: &Daemon) -> UnixStream {
 /// some). Whatever needs room meanwhile waits for them.
 fn slow_bodies_holding_the_budget_and_the_overdraft(d: &Daemon) -> [UnixStream; 2] {
     let mut over = UnixStream::connect(&d.socket).expect("connect");
-    over.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 10240\r\n\r\n[")
-        .expect("write");
+    over.write_all(&batch_head(10_240, false)).expect("write");
+    over.write_all(b"[").expect("write");
     over.write_all(&[b' '; 2047]).expect("write");
     std::thread::sleep(Duration::from_millis(100));
     let most = slow_body_holding_60_kib(d);
@@ -192,18 +208,14 @@ fn half_sent_batch(
     body.resize(len - 2, b' ');
     body.extend_from_slice(b"]}");
     let mut c = UnixStream::connect(&d.socket).expect("connect");
-    write!(c, "POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n").expect("write");
+    c.write_all(&batch_head(len, true)).expect("write");
     c.write_all(&body[..first]).expect("write");
     (c, body[first..].to_vec())
 }
 
-/// Reads an answer to its end (the request said `Connection: close`); its status line.
+/// The status line of the answer on `c` (its request said `Connection: close`).
 fn status_line(c: &mut UnixStream) -> String {
-    c.set_read_timeout(Some(BOUND * 2)).unwrap();
-    let mut got = Vec::new();
-    let _ = c.read_to_end(&mut got);
-    let text = String::from_utf8_lossy(&got);
-    text.lines().next().unwrap_or("").to_string()
+    read_answer(c).lines().next().unwrap_or("").to_string()
 }
 
 /// Two bodies that each hold half of the budget and then both need more cannot wait for each
@@ -238,15 +250,13 @@ fn a_body_larger_than_the_in_flight_budget_is_refused_at_once() {
     let d = Daemon::start_with(&["--max-inflight-body-bytes", "65536", "--body-timeout", "30"]);
     let mut c = UnixStream::connect(&d.socket).expect("connect");
     let started = Instant::now();
-    c.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 307200\r\n\r\n[")
+    c.write_all(&batch_head(307_200, true))
         .expect("write the head");
     // 70 KiB of the 300 KiB, then nothing (the daemon may have closed already).
+    let _ = c.write_all(b"[");
     let _ = c.write_all(&[b' '; 71_679]);
-    c.set_read_timeout(Some(BOUND * 2)).unwrap();
-    let mut got = Vec::new();
-    let _ = c.read_to_end(&mut got);
+    let answer = read_answer(&mut c);
     let took = started.elapsed();
-    let answer = String::from_utf8_lossy(&got);
     assert!(
         answer.starts_with("HTTP/1.1 413"),
         "after {took:?}: {answer}"
@@ -344,8 +354,7 @@ fn bodies_declared_but_not_sent_do_not_hold_the_room_of_others() {
     let idle: Vec<UnixStream> = (0..3)
         .map(|_| {
             let mut c = UnixStream::connect(&d.socket).expect("connect");
-            c.write_all(b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 61440\r\n\r\n")
-                .expect("write");
+            c.write_all(&batch_head(61_440, false)).expect("write");
             c
         })
         .collect();
@@ -410,8 +419,8 @@ fn a_client_sending_its_body_one_byte_a_second_gets_408_and_is_cut_off() {
     let config = tmp.path().join("idstitch.toml");
     std::fs::write(&config, "body_timeout = 1\n").unwrap();
     let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
-    let head = b"POST /batch/ HTTP/1.1\r\nHost: idstitch\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
-    let answer = trickle(&d, head, &[b' '; 64]);
+    let head = [batch_head(1000, false), b"{".to_vec()].concat();
+    let answer = trickle(&d, &head, &[b' '; 64]);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(answer.contains(r#""code":"body_timeout""#), "{answer:?}");
     nothing_was_applied(&d);
