@@ -259,8 +259,8 @@ pub async fn person(path: web::Path<(String, String)>, st: web::Data<AppState>) 
 
 /// `GET /api/projects/{project}/persons/{uuid}/history/`: every entry the uuid has been in,
 /// oldest first. After a deletion, a later event for its distinct ID starts a fresh person with
-/// the same uuid (spec §6, §10), and a split to another main ID gives it to a new part: the
-/// earlier person's entries, tombstone included, come first.
+/// the same uuid (spec §6, §10), and a person absorbed by a merge can come back under its uuid at
+/// a split: the earlier person's entries, tombstone included, come first.
 pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>) -> HttpResponse {
     let store = st.engine.store();
     let p = tri!(find_project(store, &path.0));
@@ -277,7 +277,7 @@ pub async fn history(path: web::Path<(String, String)>, st: web::Data<AppState>)
         Err(e) => return store_error(e),
     };
     // Every entry this uuid has been in, oldest first: when the uuid named an earlier person
-    // (deleted, merged away, or split off to another main ID), that person's creation, merges
+    // (deleted, or merged away and then split off again), that person's creation, merges
     // and end come first, and the entry that began the current one says so. Cut at the current
     // person's beginning, a split or a new event after a deletion hid the decisions and the
     // tombstone that came before (helper-40, helper-41).

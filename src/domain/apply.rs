@@ -111,14 +111,16 @@ fn apply_changes_to_person(p: &mut Person, changes: &[Change]) -> bool {
 }
 
 /// The persons that `person` splits into (spec §10): one per distinct ID, the main one keeping
-/// the properties and the identified flag.
+/// the properties.
 ///
 /// Each part's uuid is that of its distinct ID (spec §6), so one part has the original's uuid:
-/// the ID the original was created for. When that part is the main one, the original goes on
-/// (its version goes up, it keeps its place in the creation order). Otherwise the original ends
-/// and that part is a new person under the same uuid, like every other part: version 0, created
-/// by the split, not identified. (Carried on instead, an identified person would become
-/// unidentified and lose its properties, and `is_identified` never goes back to false, spec §4.)
+/// the ID the original was created for. That part is the original going on, main or not: its
+/// version goes up (spec §5), it keeps its identified flag (`is_identified` never goes back to
+/// false, spec §4), its creation time and its place in the creation order; it keeps the
+/// properties only when it is the main part. Every other part is a new person, created by the
+/// split: version 0, its properties and the identified flag the original's only when it is the
+/// main part. So a uuid's version never goes down at a split, and a consumer that keeps the
+/// highest version per uuid sees the split.
 pub fn split_parts(
     original: &Person,
     seq: Seq,
@@ -129,7 +131,7 @@ pub fn split_parts(
         .iter()
         .map(|(did, uuid)| {
             let is_main = did == main;
-            let goes_on = is_main && *uuid == original.uuid;
+            let goes_on = *uuid == original.uuid;
             Person {
                 project: original.project,
                 uuid: *uuid,
@@ -139,7 +141,7 @@ pub fn split_parts(
                 } else {
                     Props::new()
                 },
-                is_identified: is_main && original.is_identified,
+                is_identified: (is_main || goes_on) && original.is_identified,
                 created_at_ms: original.created_at_ms,
                 version: if goes_on { original.version + 1 } else { 0 },
                 created_seq: if goes_on { original.created_seq } else { seq },
@@ -327,19 +329,20 @@ mod tests {
         assert!(user.properties.0.is_empty());
     }
 
-    /// The part that gets the original's uuid is not the main one: the original ends, and that
-    /// part is a new, unidentified person (never an identified person gone back to false).
+    /// The part that gets the original's uuid is not the main one: it is still the original
+    /// going on (its version up, still identified, same place in the creation order), without
+    /// the properties, which go to the main part, a new person.
     #[test]
-    fn a_split_whose_main_id_is_another_ends_the_person_and_starts_each_part() {
+    fn a_split_whose_main_id_is_another_carries_the_original_on_without_its_properties() {
         let p = identified();
         let [anon, user] = split_parts(&p, Seq(9), "user", &parts(&p))
             .try_into()
             .unwrap();
         assert_eq!(
             (anon.uuid, anon.version, anon.created_seq),
-            (p.uuid, 0, Seq(9))
+            (p.uuid, 3, Seq(1))
         );
-        assert!(!anon.is_identified);
+        assert!(anon.is_identified);
         assert!(anon.properties.0.is_empty());
         assert_ne!(user.uuid, p.uuid);
         assert_eq!(
@@ -348,5 +351,18 @@ mod tests {
         );
         assert_eq!(user.properties, p.properties);
         assert_eq!(user.created_at_ms, p.created_at_ms);
+    }
+
+    /// An unidentified person split: no part becomes identified.
+    #[test]
+    fn a_split_of_an_unidentified_person_identifies_no_part() {
+        let p = Person {
+            is_identified: false,
+            ..identified()
+        };
+        for main in ["anon", "user"] {
+            let split = split_parts(&p, Seq(9), main, &parts(&p));
+            assert!(split.iter().all(|q| !q.is_identified), "main {main}");
+        }
     }
 }

@@ -11,9 +11,10 @@ pub const FORMAT_VERSION: u8 = 1;
 
 /// Format of derived state (everything but `log`); a mismatch rebuilds it from the log.
 /// 2 added `settings`, `buffer` and `evname`; 3 keys `uuids` by a canonical uuid's 16 bytes
-/// ([`super::keys::event_uuid`]); 4 starts a new person at a split whose main ID is not the one
-/// the person was created for ([`crate::domain::apply::split_parts`]).
-pub const DERIVED_FORMAT: u64 = 4;
+/// ([`super::keys::event_uuid`]); 4 started a new person at a split whose main ID is not the one
+/// the person was created for; 5 carries the person on in that part instead, identified as it
+/// was, its version up ([`crate::domain::apply::split_parts`]).
+pub const DERIVED_FORMAT: u64 = 5;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, thiserror::Error)]

@@ -186,16 +186,19 @@ fn split_gives_each_id_its_own_person_and_its_events() {
 }
 
 /// The original person's uuid is its creating ID's (spec §6), here "user"'s. Split with
-/// another main ID, it is not carried on by an unidentified part without its properties
-/// (`is_identified` never goes back to false, spec §4): the original ends, and "user" gets a
-/// new person under that uuid, version 0. The uuid's history keeps the original's creation
-/// and merge before the split that began the new person.
+/// another main ID, "user"'s part is still the original person: its version goes up (a
+/// consumer that keeps the highest version per uuid must see the split), it stays identified
+/// (`is_identified` never goes back to false, spec §4) and keeps its creation time and place;
+/// only the properties go to the main ID's new person. The uuid's history runs on from the
+/// original's creation and merge to the split.
 #[test]
-fn a_split_to_another_main_id_ends_the_person_and_starts_a_new_one_under_its_uuid() {
+fn a_split_to_another_main_id_carries_the_person_on_under_its_uuid_without_its_properties() {
     let mut d = Daemon::start();
     let p = merged(&d);
     let uuid = p["uuid"].as_str().unwrap().to_string();
-    assert!(p["version"].as_u64().unwrap() > 0);
+    let version = p["version"].as_u64().unwrap();
+    assert!(version > 0);
+    assert_eq!(p["is_identified"], json!(true));
     let r = d.post(
         &format!("/api/projects/{T}/persons/{uuid}/split/"),
         &json!({"main_distinct_id": "anon"}),
@@ -210,9 +213,10 @@ fn a_split_to_another_main_id_ends_the_person_and_starts_a_new_one_under_its_uui
                 &user["is_identified"],
                 &user["properties"]
             ),
-            (&json!(0), &json!(false), &json!({})),
-            "{user}"
+            (&json!(version + 1), &json!(true), &json!({})),
+            "{user}: its version goes up, it stays identified (spec §4, §5)"
         );
+        assert_eq!(user["created_at"], p["created_at"]);
         let h = history(d, &uuid);
         assert_eq!(h.first().unwrap().1, vec!["person_created"], "{h:?}");
         assert!(
@@ -225,7 +229,13 @@ fn a_split_to_another_main_id_ends_the_person_and_starts_a_new_one_under_its_uui
         assert_ne!(main["uuid"], json!(uuid));
         assert_eq!(main["is_identified"], json!(true));
         assert_eq!(main["properties"]["email"], json!("u@x.io"));
-        assert_eq!(d.all_persons(T).len(), 3, "one person per distinct ID");
+        let all = d.all_persons(T);
+        assert_eq!(all.len(), 3, "one person per distinct ID");
+        assert_eq!(
+            all[0]["uuid"],
+            json!(uuid),
+            "it keeps its place in the creation order"
+        );
     };
     check(&d);
     d.restart();
