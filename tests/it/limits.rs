@@ -636,3 +636,19 @@ fn serve_raises_the_soft_open_files_limit_to_the_hard_one() {
     let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers[0], numbers[1], "soft limit not raised: {line}");
 }
+
+/// Memory: mimalloc's arenas are not backed by transparent huge pages. With them, each page it
+/// used again after giving it back was faulted in as a fresh 2 MiB huge page that the kernel
+/// zeroes whole: ~30% of the HTTP workers' CPU under the load generator (benches/README.md,
+/// Session 29).
+#[test]
+fn the_daemon_runs_without_transparent_huge_pages() {
+    let d = Daemon::start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let thp = status.lines().find(|l| l.starts_with("THP_enabled:"));
+    assert_eq!(
+        thp.map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["THP_enabled:", "0"]),
+        "{status}"
+    );
+}

@@ -284,6 +284,11 @@ impl Daemon {
         r.json()["results"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGKILL, no cleanup.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
