@@ -618,6 +618,13 @@ async fn serve(s: Settings, store: Store, mut signals: Signals) -> anyhow::Resul
             EngineError::Store(se) if se.is_corruption() => super::damaged(&s.data_dir, se),
             _ => e.into(),
         })?;
+    if let Some(f) = recovered.from_format {
+        tracing::info!(
+            from_format = f,
+            format = crate::store::codec::DERIVED_FORMAT,
+            "The derived state had been written by another idstitch: rebuilt from the log."
+        );
+    }
     tracing::info!(
         last_seq = recovered.last_seq.0,
         replayed = recovered.replayed,

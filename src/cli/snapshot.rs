@@ -161,7 +161,8 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
         },
         SnapshotCmd::Verify { snapshot } => {
             let mut b = PhaseBar::new();
-            let m = snapshot::verify(&snapshot, |p, d, t| b.update(p, d, t)).map_err(fail)?;
+            let (m, other_format) =
+                snapshot::verify(&snapshot, |p, d, t| b.update(p, d, t)).map_err(fail)?;
             b.finish();
             println!(
                 "ok: snapshot at seq {} with {} files: {}",
@@ -169,6 +170,14 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
                 m.files.len(),
                 m.counts
             );
+            if let Some(f) = other_format {
+                println!(
+                    "its derived state was written by another idstitch (format {f}; this one's \
+                     is {}), so only its log was replayed: a daemon started on a restore of it \
+                     rebuilds that state from the log",
+                    crate::store::codec::DERIVED_FORMAT
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         SnapshotCmd::Restore {

@@ -119,8 +119,9 @@ fn apply_changes_to_person(p: &mut Person, changes: &[Change]) -> bool {
 /// false, spec §4), its creation time and its place in the creation order; it keeps the
 /// properties only when it is the main part. Every other part is a new person, created by the
 /// split: version 0, its properties and the identified flag the original's only when it is the
-/// main part. So a uuid's version never goes down at a split, and a consumer that keeps the
-/// highest version per uuid sees the split.
+/// main part. So the original uuid's version goes up at a split, and a consumer that keeps the
+/// highest version per uuid sees it. (A part whose uuid named a person that a merge absorbed
+/// before starts again at version 0, below that person's last version, as before.)
 pub fn split_parts(
     original: &Person,
     seq: Seq,

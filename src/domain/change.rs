@@ -191,7 +191,8 @@ pub enum Change {
     PersonSplit {
         /// The person split.
         person: PersonUuid,
-        /// The distinct ID that keeps the properties and the identified flag.
+        /// The distinct ID that keeps the properties (and the identified flag, which the part
+        /// under the person's own uuid keeps too: `apply::split_parts`).
         main: String,
         /// Each distinct ID with the uuid of the person that now owns it.
         parts: Vec<(String, PersonUuid)>,

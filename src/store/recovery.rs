@@ -19,6 +19,9 @@ pub struct Recovered {
     pub replayed: u64,
     /// Whether derived state was rebuilt from scratch.
     pub rebuilt: bool,
+    /// The derived state's format before, when it was another build's (the reason for the
+    /// rebuild: this build derives some of the log differently).
+    pub from_format: Option<u64>,
 }
 
 /// Entries applied per RocksDB write while replaying.
@@ -43,9 +46,8 @@ pub fn recover(
 ) -> Result<Recovered, StoreError> {
     let last = store.last_log_seq()?;
     let format = store.meta_u64(keys::DERIVED_FORMAT_KEY)?;
-    let rebuilt = rebuild
-        || (format.is_some() && format != Some(DERIVED_FORMAT))
-        || (format.is_none() && last.0 > 0);
+    let from_format = format.filter(|f| *f != DERIVED_FORMAT);
+    let rebuilt = rebuild || from_format.is_some() || (format.is_none() && last.0 > 0);
     if rebuilt {
         clear_derived(store)?;
     }
@@ -83,5 +85,6 @@ pub fn recover(
         last_seq: last,
         replayed,
         rebuilt,
+        from_format,
     })
 }

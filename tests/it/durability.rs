@@ -373,6 +373,77 @@ fn verify_derived_removes_the_scratch_stores_of_dead_verifies_only() {
     assert_eq!(left.len(), 2, "{left:?}");
 }
 
+/// A data dir whose derived state another idstitch wrote, in another derived format (an
+/// upgrade whose first start is still to come): `verify` and `snapshot verify` replay its log
+/// and say that the rest was not compared and why, rather than call a rule that changed damage
+/// (exit 1, or 3 for a snapshot). The next start rebuilds it and says so; verify then compares
+/// again, and agrees.
+#[test]
+fn a_derived_state_of_another_format_is_not_called_damaged_and_is_rebuilt() {
+    use idstitch::domain::{person_uuid, ProjectId};
+    use idstitch::store::{codec, keys};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let log = tmp.path().join("serve.log");
+    let mut d = Daemon::on_logged(&dir, &[], Some(&log));
+    d.capture(
+        T,
+        json!([{"event": "e", "distinct_id": "alice", "properties": {"$set": {"plan": "free"}}}]),
+    );
+    d.terminate();
+    let alice = person_uuid(ProjectId(1), "alice");
+    // As an older build would have left it: its own format, and a person as its rules made it.
+    let (code, out) = verify_after(&d, |s| {
+        let mut person = s.person(ProjectId(1), alice).unwrap().unwrap();
+        person.version += 7;
+        let meta = s.cf("meta");
+        let older = (codec::DERIVED_FORMAT - 1).to_be_bytes();
+        s.db()
+            .put_cf(meta, keys::DERIVED_FORMAT_KEY, older)
+            .unwrap();
+        let row = keys::person(ProjectId(1), alice);
+        let persons = s.cf("persons");
+        s.db().put_cf(persons, row, codec::encode(&person)).unwrap();
+    });
+    let older = codec::DERIVED_FORMAT - 1;
+    assert_eq!(code, 0, "{out}");
+    for says in [
+        "ok: 2 log entries replayed",
+        &format!("format {older}; this one's is {}", codec::DERIVED_FORMAT),
+        "not compared",
+        "rebuilds it from the log",
+    ] {
+        assert!(out.contains(says), "does not say {says:?}: {out}");
+    }
+    let snap = tmp.path().join("snap");
+    let create = Command::new(bin())
+        .args(["snapshot", "create"])
+        .arg(&snap)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(create.status.success(), "{create:?}");
+    let check = Command::new(bin())
+        .args(["snapshot", "verify"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(out.contains(&format!("format {older}")), "{out}");
+
+    d.start_again();
+    let p = d.person(T, "alice").unwrap();
+    assert_eq!(p["version"], json!(0), "rebuilt from the log: {p}");
+    d.terminate();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("rebuilt from the log"), "{text}");
+    let (code, out) = verify_after(&d, |_| {});
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("every derived column family"), "{out}");
+}
+
 #[test]
 fn verify_names_each_kind_of_difference_and_exits_1() {
     use idstitch::domain::{person_uuid, ProjectId};
