@@ -263,11 +263,15 @@ fn bench_replay(c: &mut Criterion) {
     g.finish();
 }
 
+/// The daemon's process settings too (transparent huge pages off, src/main.rs).
+fn like_the_daemon() -> Criterion {
+    idstitch::cli::no_transparent_huge_pages();
+    Criterion::default()
+}
+
 criterion_group!(
-    benches,
-    bench_decide,
-    bench_capture_decode,
-    bench_append,
-    bench_replay
+    name = benches;
+    config = like_the_daemon();
+    targets = bench_decide, bench_capture_decode, bench_append, bench_replay
 );
 criterion_main!(benches);

@@ -12,7 +12,7 @@ use idstitch::cli::{run, Cli, Command, Failure};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    no_transparent_huge_pages();
+    idstitch::cli::no_transparent_huge_pages();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage(e),
@@ -27,22 +27,6 @@ fn main() -> ExitCode {
             eprintln!("idstitch: {e:#}");
             ExitCode::from(code)
         }
-    }
-}
-
-/// Transparent huge pages off for this process. mimalloc asks the kernel for them on its arenas
-/// (`madvise(MADV_HUGEPAGE)`, which THP's usual `madvise` mode honours) and gives memory back in
-/// smaller pieces; a page it uses again is then faulted in as a fresh 2 MiB huge page, which the
-/// kernel zeroes whole. Under the load generator that zeroing (`clear_page_erms` under
-/// `do_huge_pmd_anonymous_page`, from `mi_page_free_list_extend`) took ~30% of the HTTP
-/// workers' CPU (perf, benches/README.md, Session 29). This is what `MIMALLOC_ALLOW_THP=0`
-/// does, made the default. It is a flag of the process, checked at each page fault, so the
-/// arenas mimalloc mapped before `main` follow it too.
-fn no_transparent_huge_pages() {
-    // SAFETY: a prctl with integer arguments, which sets a flag of this process. On a kernel
-    // without it the call fails and nothing changes.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 

@@ -237,3 +237,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Insights { socket, cmd } => insights::run(&socket, cmd),
     }
 }
+
+/// Transparent huge pages off for this process. mimalloc asks the kernel for them on its arenas
+/// (`madvise(MADV_HUGEPAGE)`, which THP's usual `madvise` mode honours), so the first touch of
+/// memory it starts using (`mi_page_free_list_extend`) faults in a whole 2 MiB huge page, which
+/// the kernel zeroes (`clear_page_erms` under `do_huge_pmd_anonymous_page`). Under the load
+/// generator on the benchmark VM that was ~30% of the HTTP workers' CPU, in stalls that showed
+/// in the acknowledgement p99 (183 huge-page faults in a 200,000-event run; 2 with this; perf
+/// and `/proc/vmstat`, benches/README.md, Session 29). This is what `MIMALLOC_ALLOW_THP=0`
+/// does, made the default: `main` calls it first, and so does the engine benchmark, to measure
+/// what the daemon runs. It is a flag of the process, checked at each page fault, so the arenas
+/// mimalloc mapped before it follow it too.
+pub fn no_transparent_huge_pages() {
+    // SAFETY: a prctl with integer arguments, which sets a flag of this process. On a kernel
+    // without it the call fails and nothing changes.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}

@@ -637,10 +637,9 @@ fn serve_raises_the_soft_open_files_limit_to_the_hard_one() {
     assert_eq!(numbers[0], numbers[1], "soft limit not raised: {line}");
 }
 
-/// Memory: mimalloc's arenas are not backed by transparent huge pages. With them, each page it
-/// used again after giving it back was faulted in as a fresh 2 MiB huge page that the kernel
-/// zeroes whole: ~30% of the HTTP workers' CPU under the load generator (benches/README.md,
-/// Session 29).
+/// Memory: mimalloc's arenas are not backed by transparent huge pages. With them, the first
+/// touch of memory it starts using faulted in a whole 2 MiB huge page for the kernel to zero:
+/// ~30% of the HTTP workers' CPU under the load generator (`cli::no_transparent_huge_pages`).
 #[test]
 fn the_daemon_runs_without_transparent_huge_pages() {
     let d = Daemon::start();
