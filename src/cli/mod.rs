@@ -242,9 +242,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// (`madvise(MADV_HUGEPAGE)`, which THP's usual `madvise` mode honours), so the first touch of
 /// memory it starts using (`mi_page_free_list_extend`) faults in a whole 2 MiB huge page, which
 /// the kernel zeroes (`clear_page_erms` under `do_huge_pmd_anonymous_page`). Under the load
-/// generator on the benchmark VM that was ~30% of the HTTP workers' CPU, in stalls that showed
-/// in the acknowledgement p99 (183 huge-page faults in a 200,000-event run; 2 with this; perf
-/// and `/proc/vmstat`, benches/README.md, Session 29). This is what `MIMALLOC_ALLOW_THP=0`
+/// generator on the benchmark VM that zeroing was 605 of one HTTP worker's 1,286 perf samples,
+/// in stalls that showed in the acknowledgement p99; turned off, the HTTP workers used 21% less
+/// CPU per event and the p99 fell from 19.5 to 11.7 ms (medians of 5 pairs; 183 huge-page
+/// faults in a 200,000-event run, 2 with this; benches/README.md, Session 29). This is what `MIMALLOC_ALLOW_THP=0`
 /// does, made the default: `main` calls it first, and so does the engine benchmark, to measure
 /// what the daemon runs. It is a flag of the process, checked at each page fault, so the arenas
 /// mimalloc mapped before it follow it too.

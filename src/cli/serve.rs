@@ -610,6 +610,16 @@ async fn serve(s: Settings, store: Store, mut signals: Signals) -> anyhow::Resul
         }
     };
     let started = std::time::Instant::now();
+    // Said before the rebuild, which replays the whole log: minutes for a long one.
+    if let Ok(Some(f)) = crate::store::verify::other_derived_format(&store) {
+        tracing::info!(
+            from_format = f,
+            format = crate::store::codec::DERIVED_FORMAT,
+            entries = store.last_log_seq().map(|s| s.0).unwrap_or_default(),
+            "The derived state was written by another idstitch: rebuilding it from the log \
+             (this build derives some entries differently). The daemon is ready when it is done."
+        );
+    }
     let (engine, recovered, writer) =
         Engine::start(store, s.engine.clone(), metrics, on_fatal, |seq, last| {
             tracing::info!(seq = seq.0, last = last.0, "Replaying the log.");
@@ -618,13 +628,6 @@ async fn serve(s: Settings, store: Store, mut signals: Signals) -> anyhow::Resul
             EngineError::Store(se) if se.is_corruption() => super::damaged(&s.data_dir, se),
             _ => e.into(),
         })?;
-    if let Some(f) = recovered.from_format {
-        tracing::info!(
-            from_format = f,
-            format = crate::store::codec::DERIVED_FORMAT,
-            "The derived state had been written by another idstitch: rebuilt from the log."
-        );
-    }
     tracing::info!(
         last_seq = recovered.last_seq.0,
         replayed = recovered.replayed,

@@ -34,7 +34,8 @@ pub enum SnapshotCmd {
     /// at the manifest's seq. Its lock file, `<data dir>.restore-lock` beside the data dir,
     /// stays: it keeps two restores into one dir apart and may be removed when none runs. That catches damage in storage or transit. It does not replay the log:
     /// run `idstitch snapshot verify` once when a snapshot is made or received (it also
-    /// replays the whole log and compares it with the derived state), or pass `--full-verify`.
+    /// replays the whole log and compares it with the derived state, unless another build
+    /// with another derived format wrote that state), or pass `--full-verify`.
     Restore {
         /// The snapshot directory.
         snapshot: PathBuf,
@@ -52,7 +53,8 @@ pub enum SnapshotCmd {
         /// it with its derived state (as slow as `snapshot verify`: every entry is replayed, far
         /// slower than the copy). Use it for a snapshot
         /// that was never verified, or one you have reason to doubt beyond its checksums (for
-        /// example written by another build); the checksums alone are enough for one that
+        /// example written by another build: if that build's derived format differs, only the
+        /// log is replayed, and it says so); the checksums alone are enough for one that
         /// `snapshot verify` already passed.
         #[arg(long)]
         full_verify: bool,
@@ -171,12 +173,7 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
                 m.counts
             );
             if let Some(f) = other_format {
-                println!(
-                    "its derived state was written by another idstitch (format {f}; this one's \
-                     is {}), so only its log was replayed: a daemon started on a restore of it \
-                     rebuilds that state from the log",
-                    crate::store::codec::DERIVED_FORMAT
-                );
+                println!("{}", not_compared(f));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -218,6 +215,9 @@ pub fn run(cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
                 r.last.0,
                 r.manifest.last_seq
             );
+            if let Some(f) = r.other_format {
+                println!("{}", not_compared(f));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -270,4 +270,15 @@ fn create_online(socket: &Path, out: &Path) -> anyhow::Result<ExitCode> {
         resp.json()["manifest"]["last_seq"]
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `snapshot verify` and `restore --full-verify` say of a snapshot whose derived state
+/// another build wrote.
+fn not_compared(format: u64) -> String {
+    format!(
+        "its derived state was written by another idstitch (format {format}; this one's is {}), \
+         so only its log was replayed and its counts checked: a daemon started on a restore of \
+         it rebuilds that state from the log",
+        crate::store::codec::DERIVED_FORMAT
+    )
 }

@@ -12,7 +12,8 @@ use crate::store::codec::DERIVED_FORMAT;
 use crate::store::verify::{discard, other_derived_format, verify};
 use crate::store::{Store, StoreError};
 
-/// Run the command: exit 0 when replay and live state agree, 1 with the differences otherwise.
+/// Run the command: exit 0 when replay and live state agree, 1 with the differences otherwise;
+/// 0 too when the live state is another build's format, which is not compared (it says so).
 pub fn run(data_dir: &Path, derived: bool) -> anyhow::Result<ExitCode> {
     super::require_store(data_dir, "")?;
     let store = Store::open_read_only(data_dir).map_err(|e| super::cannot_open(data_dir, e, ""))?;
@@ -38,9 +39,10 @@ pub fn run(data_dir: &Path, derived: bool) -> anyhow::Result<ExitCode> {
             "ok: {} log entries replayed in {:.2}s ({persons} persons, {dids} distinct IDs). The \
              derived state was written by another idstitch (format {f}; this one's is \
              {DERIVED_FORMAT}), so it was not compared: the next `idstitch serve` on this data \
-             dir rebuilds it from the log, then verify compares it",
+             dir rebuilds it from the log, then verify compares it{}",
             last.0,
             started.elapsed().as_secs_f64(),
+            if derived { " (--derived too)" } else { "" },
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -13,7 +13,8 @@ pub enum AdminError {
 }
 
 /// Split a person into one person per distinct ID; `main` (default: the first ID) keeps the
-/// properties and the identified flag. A person with one ID is left as it is.
+/// properties and the identified flag (as does the part under the person's own uuid:
+/// `apply::split_parts`). A person with one ID is left as it is.
 pub fn decide_split(
     project: ProjectId,
     person: &Person,

@@ -19,9 +19,6 @@ pub struct Recovered {
     pub replayed: u64,
     /// Whether derived state was rebuilt from scratch.
     pub rebuilt: bool,
-    /// The derived state's format before, when it was another build's (the reason for the
-    /// rebuild: this build derives some of the log differently).
-    pub from_format: Option<u64>,
 }
 
 /// Entries applied per RocksDB write while replaying.
@@ -46,8 +43,9 @@ pub fn recover(
 ) -> Result<Recovered, StoreError> {
     let last = store.last_log_seq()?;
     let format = store.meta_u64(keys::DERIVED_FORMAT_KEY)?;
-    let from_format = format.filter(|f| *f != DERIVED_FORMAT);
-    let rebuilt = rebuild || from_format.is_some() || (format.is_none() && last.0 > 0);
+    let rebuilt = rebuild
+        || super::verify::other_derived_format(store)?.is_some()
+        || (format.is_none() && last.0 > 0);
     if rebuilt {
         clear_derived(store)?;
     }
@@ -85,6 +83,5 @@ pub fn recover(
         last_seq: last,
         replayed,
         rebuilt,
-        from_format,
     })
 }

@@ -431,9 +431,9 @@ fn present_as_listed(db_dir: &Path, f: &FileSum) -> Result<PathBuf, SnapshotErro
 ///
 /// A snapshot whose derived state another idstitch wrote, in another format (what
 /// [`super::verify::other_derived_format`] returns, given back beside the manifest), has only
-/// its log replayed: its persons are not compared with the replay, nor counted against the
-/// manifest, since this build may derive some entries differently. A daemon started on its
-/// restore rebuilds that state from the log.
+/// its log replayed: its persons are not compared with the replay, since this build may derive
+/// some entries differently, and the manifest's counts are checked against its rows as they
+/// are. A daemon started on its restore rebuilds that state from the log.
 pub fn verify(
     snapshot: &Path,
     mut progress: impl FnMut(Phase, u64, u64),
@@ -485,8 +485,10 @@ pub fn verify(
         log_entries: last,
     };
     if other_format.is_some() {
-        // The manifest counted another build's persons, which this replay need not match.
-        (c.persons, c.distinct_ids) = (m.counts.persons, m.counts.distinct_ids);
+        // The manifest counted another build's rows, which this build's replay need not
+        // match: they are counted as they are.
+        c.persons = store.count_keys("persons")?;
+        c.distinct_ids = store.count_keys("dids")?;
     }
     super::verify::discard(scratch);
     if c != m.counts {
@@ -675,6 +677,9 @@ pub struct Restored {
     pub bytes: u64,
     /// Files copied into the data dir.
     pub files: u64,
+    /// With `full_verify`: the snapshot's derived format when another build's, whose derived
+    /// state was therefore not compared with its log ([`verify`]).
+    pub other_format: Option<u64>,
 }
 
 /// How [`restore`] checks and cuts.
@@ -734,10 +739,10 @@ pub fn restore(
     }
     // Held until the restore returns: a second restore into the same dir is refused at once.
     let _lock = RestoreLock::take(data_dir, snapshot)?;
-    let m = if opts.full_verify {
-        verify(snapshot, &mut progress)?.0
+    let (m, other_format) = if opts.full_verify {
+        verify(snapshot, &mut progress)?
     } else {
-        layout
+        (layout, None)
     };
     let existed = data_dir.exists();
     let non_empty = existed
@@ -826,6 +831,7 @@ pub fn restore(
             replaced_unfinished: unfinished,
             last,
             bytes,
+            other_format,
         }),
         Err(e) => Err(match undo.run(data_dir, aside.as_deref(), &parent) {
             Ok(()) => e,

@@ -445,6 +445,9 @@ fn gap(expected: u64, found: Seq) -> StoreError {
 ///   `applied_seq` must be the log's last seq. The scratch store is removed when done. It
 ///   runs at recovery's speed, about ten times slower than the rest.
 ///
+/// A live derived state of another build's format ([`other_derived_format`]) is not compared
+/// at all, with or without `derived`: only the log is replayed, and no differences are given.
+///
 /// `progress` is told how far both have come (the lesser of the two).
 pub fn verify(
     store: &Store,

@@ -638,8 +638,8 @@ fn serve_raises_the_soft_open_files_limit_to_the_hard_one() {
 }
 
 /// Memory: mimalloc's arenas are not backed by transparent huge pages. With them, the first
-/// touch of memory it starts using faulted in a whole 2 MiB huge page for the kernel to zero:
-/// ~30% of the HTTP workers' CPU under the load generator (`cli::no_transparent_huge_pages`).
+/// touch of memory it starts using faulted in a whole 2 MiB huge page for the kernel to zero,
+/// in stalls the load generator saw (`cli::no_transparent_huge_pages`).
 #[test]
 fn the_daemon_runs_without_transparent_huge_pages() {
     let d = Daemon::start();
