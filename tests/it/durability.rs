@@ -424,11 +424,11 @@ fn a_derived_state_of_another_format_is_not_called_damaged_and_is_rebuilt() {
         .output()
         .unwrap();
     assert!(create.status.success(), "{create:?}");
-    let check = Command::new(bin())
-        .args(["snapshot", "verify"])
-        .arg(&snap)
-        .output()
-        .unwrap();
+    let verify_snapshot = || {
+        let args = ["snapshot", "verify"];
+        Command::new(bin()).args(args).arg(&snap).output().unwrap()
+    };
+    let check = verify_snapshot();
     let out = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{check:?}");
     assert!(out.contains(&format!("format {older}")), "{out}");
@@ -448,11 +448,7 @@ fn a_derived_state_of_another_format_is_not_called_damaged_and_is_rebuilt() {
     let mut m: Value = serde_json::from_str(&text).unwrap();
     m["counts"]["persons"] = json!(999);
     std::fs::write(&manifest, m.to_string()).unwrap();
-    let check = Command::new(bin())
-        .args(["snapshot", "verify"])
-        .arg(&snap)
-        .output()
-        .unwrap();
+    let check = verify_snapshot();
     let err = String::from_utf8_lossy(&check.stderr);
     assert_eq!(check.status.code(), Some(3), "{check:?}");
     assert!(err.contains("999"), "{err}");
