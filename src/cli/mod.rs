@@ -245,10 +245,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// generator on the benchmark VM that zeroing was 605 of one HTTP worker's 1,286 perf samples,
 /// in stalls that showed in the acknowledgement p99; turned off, the HTTP workers used 21% less
 /// CPU per event and the p99 fell from 19.5 to 11.7 ms (medians of 5 pairs; 183 huge-page
-/// faults in a 200,000-event run, 2 with this; benches/README.md, Session 29). This is what `MIMALLOC_ALLOW_THP=0`
-/// does, made the default: `main` calls it first, and so does the engine benchmark, to measure
-/// what the daemon runs. It is a flag of the process, checked at each page fault, so the arenas
-/// mimalloc mapped before it follow it too.
+/// faults in a 200,000-event run, 2 with this; benches/README.md, Session 29). This is what
+/// `MIMALLOC_ALLOW_THP=0` does, made the default: `main` calls it first, and so does the engine
+/// benchmark, to measure what the daemon runs. It is a flag of the process, checked at each
+/// page fault, so the arenas mimalloc mapped before it follow it too.
 pub fn no_transparent_huge_pages() {
     // SAFETY: a prctl with integer arguments, which sets a flag of this process. On a kernel
     // without it the call fails and nothing changes.

@@ -120,11 +120,11 @@ fn apply_changes_to_person(p: &mut Person, changes: &[Change]) -> bool {
 /// properties only when it is the main part. Every other part is a new person, created by the
 /// split: version 0, its properties and the identified flag the original's only when it is the
 /// main part. So the original uuid's version goes up at a split, and a consumer that keeps the
-/// highest version per uuid sees it. That part stays identified: a later `$identify` or
-/// `$create_alias` of another person's ID with it as the other ID is refused as already
+/// highest version per uuid sees it. The part under the original uuid stays identified: a later
+/// `$identify` or `$create_alias` that would merge it into another person is refused as already
 /// identified (spec §4; only `$merge_dangerously` merges it), where PostHog, whose split-off
-/// persons start unidentified, would merge it. (A part whose uuid named a person that a merge absorbed
-/// before starts again at version 0, below that person's last version, as before.)
+/// persons start unidentified, would merge it. (A part whose uuid named a person that a merge
+/// absorbed before starts again at version 0, below that person's last version, as before.)
 pub fn split_parts(
     original: &Person,
     seq: Seq,
